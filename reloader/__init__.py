@@ -1,0 +1,1 @@
+"""The reloader: keeps a tenant's KEDA operator watching exactly that tenant's namespaces."""

@@ -1,0 +1,73 @@
+"""The plain-HTTP operations port: /healthz, /livez, /readyz and Prometheus /metrics.
+
+Kept off the TLS port so probes and scrapes need no client certificate and never
+touch the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+ReadinessCheck = Callable[[], str | None]
+"""Returns None when ready, else a short reason."""
+
+
+def build_health_app(
+    registry: CollectorRegistry, checks: dict[str, ReadinessCheck]
+) -> web.Application:
+    async def alive(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def ready(_: web.Request) -> web.Response:
+        failures = {
+            name: reason for name, check in checks.items() if (reason := check()) is not None
+        }
+        if failures:
+            body = "\n".join(f"[-]{name} failed: {reason}" for name, reason in failures.items())
+            return web.Response(status=503, text=body + "\nreadyz check failed\n")
+        return web.Response(text="ok")
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app = web.Application()
+    app.router.add_get("/healthz", alive)
+    app.router.add_get("/livez", alive)
+    app.router.add_get("/readyz", ready)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def serve_until(
+    app: web.Application,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    *,
+    shutdown_timeout_s: float = 5.0,
+    started: Callable[[int], None] | None = None,
+) -> None:
+    """Serve `app` until `stop` is set; `started` gets the bound port (useful with port 0)."""
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout_s)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        if started is not None:
+            started(bound_port(runner))
+        await stop.wait()
+    finally:
+        await asyncio.shield(runner.cleanup())
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        return int(address[1])
+    raise RuntimeError("server is not listening")

@@ -1,0 +1,48 @@
+"""One lifecycle for both binaries: signals set a stop event, named root tasks run in a
+TaskGroup, and any root that ends (or fails) stops the others.
+
+Roots are expected to return promptly once `stop` is set, finishing their own drain;
+cancellation is only the fallback for a root that fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, _on_signal, stop, sig)
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    logger.info("received %s, stopping", sig.name, extra={"signal": sig.name})
+    stop.set()
+
+
+async def run_roots(roots: Mapping[str, Coroutine[Any, Any, None]], stop: asyncio.Event) -> None:
+    """Run the root tasks until all have returned; the first to end sets `stop`."""
+
+    async def guarded(name: str, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except Exception:
+            logger.exception("root task %s failed", name, extra={"task": name})
+            raise
+        finally:
+            if not stop.is_set():
+                logger.info("root task %s ended, stopping the others", name)
+                stop.set()
+
+    async with asyncio.TaskGroup() as group:
+        for name, coro in roots.items():
+            group.create_task(guarded(name, coro), name=name)
