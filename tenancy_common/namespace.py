@@ -17,7 +17,7 @@ class Namespace:
     """An immutable view of one Namespace: name, labels, and whether it is going away."""
 
     name: NamespaceName
-    labels: Mapping[str, str] = field(default=_EMPTY)
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     terminating: bool = False
     resource_version: str = ""
 
