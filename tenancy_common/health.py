@@ -67,7 +67,7 @@ async def serve_until(
         await asyncio.shield(runner.cleanup())
 
 
-def bound_port(runner: web.AppRunner) -> int:
+def bound_port(runner: web.BaseRunner) -> int:
     for address in runner.addresses:
         return int(address[1])
     raise RuntimeError("server is not listening")

@@ -46,3 +46,22 @@ async def run_roots(roots: Mapping[str, Coroutine[Any, Any, None]], stop: asynci
     async with asyncio.TaskGroup() as group:
         for name, coro in roots.items():
             group.create_task(guarded(name, coro), name=name)
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop when it is installed (the `fast` extra), else asyncio's loop."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+async def wait_stopped(stop: asyncio.Event, timeout_s: float) -> bool:
+    """Sleep up to `timeout_s`, waking early on stop; True when stopping."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout_s)
+    except TimeoutError:
+        return False
+    return True

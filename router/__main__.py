@@ -1,0 +1,30 @@
+"""`keda-tenancy-router`: parse flags, configure logging, run until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from router.app import Router
+from router.config import RouterConfig
+from tenancy_common.lifecycle import install_stop_signals, run_event_loop
+from tenancy_common.logs import configure_logging
+
+
+async def _run(config: RouterConfig) -> None:
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await Router(config).run(stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = RouterConfig.from_args(sys.argv[1:] if argv is None else argv, os.environ)
+    configure_logging(config.log_level, config.log_format)
+    run_event_loop(_run(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""Wiring: the router's resources, its root tasks, and the order they stop in.
+
+Roots: the TLS listener, the health/metrics listener, the certificate reloader, and,
+when a cluster is needed, the namespace watch and the requestheader ConfigMap poll.
+SIGTERM makes /readyz fail, waits --shutdown-delay, stops accepting, and gives
+in-flight requests --shutdown-grace-period to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from router.backends import DEFAULT_CA, BackendResolver
+from router.config import EXTENSION_AUTH_CONFIGMAP, RouterConfig
+from router.forwarding import HeaderPolicy
+from router.metrics import RouterMetrics
+from router.proxy import AuthState, ProxyHandler
+from router.requestheader import HeaderNames, RequestHeaderAuth
+from router.tenants import TenantDirectory
+from router.upstreams import Upstreams
+from tenancy_common import health, tls
+from tenancy_common.lifecycle import run_roots, wait_stopped
+
+logger = logging.getLogger(__name__)
+
+
+class RequestHeaderSource:
+    """The requestheader CA, allowed names and header names, from flags or the ConfigMap.
+
+    kube-apiserver publishes them in kube-system/extension-apiserver-authentication; extension
+    API servers read them there when not configured, and so does the router.
+    """
+
+    def __init__(self, config: RouterConfig) -> None:
+        self._config = config
+        self.from_cluster = config.requestheader_client_ca_file is None
+        self._ca_pem: bytes | None = None
+        self.allowed_names = config.requestheader_allowed_names
+        self.headers = config.header_names
+
+    def ca_pem(self) -> bytes:
+        if not self.from_cluster:
+            assert self._config.requestheader_client_ca_file is not None
+            return tls.file_source(self._config.requestheader_client_ca_file)()
+        if self._ca_pem is None:
+            raise OSError("requestheader CA not read from the cluster yet")
+        return self._ca_pem
+
+    def update_from_configmap(self, data: dict[str, str]) -> bool:
+        """Apply the ConfigMap's data; True when anything changed."""
+        ca = data.get("requestheader-client-ca-file", "").encode()
+        if not ca:
+            raise ValueError(
+                f"{'/'.join(EXTENSION_AUTH_CONFIGMAP)} has no requestheader-client-ca-file"
+            )
+
+        def names(key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+            raw = data.get(key)
+            return tuple(json.loads(raw)) if raw else default
+
+        flags = self._config.header_names
+        headers = HeaderNames(
+            username=names("requestheader-username-headers", flags.username),
+            group=names("requestheader-group-headers", flags.group),
+            extra_prefixes=names("requestheader-extra-headers-prefix", flags.extra_prefixes),
+            uid=names("requestheader-uid-headers", flags.uid),
+        )
+        allowed = self._config.requestheader_allowed_names or frozenset(
+            names("requestheader-allowed-names", ())
+        )
+        changed = (ca, headers, allowed) != (self._ca_pem, self.headers, self.allowed_names)
+        self._ca_pem, self.headers, self.allowed_names = ca, headers, allowed
+        return changed
+
+
+class Router:
+    """Owns every resource of one router process."""
+
+    def __init__(self, config: RouterConfig, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.metrics = RouterMetrics(self.registry)
+        self.requestheader = RequestHeaderSource(config)
+        self.serving = tls.Reloadable(
+            "serving certificate",
+            [
+                tls.file_source(config.tls_cert_file),
+                tls.file_source(config.tls_private_key_file),
+                self.requestheader.ca_pem,
+            ],
+            lambda pem: (
+                tls.server_context(pem[0], pem[1], pem[2]),
+                tuple(tls.parse_certificates(pem[2])),
+            ),
+            on_error=self._reload_failed,
+        )
+        self.resolver = BackendResolver(
+            config.upstream_url_template, config.tenancy_file.tenants, config.default_upstream
+        )
+        self.upstream_tls = {
+            ca_file: self._upstream_reloadable(ca_file)
+            for ca_file in {DEFAULT_CA, *self.resolver.per_tenant_ca_files()}
+        }
+        self.upstreams = Upstreams(config.upstream, lambda ca: self.upstream_tls[ca].value[0])
+        self.cache: Any = None  # NamespaceCache when the rule needs the cluster
+        self.directory = TenantDirectory(
+            config.tenancy, self.resolver, self._namespace_view(), self.metrics
+        )
+        self._auth: AuthState | None = None
+        self._auth_inputs: tuple[object, ...] = ()
+        self.stopping = False
+        self.secure_port: int | None = None
+        self.health_port: int | None = None
+        self.listening = asyncio.Event()
+
+    def _upstream_reloadable(
+        self, ca_file: str
+    ) -> tls.Reloadable[tuple[ssl.SSLContext, bytes | None]]:
+        config = self.config
+        sources: list[tls.Source] = []
+        if config.upstream_client_cert_file and config.upstream_client_key_file:
+            sources += [
+                tls.file_source(config.upstream_client_cert_file),
+                tls.file_source(config.upstream_client_key_file),
+            ]
+        ca_path = ca_file or config.upstream_ca_file
+        if ca_path:
+            sources.append(tls.file_source(ca_path))
+        has_client = bool(config.upstream_client_cert_file)
+
+        def build(pem: Sequence[bytes]) -> tuple[ssl.SSLContext, bytes | None]:
+            cert, key = (pem[0], pem[1]) if has_client else (None, None)
+            ca = pem[-1] if ca_path else None
+            return tls.client_context(cert, key, ca), cert
+
+        name = f"upstream client TLS ({ca_file})" if ca_file else "upstream client TLS"
+        return tls.Reloadable(name, sources, build, on_error=self._reload_failed)
+
+    def _namespace_view(self) -> Callable[[], Any] | None:
+        if not self.config.tenancy.needs_cluster:
+            return None
+        return lambda: self.cache.snapshot() if self.cache is not None else {}
+
+    def _reload_failed(self, name: str, _: Exception) -> None:
+        self.metrics.cert_reload_errors.labels(name).inc()
+
+    # -- requestheader state -------------------------------------------------------------
+
+    def auth_state(self) -> AuthState:
+        assert self._auth is not None, "serving certificate not loaded"
+        return self._auth
+
+    def _refresh_auth(self) -> None:
+        if not self.serving.loaded:
+            return
+        source = self.requestheader
+        inputs = (self.serving.generation, source.allowed_names, source.headers)
+        if inputs == self._auth_inputs:
+            return
+        generation = (self._auth.generation + 1) if self._auth else 1
+        auth = RequestHeaderAuth(self.serving.value[1], source.allowed_names, source.headers)
+        self._auth = AuthState(auth, HeaderPolicy(source.headers), generation)
+        self._auth_inputs = inputs
+
+    def reload_certificates(self) -> None:
+        """Poll every certificate input once; cheap when nothing changed."""
+        self.serving.poll()
+        for reloadable in self.upstream_tls.values():
+            reloadable.poll()
+        self._refresh_auth()
+        self._export_expiry()
+
+    def _export_expiry(self) -> None:
+        if self.serving.loaded:
+            self.metrics.cert_expiry.labels("serving").set(
+                tls.not_after(self.serving.inputs[0]).timestamp()
+            )
+        default = self.upstream_tls[DEFAULT_CA]
+        if default.loaded and default.value[1]:
+            self.metrics.cert_expiry.labels("upstream-client").set(
+                tls.not_after(default.value[1]).timestamp()
+            )
+
+    # -- readiness -------------------------------------------------------------------------
+
+    def readiness_checks(self) -> dict[str, health.ReadinessCheck]:
+        def certificates() -> str | None:
+            missing = [r.name for r in self.upstream_tls.values() if not r.loaded]
+            if not self.serving.loaded:
+                missing.append(self.serving.name)
+            return f"not loaded: {', '.join(missing)}" if missing else None
+
+        def namespaces() -> str | None:
+            if not self.config.tenancy.needs_cluster:
+                return None
+            if self.cache is None or not self.cache.synced.is_set():
+                return "namespace cache not synced"
+            return None
+
+        def shutdown() -> str | None:
+            return "shutting down" if self.stopping else None
+
+        return {"certificates": certificates, "namespaces": namespaces, "shutdown": shutdown}
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _sni(self, tls_object: ssl.SSLObject, _name: str | None, _context: ssl.SSLContext) -> None:
+        # New handshakes get the newest context: new certificate and the current CA set.
+        tls_object.context = self.serving.value[0]
+
+    async def serve_secure(self, stop: asyncio.Event) -> None:
+        handler = ProxyHandler(
+            auth_state=self.auth_state,
+            directory=self.directory,
+            upstreams=self.upstreams,
+            metrics=self.metrics,
+        )
+        server = web.Server(handler, access_log=None)
+        self.metrics.open_connections.set_function(lambda: len(server.connections))
+        runner = web.ServerRunner(
+            server, handle_signals=False, shutdown_timeout=self.config.shutdown_grace_period_s
+        )
+        await runner.setup()
+        listener_context = tls.server_context(*self.serving.inputs[:3])
+        listener_context.sni_callback = self._sni
+        try:
+            site = web.TCPSite(
+                runner,
+                self.config.bind_address,
+                self.config.secure_port,
+                ssl_context=listener_context,
+            )
+            await site.start()
+            self.secure_port = health.bound_port(runner)
+            self.listening.set()
+            logger.info("serving", extra={"port": self.secure_port})
+            await stop.wait()
+            self.stopping = True
+            if self.config.shutdown_delay_s:
+                await asyncio.sleep(self.config.shutdown_delay_s)
+            logger.info(
+                "draining in-flight requests", extra={"connections": len(server.connections)}
+            )
+        finally:
+            await asyncio.shield(runner.cleanup())
+            await asyncio.shield(self.upstreams.close())
+            logger.info("secure listener stopped")
+
+    async def reload_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.reload_certificates()
+            await wait_stopped(stop, self.config.cert_reload_interval_s)
+
+    async def serve_health(self, stop: asyncio.Event) -> None:
+        app = health.build_health_app(self.registry, self.readiness_checks())
+
+        def started(port: int) -> None:
+            self.health_port = port
+
+        await health.serve_until(
+            app, self.config.health_bind_address, self.config.health_port, stop, started=started
+        )
+
+    async def _wait_for_certificates(self, stop: asyncio.Event) -> None:
+        while not (self.serving.loaded and self._auth is not None):
+            if stop.is_set():
+                return
+            self.reload_certificates()
+            if self.serving.loaded and self._auth is not None:
+                return
+            logger.warning("waiting for certificates", extra={"error": self.serving.last_error})
+            await wait_stopped(stop, 1.0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        roots: dict[str, Any] = {"health": self.serve_health(stop)}
+        api = None
+        if self.config.needs_cluster:
+            from tenancy_common.kube import make_api_client  # noqa: PLC0415 - only with a cluster
+
+            api = await make_api_client(self.config.kubeconfig)
+        try:
+            if api is not None and self.requestheader.from_cluster:
+                await self._read_configmap(api)
+                roots["requestheader-configmap"] = self._poll_configmap(api, stop)
+            if api is not None and self.config.tenancy.needs_cluster:
+                roots["namespaces"] = self._watch_namespaces(api, stop)
+            await self._wait_for_certificates(stop)
+            if not stop.is_set():
+                roots["reload"] = self.reload_loop(stop)
+                roots["secure"] = self.serve_secure(stop)
+            await run_roots(roots, stop)
+        finally:
+            for coro in roots.values():
+                coro.close()  # roots never started (stopped before serving)
+            if api is not None:
+                await api.close()
+
+    async def _read_configmap(self, api: Any) -> None:
+        from kubernetes_asyncio.client import CoreV1Api  # noqa: PLC0415
+
+        namespace, name = EXTENSION_AUTH_CONFIGMAP
+        configmap = await CoreV1Api(api).read_namespaced_config_map(name, namespace)
+        if self.requestheader.update_from_configmap(dict(configmap.data or {})):
+            logger.info("requestheader settings read from the cluster")
+            self.reload_certificates()
+
+    async def _poll_configmap(self, api: Any, stop: asyncio.Event) -> None:
+        while not await wait_stopped(stop, max(self.config.cert_reload_interval_s, 10.0)):
+            try:
+                await self._read_configmap(api)
+            except Exception as exc:  # keep the last good settings; retry next round
+                logger.warning("cannot read requestheader ConfigMap", extra={"error": str(exc)})
+
+    async def _watch_namespaces(self, api: Any, stop: asyncio.Event) -> None:
+        from tenancy_common.namespace_watch import (  # noqa: PLC0415
+            NamespaceCache,
+            WatchMetrics,
+            watch_namespaces,
+        )
+
+        self.cache = NamespaceCache()
+        await watch_namespaces(
+            api,
+            self.cache,
+            stop=stop,
+            on_change=self.directory.invalidate,
+            metrics=WatchMetrics(self.registry),
+        )

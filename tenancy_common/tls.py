@@ -1,0 +1,169 @@
+"""TLS contexts built from PEM bytes, and reloading them when the bytes change.
+
+Kubernetes updates Secret volumes by swapping a symlink, so changes are detected by a
+digest of the content, never by mtime. Contexts are always built anew, because
+`load_verify_locations` can only add CAs and a removed CA must stop being trusted. A
+broken new file keeps the last good context in service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from cryptography import x509
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Source = Callable[[], bytes]
+"""Returns the current PEM bytes of one input (a file, a ConfigMap key)."""
+
+
+def file_source(path: str) -> Source:
+    return lambda: Path(path).read_bytes()
+
+
+@contextlib.contextmanager
+def _pem_path(data: bytes) -> Iterator[str]:
+    """A path that holds `data`, for ssl APIs that only read files.
+
+    An anonymous memory file keeps key material off disk and works on a read-only root.
+    """
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("pem", 0)
+        try:
+            os.write(fd, data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.NamedTemporaryFile() as handle:  # pragma: no cover - non-Linux
+        handle.write(data)
+        handle.flush()
+        yield handle.name
+
+
+def parse_certificates(pem: bytes) -> list[x509.Certificate]:
+    """All certificates in a PEM bundle; ValueError when there are none."""
+    return x509.load_pem_x509_certificates(pem)
+
+
+def not_after(pem: bytes) -> datetime.datetime:
+    """Expiry of the first (leaf) certificate in a PEM chain."""
+    return parse_certificates(pem)[0].not_valid_after_utc
+
+
+def server_context(cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes | None) -> ssl.SSLContext:
+    """TLS 1.2+ server; asks for a client certificate and verifies it against `client_ca_pem`.
+
+    The certificate is optional at the TLS layer so that a caller without one gets a
+    Kubernetes 401 Status rather than a bare handshake failure.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    with _pem_path(cert_pem) as cert, _pem_path(key_pem) as key:
+        context.load_cert_chain(cert, key)
+    if client_ca_pem:
+        parse_certificates(client_ca_pem)  # a clear error for a file with no certificate
+        context.load_verify_locations(cadata=client_ca_pem.decode("ascii"))
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
+def client_context(
+    cert_pem: bytes | None, key_pem: bytes | None, ca_pem: bytes | None
+) -> ssl.SSLContext:
+    """TLS 1.2+ client presenting `cert_pem`, verifying the server against `ca_pem`
+    (the system roots when None), hostname checked."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    if ca_pem:
+        parse_certificates(ca_pem)
+        context.load_verify_locations(cadata=ca_pem.decode("ascii"))
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    if cert_pem and key_pem:
+        with _pem_path(cert_pem) as cert, _pem_path(key_pem) as key:
+            context.load_cert_chain(cert, key)
+    return context
+
+
+class Reloadable(Generic[T]):
+    """A value built from some PEM inputs, rebuilt whenever their content changes.
+
+    `poll()` is cheap when nothing changed (read + hash) and never raises: a missing
+    or broken input keeps the last good value and is reported through `on_error`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        sources: Sequence[Source],
+        build: Callable[[Sequence[bytes]], T],
+        *,
+        on_error: Callable[[str, Exception], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._sources = tuple(sources)
+        self._build = build
+        self._on_error = on_error
+        self._digest: bytes | None = None
+        self._value: T | None = None
+        self.inputs: tuple[bytes, ...] = ()
+        self.generation = 0
+        self.last_error: str | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._value is not None
+
+    @property
+    def value(self) -> T:
+        if self._value is None:
+            raise RuntimeError(f"{self.name}: not loaded: {self.last_error}")
+        return self._value
+
+    def poll(self) -> bool:
+        """Reload if the inputs changed; True when a new value was built."""
+        try:
+            inputs = tuple(source() for source in self._sources)
+        except OSError as exc:
+            self._fail(exc)
+            return False
+        digest = hashlib.sha256(b"".join(len(i).to_bytes(8, "big") + i for i in inputs)).digest()
+        if digest == self._digest:
+            return False
+        try:
+            value = self._build(inputs)
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            self._fail(exc)
+            return False
+        self._value, self._digest, self.inputs = value, digest, inputs
+        self.generation += 1
+        self.last_error = None
+        logger.info("loaded %s", self.name, extra={"tls": self.name, "generation": self.generation})
+        return True
+
+    def _fail(self, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        if message != self.last_error:
+            logger.error(
+                "cannot load %s, keeping the last good one",
+                self.name,
+                extra={"tls": self.name, "error": message},
+            )
+        self.last_error = message
+        if self._on_error is not None:
+            self._on_error(self.name, exc)

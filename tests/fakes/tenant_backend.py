@@ -1,0 +1,153 @@
+"""A tenant's KEDA metrics server, as far as the router can tell.
+
+Real mTLS and real requestheader authentication, like the custom-metrics-apiserver
+library KEDA uses: the client certificate must chain to the configured CA (else the
+handshake fails), its CN must be allowed (else 401), and a user header is required
+(else 401). It answers an ExternalMetricValueList and echoes the identity it saw, and
+records every request so tests can prove what did *not* arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+
+@dataclass
+class Received:
+    path: str
+    raw_headers: list[tuple[bytes, bytes]]
+    client_cn: str
+
+
+@dataclass
+class TenantBackend:
+    name: str
+    cert_pem_path: str
+    key_pem_path: str
+    client_ca_path: str
+    allowed_names: tuple[str, ...] = ("keda-tenancy-router",)
+    value: str = "7"
+    mode: str = "ok"  # ok | hang | gzip | redirect | status:<code>
+    received: list[Received] = field(default_factory=list)
+    port: int = 0
+    hang_released: asyncio.Event = field(default_factory=asyncio.Event)
+    _runner: web.AppRunner | None = None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert_pem_path, self.key_pem_path)
+        context.load_verify_locations(self.client_ca_path)
+        context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    async def start(self, port: int = 0) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=0.5
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=self.context())
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        self.hang_released.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        tls = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = tls.getpeercert(binary_form=True) if tls else None
+        cn = ""
+        if der:
+            attrs = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+                NameOID.COMMON_NAME
+            )
+            cn = str(attrs[0].value) if attrs else ""
+        self.received.append(Received(request.raw_path, list(request.raw_headers), cn))
+        if cn not in self.allowed_names:
+            return _status(401, f"client certificate CN {cn!r} not allowed")
+        identity = _identity(request.raw_headers)
+        if not identity["user"]:
+            return _status(401, "no X-Remote-User")
+        if self.mode == "hang":
+            await self.hang_released.wait()
+        if self.mode == "redirect":
+            raise web.HTTPFound("https://example.invalid/elsewhere")
+        if self.mode.startswith("status:"):
+            return _status(int(self.mode.split(":")[1]), "as configured")
+        namespace = request.match_info["tail"].split("/")[4] if request.path.count("/") >= 6 else ""
+        body = json.dumps(
+            {
+                "kind": "ExternalMetricValueList",
+                "apiVersion": "external.metrics.k8s.io/v1beta1",
+                "metadata": {},
+                "items": [
+                    {
+                        "metricName": request.path.rsplit("/", 1)[-1],
+                        "metricLabels": {},
+                        "timestamp": "2026-01-01T00:00:00Z",
+                        "value": self.value,
+                    }
+                ],
+                "received": {
+                    **identity,
+                    "tenant": self.name,
+                    "namespace": namespace,
+                    "query": request.raw_path.partition("?")[2],
+                },
+            }
+        ).encode()
+        if self.mode == "gzip":
+            return web.Response(
+                body=gzip.compress(body),
+                headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            )
+        return web.Response(body=body, content_type="application/json")
+
+
+def _identity(raw_headers: Any) -> dict[str, Any]:
+    user, uid, groups, extras = "", "", [], {}
+    for raw_name, raw_value in raw_headers:
+        name, value = raw_name.decode(), raw_value.decode()
+        lower = name.lower()
+        if lower == "x-remote-user" and not user:
+            user = value
+        elif lower == "x-remote-uid":
+            uid = value
+        elif lower == "x-remote-group":
+            groups.append(value)
+        elif lower.startswith("x-remote-extra-"):
+            extras.setdefault(name[len("x-remote-extra-") :], []).append(value)
+    return {"user": user, "uid": uid, "groups": groups, "extra": extras}
+
+
+def _status(code: int, message: str) -> web.Response:
+    return web.Response(
+        status=code,
+        content_type="application/json",
+        text=json.dumps(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "message": message,
+                "code": code,
+            }
+        ),
+    )

@@ -1,0 +1,216 @@
+"""The router's pure decisions: path -> route, headers kept, config and backends."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.backends import BackendResolver
+from router.config import RouterConfig
+from router.forwarding import HeaderPolicy, response_headers
+from router.paths import LocalRoute, MetricRoute, parse_target
+from router.requestheader import HeaderNames
+from router.status import StatusError
+from tenancy_common.durations import parse_duration
+from tenancy_common.names import TenantName
+from tenancy_common.tenancy_config import ConfigError, TenantSpec
+
+BASE = "/apis/external.metrics.k8s.io/v1beta1"
+
+
+@pytest.mark.parametrize(
+    ("target", "route"),
+    [
+        (f"{BASE}/namespaces/ns-1/s0-metric", MetricRoute("ns-1", "s0-metric", "")),  # type: ignore[arg-type]
+        (
+            f"{BASE}/namespaces/a/m?labelSelector=x%3Dy&b=",
+            MetricRoute("a", "m", "labelSelector=x%3Dy&b="),
+        ),  # type: ignore[arg-type]
+        (f"{BASE}/namespaces/a/Metric_Name.v1:x", MetricRoute("a", "Metric_Name.v1:x", "")),  # type: ignore[arg-type]
+        (BASE, LocalRoute("resources")),
+        (BASE + "/", LocalRoute("resources")),
+        ("/apis", LocalRoute("apis")),
+        ("/apis/external.metrics.k8s.io", LocalRoute("group")),
+        ("/openapi/v2", LocalRoute("openapi")),
+        ("/openapi/v3/apis/external.metrics.k8s.io/v1beta1", LocalRoute("openapi")),
+    ],
+)
+def test_routes(target: str, route: object) -> None:
+    assert parse_target(target) == route
+
+
+@pytest.mark.parametrize(
+    ("target", "code"),
+    [
+        (f"{BASE}/namespaces/a/../b/m", 400),
+        (f"{BASE}/namespaces/a%2Fb/m", 400),
+        (f"{BASE}/namespaces/a/m%2e%2e", 400),
+        (f"{BASE}/namespaces/a/..", 400),
+        (f"{BASE}/namespaces/a/.", 400),
+        (f"{BASE}/namespaces/a\\b/m", 400),
+        (f"{BASE}/namespaces//m", 400),
+        (f"{BASE}/namespaces/-a/m", 400),
+        (f"{BASE}/namespaces/{'a' * 64}/m", 400),
+        (f"{BASE}/namespaces/a/m#frag", 400),
+        (f'{BASE}/namespaces/a/m"x', 400),
+        ("apis/external.metrics.k8s.io/v1beta1/namespaces/a/m", 400),
+        (f"{BASE}/namespaces/a/m/n", 404),
+        (f"{BASE}/namespaces/a", 404),
+        (f"{BASE}/foo/a/m", 404),
+        ("/api/v1/namespaces/a/pods", 404),
+        ("/", 404),
+    ],
+)
+def test_refused_targets(target: str, code: int) -> None:
+    with pytest.raises(StatusError) as caught:
+        parse_target(target)
+    assert caught.value.code == code
+
+
+def test_header_policy_keeps_identity_and_drops_the_rest() -> None:
+    policy = HeaderPolicy(HeaderNames())
+    raw = [
+        (b"X-Remote-User", b"u"),
+        (b"x-remote-group", b"g1"),
+        (b"X-Remote-Group", b"g2"),
+        (b"X-Remote-Extra-Foo%2Fbar", b"e"),
+        (b"Authorization", b"Bearer t"),
+        (b"Impersonate-User", b"admin"),
+        (b"Impersonate-Extra-Scopes", b"x"),
+        (b"Connection", b"keep-alive"),
+        (b"Audit-Id", b"a"),
+        (b"X-Remote-Userx", b"smuggled"),
+    ]
+    assert policy.forwarded(raw) == [raw[0], raw[1], raw[2], raw[3], raw[8]]
+    assert policy.username(raw) == b"u"
+
+
+def test_custom_header_names_forward_only_those() -> None:
+    policy = HeaderPolicy(
+        HeaderNames(username=("X-User",), group=("X-Groups",), extra_prefixes=("X-Extra-",), uid=())
+    )
+    raw = [
+        (b"X-User", b"u"),
+        (b"X-Remote-User", b"other"),
+        (b"X-Extra-A", b"1"),
+        (b"X-Remote-Extra-A", b"2"),
+    ]
+    assert policy.forwarded(raw) == [(b"X-User", b"u"), (b"X-Extra-A", b"1")]
+    assert policy.username([(b"X-User", b""), (b"X-User", b"second")]) == b"second"
+
+
+def test_response_headers_drop_hop_by_hop_only() -> None:
+    raw = [
+        (b"Content-Type", b"application/json"),
+        (b"Content-Encoding", b"gzip"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Connection", b"close"),
+        (b"Audit-Id", b"x"),
+    ]
+    assert response_headers(raw) == [raw[0], raw[1], raw[4]]
+
+
+def test_backend_resolver_uses_template_and_overrides() -> None:
+    resolver = BackendResolver(
+        "https://keda-metrics.{tenant}.svc:6443",
+        {
+            TenantName("b"): TenantSpec(
+                upstream="https://10.0.0.9:443", server_name="b.example", ca_file="/b.crt"
+            )
+        },
+        None,
+    )
+    a = resolver.for_tenant(TenantName("a"))
+    assert (str(a.origin), a.server_name, a.ca_file) == (
+        "https://keda-metrics.a.svc:6443",
+        None,
+        "",
+    )
+    b = resolver.for_tenant(TenantName("b"))
+    assert (str(b.origin), b.server_name, b.ca_file) == ("https://10.0.0.9", "b.example", "/b.crt")
+    assert resolver.default is None
+
+
+@pytest.mark.parametrize(
+    ("template", "default"),
+    [
+        ("https://keda.svc", None),  # no {tenant}
+        ("http://{tenant}.svc", None),  # not https
+        ("https://{tenant}.svc/path", None),
+        ("https://{tenant}.svc", "http://platform-keda"),
+        ("https://{tenant}.svc", "https://user@platform-keda"),
+    ],
+)
+def test_bad_upstreams_are_refused_at_start(template: str, default: str | None) -> None:
+    with pytest.raises(ConfigError):
+        BackendResolver(template, {}, default)
+
+
+def test_config_from_flags_and_environment(tmp_path: object) -> None:
+    config = RouterConfig.from_args(
+        [
+            "--tls-cert-file=/c",
+            "--tls-private-key-file=/k",
+            "--tenant-label-key=keda-tenancy.io/tenant",
+            "--requestheader-allowed-names=front-proxy-client,aggregator",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--upstream-timeout=1m30s",
+        ],
+        {
+            "KEDA_TENANCY_ROUTER_SECURE_PORT": "8443",
+            "KEDA_TENANCY_ROUTER_DEFAULT_UPSTREAM": "https://platform:443",
+        },
+    )
+    assert config.secure_port == 8443
+    assert config.default_upstream == "https://platform:443"
+    assert config.requestheader_allowed_names == {"front-proxy-client", "aggregator"}
+    assert config.upstream.timeout_s == 90
+    assert config.header_names.username == ("X-Remote-User",)
+    assert config.requestheader_client_ca_file is None
+    assert config.needs_cluster
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--tenant-label-key=k"],  # no serving certificate
+        ["--tls-cert-file=/c", "--tls-private-key-file=/k"],  # no tenancy rule
+        [
+            "--tls-cert-file=/c",
+            "--tls-private-key-file=/k",
+            "--tenant-label-key=k",
+            "--upstream-timeout=soon",
+        ],
+        [
+            "--tls-cert-file=/c",
+            "--tls-private-key-file=/k",
+            "--tenant-label-key=k",
+            "--upstream-client-cert-file=/x",
+        ],
+    ],
+)
+def test_bad_config_exits_with_usage(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        RouterConfig.from_args(argv, {})
+    assert caught.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30),
+        ("500ms", 0.5),
+        ("1m30s", 90),
+        ("1h", 3600),
+        ("2", 2),
+        ("0.25", 0.25),
+        ("1.5s", 1.5),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "s", "10x", "-1", "1s2", "1 s"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
