@@ -8,6 +8,7 @@ import gzip
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
@@ -304,3 +305,27 @@ async def test_default_upstream_is_opt_in(
         response = await raw_request(router.secure_port, aggregator, metric("unowned-ns"), (USER,))
         assert response.status == 200
         assert response.json()["received"]["namespace"] == "unowned-ns"  # type: ignore[index]
+
+
+async def test_per_tenant_ca_and_server_name(
+    pki: Pki, tmp_path: Path, aggregator: ssl.SSLContext, backends: dict[str, TenantBackend]
+) -> None:
+    tenancy = tmp_path / "per-tenant.yaml"
+    tenancy.write_text(
+        "tenants:\n"
+        f"  alpha:\n    namespaces: [alpha-ns]\n    upstream: {backends['alpha'].url}\n"
+        f"    serverName: localhost\n    caFile: {pki.path('backend_ca.crt')}\n"
+        f"  beta:\n    namespaces: [beta-ns]\n    upstream: {backends['beta'].url}\n"
+        f"    caFile: {pki.path('other_ca.crt')}\n"
+        f"  gamma:\n    namespaces: [gamma-ns]\n    upstream: {backends['alpha'].url}\n"
+        "    serverName: not-the-backend.example\n"
+    )
+    async with running_router(router_args(pki, str(tenancy))) as router:
+        assert router.secure_port
+        ok = await raw_request(router.secure_port, aggregator, metric("alpha-ns"), (USER,))
+        assert ok.status == 200
+        # beta's server certificate does not chain to beta's CA; gamma's name does not match.
+        for ns in ("beta-ns", "gamma-ns"):
+            refused = await raw_request(router.secure_port, aggregator, metric(ns), (USER,))
+            assert refused.status == 503, ns
+    assert not backends["beta"].received
