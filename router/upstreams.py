@@ -178,6 +178,13 @@ class Upstreams:
             allow_redirects=False,
             server_hostname=pool.backend.server_name,
         ) as response:
+            pool.down_until, pool.cooldown_s = 0.0, 0.0  # it answered: not down
+            if 300 <= response.status < 400:
+                # As kube-apiserver's aggregator does: a backend may not send callers elsewhere.
+                raise StatusError(
+                    502,
+                    f"the metrics server of {pool.backend.name} attempted to redirect, which is not permitted",
+                )
             chunks, size = [], 0
             async for chunk in response.content.iter_any():
                 size += len(chunk)
@@ -187,13 +194,6 @@ class Upstreams:
                     )
                 chunks.append(chunk)
             body = b"".join(chunks)
-            pool.down_until, pool.cooldown_s = 0.0, 0.0
-            if 300 <= response.status < 400:
-                # As kube-apiserver's aggregator does: a backend may not send callers elsewhere.
-                raise StatusError(
-                    502,
-                    f"the metrics server of {pool.backend.name} attempted to redirect, which is not permitted",
-                )
             return UpstreamResponse(response.status, list(response.raw_headers), body)
 
     def _mark_down(self, pool: _Pool) -> None:
