@@ -12,10 +12,11 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from prometheus_client import CollectorRegistry
 
 from router.backends import DEFAULT_CA, BackendResolver
@@ -24,10 +25,12 @@ from router.forwarding import HeaderPolicy
 from router.metrics import RouterMetrics
 from router.proxy import AuthState, ProxyHandler
 from router.requestheader import HeaderNames, RequestHeaderAuth
-from router.tenants import TenantDirectory
+from router.tenants import NamespaceView, TenantDirectory
 from router.upstreams import Upstreams
 from tenancy_common import health, tls
+from tenancy_common.kube import make_api_client
 from tenancy_common.lifecycle import run_roots, wait_stopped
+from tenancy_common.namespace_watch import NamespaceCache, WatchMetrics, watch_namespaces
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +113,7 @@ class Router:
             for ca_file in {DEFAULT_CA, *self.resolver.per_tenant_ca_files()}
         }
         self.upstreams = Upstreams(config.upstream, lambda ca: self.upstream_tls[ca].value[0])
-        self.cache: Any = None  # NamespaceCache when the rule needs the cluster
+        self.cache = NamespaceCache()
         self.directory = TenantDirectory(
             config.tenancy, self.resolver, self._namespace_view(), self.metrics
         )
@@ -144,10 +147,8 @@ class Router:
         name = f"upstream client TLS ({ca_file})" if ca_file else "upstream client TLS"
         return tls.Reloadable(name, sources, build, on_error=self._reload_failed)
 
-    def _namespace_view(self) -> Callable[[], Any] | None:
-        if not self.config.tenancy.needs_cluster:
-            return None
-        return lambda: self.cache.snapshot() if self.cache is not None else {}
+    def _namespace_view(self) -> NamespaceView | None:
+        return self.cache.snapshot if self.config.tenancy.needs_cluster else None
 
     def _reload_failed(self, name: str, _: Exception) -> None:
         self.metrics.cert_reload_errors.labels(name).inc()
@@ -201,7 +202,7 @@ class Router:
         def namespaces() -> str | None:
             if not self.config.tenancy.needs_cluster:
                 return None
-            if self.cache is None or not self.cache.synced.is_set():
+            if not self.cache.synced.is_set():
                 return "namespace cache not synced"
             return None
 
@@ -281,11 +282,7 @@ class Router:
 
     async def run(self, stop: asyncio.Event) -> None:
         roots: dict[str, Any] = {"health": self.serve_health(stop)}
-        api = None
-        if self.config.needs_cluster:
-            from tenancy_common.kube import make_api_client  # noqa: PLC0415 - only with a cluster
-
-            api = await make_api_client(self.config.kubeconfig)
+        api = await make_api_client(self.config.kubeconfig) if self.config.needs_cluster else None
         try:
             if api is not None and self.requestheader.from_cluster:
                 await self._read_configmap(api)
@@ -303,30 +300,21 @@ class Router:
             if api is not None:
                 await api.close()
 
-    async def _read_configmap(self, api: Any) -> None:
-        from kubernetes_asyncio.client import CoreV1Api  # noqa: PLC0415
-
+    async def _read_configmap(self, api: ApiClient) -> None:
         namespace, name = EXTENSION_AUTH_CONFIGMAP
         configmap = await CoreV1Api(api).read_namespaced_config_map(name, namespace)
         if self.requestheader.update_from_configmap(dict(configmap.data or {})):
             logger.info("requestheader settings read from the cluster")
             self.reload_certificates()
 
-    async def _poll_configmap(self, api: Any, stop: asyncio.Event) -> None:
+    async def _poll_configmap(self, api: ApiClient, stop: asyncio.Event) -> None:
         while not await wait_stopped(stop, max(self.config.cert_reload_interval_s, 10.0)):
             try:
                 await self._read_configmap(api)
             except Exception as exc:  # keep the last good settings; retry next round
                 logger.warning("cannot read requestheader ConfigMap", extra={"error": str(exc)})
 
-    async def _watch_namespaces(self, api: Any, stop: asyncio.Event) -> None:
-        from tenancy_common.namespace_watch import (  # noqa: PLC0415
-            NamespaceCache,
-            WatchMetrics,
-            watch_namespaces,
-        )
-
-        self.cache = NamespaceCache()
+    async def _watch_namespaces(self, api: ApiClient, stop: asyncio.Event) -> None:
         await watch_namespaces(
             api,
             self.cache,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.kube_api import FakeKubeAPI
 from tests.fakes.tenant_backend import TenantBackend
 from tests.router_harness import Pki
 
@@ -63,3 +64,16 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
         t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()
     }
     assert not leaked, f"leaked tasks: {leaked}"
+
+
+@pytest.fixture
+async def kube_api() -> AsyncIterator[FakeKubeAPI]:
+    api = FakeKubeAPI()
+    await api.start()
+    yield api
+    await api.stop()
+
+
+@pytest.fixture
+def kubeconfig(kube_api: FakeKubeAPI, tmp_path: Path) -> str:
+    return kube_api.write_kubeconfig(tmp_path / "kubeconfig")

@@ -1,0 +1,166 @@
+"""The shared namespace list+watch against a fake API server with real watch semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tenancy_common.kube import make_api_client
+from tenancy_common.namespace_watch import (
+    NamespaceCache,
+    WatchMetrics,
+    WatchSettings,
+    watch_namespaces,
+)
+from tests.fakes.kube_api import FakeKubeAPI
+
+FAST = WatchSettings(
+    server_timeout_s=30,
+    inactivity_timeout_s=0.6,
+    backoff_initial_s=0.05,
+    backoff_max_s=0.2,
+    page_size=2,
+)
+
+
+class Watching:
+    def __init__(self, cache: NamespaceCache, metrics: WatchMetrics) -> None:
+        self.cache = cache
+        self.metrics = metrics
+        self.changes = 0
+
+    def names(self) -> set[str]:
+        return set(self.cache.snapshot())
+
+    async def until(self, check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not check():
+                await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def watching(kubeconfig: str, selector: str | None = None) -> AsyncIterator[Watching]:
+    api = await make_api_client(kubeconfig)
+    cache = NamespaceCache()
+    state = Watching(cache, WatchMetrics(CollectorRegistry()))
+
+    def changed() -> None:
+        state.changes += 1
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        watch_namespaces(
+            api,
+            cache,
+            stop=stop,
+            label_selector=selector,
+            on_change=changed,
+            settings=FAST,
+            metrics=state.metrics,
+        )
+    )
+    try:
+        await asyncio.wait_for(cache.synced.wait(), 5)
+        yield state
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await api.close()
+
+
+async def test_list_then_follow_changes(kube_api: FakeKubeAPI, kubeconfig: str) -> None:
+    for name in ("a", "b", "c", "d", "e"):  # more than one page (page_size=2)
+        kube_api.create(name, team="x")
+    async with watching(kubeconfig) as w:
+        assert w.names() == {"a", "b", "c", "d", "e"}
+        kube_api.create("f")
+        await w.until(lambda: "f" in w.names())
+        kube_api.set_labels("a", team="y")
+        await w.until(lambda: w.cache.snapshot()["a"].labels.get("team") == "y")  # type: ignore[index]
+        kube_api.delete("b")
+        await w.until(lambda: "b" not in w.names())
+        kube_api.delete("c", terminating=True)
+        await w.until(lambda: w.cache.snapshot()["c"].terminating)  # type: ignore[index]
+        kube_api.finalize("c")
+        await w.until(lambda: "c" not in w.names())
+
+
+async def test_label_selected_watch_treats_leaving_as_deleted(
+    kube_api: FakeKubeAPI, kubeconfig: str
+) -> None:
+    kube_api.create("in-1", tenant="a")
+    kube_api.create("out-1", tenant="b")
+    async with watching(kubeconfig, "tenant=a") as w:
+        assert w.names() == {"in-1"}
+        kube_api.set_labels("out-1", tenant="a")
+        await w.until(lambda: w.names() == {"in-1", "out-1"})
+        kube_api.set_labels("in-1", tenant=None)
+        await w.until(lambda: w.names() == {"out-1"})
+        assert kube_api.requests["list namespaces"] == 1  # no relist was needed
+
+
+async def test_bookmarks_advance_without_changes(kube_api: FakeKubeAPI, kubeconfig: str) -> None:
+    kube_api.create("a")
+    async with watching(kubeconfig) as w:
+        changes = w.changes
+        await asyncio.sleep(1.0)  # > inactivity timeout: only bookmarks keep the stream alive
+        assert w.changes == changes
+        assert w.metrics.reconnects._value.get() == 0  # type: ignore[attr-defined]
+        assert kube_api.requests["watch namespaces"] == 1
+
+
+async def test_gone_relists_and_replaces_the_cache(kube_api: FakeKubeAPI, kubeconfig: str) -> None:
+    kube_api.create("a")
+    kube_api.create("b")
+    async with watching(kubeconfig) as w:
+        await w.until(lambda: kube_api.open_watches == 1)
+        kube_api.silence_watches()
+        kube_api.delete("a")  # this event is never delivered on the silent stream ...
+        kube_api.create("c")
+        kube_api.compact()  # ... and history is gone
+        kube_api.drop_watches()
+        kube_api.silence_watches(False)
+        await w.until(lambda: w.names() == {"b", "c"})
+        assert w.metrics.relists._value.get() == 2  # type: ignore[attr-defined]
+
+
+async def test_dropped_connection_resumes_without_losing_events(
+    kube_api: FakeKubeAPI, kubeconfig: str
+) -> None:
+    async with watching(kubeconfig) as w:
+        await w.until(lambda: kube_api.open_watches == 1)
+        kube_api.drop_watches()
+        kube_api.create("during-outage")
+        await w.until(lambda: "during-outage" in w.names())
+        assert (
+            kube_api.requests["list namespaces"] == 1
+        )  # resumed from the resourceVersion, no relist
+        assert w.metrics.reconnects._value.get() >= 1  # type: ignore[attr-defined]
+
+
+async def test_silent_stream_is_reconnected(kube_api: FakeKubeAPI, kubeconfig: str) -> None:
+    kube_api.bookmarks = False
+    async with watching(kubeconfig) as w:
+        kube_api.silence_watches()
+        await w.until(lambda: w.metrics.reconnects._value.get() >= 1, timeout_s=5)  # type: ignore[attr-defined]
+        kube_api.silence_watches(False)
+        kube_api.create("after-silence")
+        await w.until(lambda: "after-silence" in w.names())
+
+
+@pytest.mark.parametrize("selector", ["tenant in (a,b)", "tenant,!legacy", "tenant!=b"])
+async def test_selectors(kube_api: FakeKubeAPI, kubeconfig: str, selector: str) -> None:
+    kube_api.create("one", tenant="a")
+    kube_api.create("two", tenant="b")
+    kube_api.create("three", tenant="a", legacy="yes")
+    expected = {
+        "tenant in (a,b)": {"one", "two", "three"},
+        "tenant,!legacy": {"one", "two"},
+        "tenant!=b": {"one", "three"},
+    }
+    async with watching(kubeconfig, selector) as w:
+        assert w.names() == expected[selector]
