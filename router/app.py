@@ -115,7 +115,11 @@ class Router:
         self.upstreams = Upstreams(config.upstream, lambda ca: self.upstream_tls[ca].value[0])
         self.cache = NamespaceCache()
         self.directory = TenantDirectory(
-            config.tenancy, self.resolver, self._namespace_view(), self.metrics
+            config.tenancy,
+            self.resolver,
+            self._namespace_view(),
+            self.metrics,
+            synced=lambda: not config.tenancy.needs_cluster or self.cache.synced.is_set(),
         )
         self._auth: AuthState | None = None
         self._auth_inputs: tuple[object, ...] = ()

@@ -30,6 +30,7 @@ class TenantDirectory:
         resolver: BackendResolver,
         namespaces: NamespaceView | None,
         metrics: RouterMetrics,
+        synced: Callable[[], bool] = lambda: True,
     ) -> None:
         """`namespaces` is None when only a static file decides (no cluster)."""
         self._rule = rule
@@ -37,6 +38,7 @@ class TenantDirectory:
         self._namespaces = namespaces
         self._metrics = metrics
         self._memo: dict[NamespaceName, Decision] = {}
+        self._synced = synced
 
     def invalidate(self) -> None:
         self._memo.clear()
@@ -44,6 +46,9 @@ class TenantDirectory:
     def decide(self, name: NamespaceName) -> Decision:
         decision = self._memo.get(name)
         if decision is None:
+            if not self._synced():
+                # An empty cache would answer "no such tenant" for everything: say "not yet".
+                raise StatusError(503, "the router has not synced the namespace list yet")
             if self._namespaces is None:
                 decision = self._rule.decide(Namespace(name), {})
             else:

@@ -104,6 +104,9 @@ async def running_router(argv: Sequence[str]) -> AsyncIterator[Router]:
         stop.set()
         await task  # surfaces the startup error
         raise RuntimeError("router did not start listening")
+    async with asyncio.timeout(10):  # ready: certificates loaded, namespace cache synced
+        while any(check() for check in router.readiness_checks().values()):
+            await asyncio.sleep(0.02)
     try:
         yield router
     finally:

@@ -174,6 +174,10 @@ class FakeKubeAPI:
         """Like set_labels, for keys that are not Python identifiers."""
         self.set_labels(name, **labels)
 
+    def relabel_new(self, name: str, labels: dict[str, str]) -> None:
+        """Create a namespace with labels whose keys are not Python identifiers."""
+        self.create(name, **labels)
+
     def delete(self, name: str, *, terminating: bool = False) -> None:
         """Delete now, or (terminating) mark it Terminating first; finish with `finalize`."""
         if terminating:

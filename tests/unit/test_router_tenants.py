@@ -115,3 +115,21 @@ def test_requestheader_settings_from_the_configmap() -> None:
     assert source.ca_pem().startswith(b"-----BEGIN CERTIFICATE-----")
     with pytest.raises(ValueError):
         source.update_from_configmap({})
+
+
+def test_not_synced_yet_is_503_not_404() -> None:
+    synced = False
+    d = TenantDirectory(
+        TenancyRule((LabelValueRule("t"),)),
+        BackendResolver(TEMPLATE, {}, None),
+        dict,
+        RouterMetrics(CollectorRegistry()),
+        synced=lambda: synced,
+    )
+    with pytest.raises(StatusError) as caught:
+        d.backend_for(NamespaceName("web"))
+    assert caught.value.code == 503
+    synced = True
+    with pytest.raises(StatusError) as caught:
+        d.backend_for(NamespaceName("web"))
+    assert caught.value.code == 404
