@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Awaitable
+from typing import Any, cast
 
+import aiohttp
 from kubernetes_asyncio import config
 from kubernetes_asyncio.client import ApiClient, Configuration
+from kubernetes_asyncio.client.exceptions import ApiException
 
 
 async def make_api_client(kubeconfig: str | None) -> ApiClient:
@@ -17,3 +22,16 @@ async def make_api_client(kubeconfig: str | None) -> ApiClient:
     else:
         await config.load_kube_config(client_configuration=configuration)
     return ApiClient(configuration)
+
+
+async def read_json(call: Awaitable[object]) -> dict[str, Any]:
+    """Await a kubernetes_asyncio call made with `_preload_content=False` and return its
+    JSON body; raises ApiException for any non-2xx answer (the client leaves that to us)."""
+    response = cast(aiohttp.ClientResponse, await call)
+    try:
+        body = await response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=body[:500].decode("utf-8", "replace"))
+        return dict(json.loads(body))
+    finally:
+        response.release()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -18,14 +18,21 @@ logger = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
+def install_stop_signals(
+    stop: asyncio.Event, on_signal: Callable[[signal.Signals], None] | None = None
+) -> None:
+    """SIGTERM/SIGINT set `stop`; `on_signal` learns which one (to forward it)."""
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, _on_signal, stop, sig)
+        loop.add_signal_handler(sig, _on_signal, stop, sig, on_signal)
 
 
-def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+def _on_signal(
+    stop: asyncio.Event, sig: signal.Signals, on_signal: Callable[[signal.Signals], None] | None
+) -> None:
     logger.info("received %s, stopping", sig.name, extra={"signal": sig.name})
+    if on_signal is not None:
+        on_signal(sig)
     stop.set()
 
 

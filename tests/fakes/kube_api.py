@@ -353,28 +353,28 @@ class FakeKubeAPI:
 
 
 def _merge_containers(obj: Obj, patch: Obj) -> None:
-    """Strategic merge of spec.template.spec.containers by name, and env by name."""
-    patched = (((patch.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
-        "containers"
-    ) or []
-    containers = obj["spec"]["template"]["spec"]["containers"]
-    for change in patched:
-        target = next((c for c in containers if c["name"] == change["name"]), None)
-        if target is None:
-            containers.append(change)
-            continue
-        for env in change.get("env", []):
-            current = next(
-                (e for e in target.setdefault("env", []) if e["name"] == env["name"]), None
-            )
-            if current is None:
-                target["env"].append(env)
-            else:
-                current.clear()
-                current.update(env)
-        for key, value in change.items():
-            if key not in ("name", "env"):
-                target[key] = value
+    """Strategic merge patch, as far as Deployments need it here: maps merge recursively,
+    null deletes a key, and `containers` and `env` lists merge by `name`."""
+    for key, value in patch.items():
+        if value is None:
+            obj.pop(key, None)
+        elif key in ("containers", "env") and isinstance(value, list):
+            items = obj.setdefault(key, [])
+            for change in value:
+                target = next(
+                    (item for item in items if item.get("name") == change.get("name")), None
+                )
+                if target is None:
+                    items.append({k: v for k, v in change.items() if v is not None})
+                else:
+                    _merge_containers(target, change)
+        elif isinstance(value, dict) and isinstance(obj.get(key), dict):
+            _merge_containers(obj[key], value)
+        elif isinstance(value, dict):
+            obj[key] = {}
+            _merge_containers(obj[key], value)
+        else:
+            obj[key] = value
 
 
 def _true(value: str | None) -> bool:

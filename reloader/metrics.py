@@ -1,0 +1,44 @@
+"""The reloader's Prometheus metrics, built against an injected registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+PREFIX = "keda_tenancy_reloader_"
+
+
+class ReloaderMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.namespaces = Gauge(
+            PREFIX + "namespaces", "Namespaces in the desired WATCH_NAMESPACE.", registry=registry
+        )
+        self.restarts = Counter(
+            PREFIX + "restarts",
+            "Operator (re)starts or Deployment patches, by reason (initial, namespaces, crash, empty).",
+            ["reason"],
+            registry=registry,
+        )
+        self.last_restart = Gauge(
+            PREFIX + "last_restart_timestamp_seconds",
+            "Unix time of the last (re)start or patch.",
+            registry=registry,
+        )
+        self.child_up = Gauge(
+            PREFIX + "child_up", "1 while the operator process runs.", registry=registry
+        )
+        self.child_exits = Counter(
+            PREFIX + "child_exits",
+            "Operator process exits, by exit status.",
+            ["code"],
+            registry=registry,
+        )
+        self.empty = Gauge(
+            PREFIX + "empty_namespace_set",
+            "1 while no namespace is selected (the operator is kept stopped).",
+            registry=registry,
+        )
+        self.refused = Counter(
+            PREFIX + "refused_values",
+            "Desired values refused (too large for one environment string).",
+            registry=registry,
+        )
