@@ -338,7 +338,9 @@ class FakeKubeAPI:
         obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
         return web.json_response(obj)
 
-    def add_deployment(self, namespace: str, name: str, containers: list[Obj]) -> None:
+    def add_deployment(
+        self, namespace: str, name: str, containers: list[Obj], replicas: int = 1
+    ) -> None:
         self.deployments[(namespace, name)] = {
             "kind": "Deployment",
             "apiVersion": "apps/v1",
@@ -348,7 +350,7 @@ class FakeKubeAPI:
                 "generation": 1,
                 "resourceVersion": "1",
             },
-            "spec": {"template": {"spec": {"containers": containers}}},
+            "spec": {"replicas": replicas, "template": {"spec": {"containers": containers}}},
         }
 
 
