@@ -61,7 +61,7 @@ class TenancyFile:
 
     @classmethod
     def parse(cls, raw: Any, *, source: str = "tenancy file") -> TenancyFile:
-        if not isinstance(raw, dict) or not isinstance(raw.get("tenants", {}), dict):
+        if not isinstance(raw, dict) or not isinstance(raw.get("tenants") or {}, dict):
             raise ConfigError(f"{source}: expected a mapping with a 'tenants' mapping")
         tenants: dict[TenantName, TenantSpec] = {}
         for name, given in (raw.get("tenants") or {}).items():

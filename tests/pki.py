@@ -76,11 +76,14 @@ class CertificateAuthority:
         server: bool = False,
         not_before: datetime.datetime | None = None,
         not_after: datetime.datetime | None = None,
+        organizations: tuple[str, ...] = (),
     ) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
+        subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+        subject.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .subject_name(x509.Name(subject))
             .issuer_name(self.name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())

@@ -1,0 +1,392 @@
+"""The real thing on loopback: etcd, kube-apiserver (whose aggregator proxies to the
+router), the router, per-tenant KEDA (operator through the reloader, metrics adapter),
+and kube-controller-manager running the HPA controller.
+
+Everything listens on 127.0.0.1 with certificates made here. Binaries come from
+tests/e2e/build/build.sh (built from their Go modules, cached outside the checkout).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.pki import CertificateAuthority
+
+ROOT = Path(__file__).resolve().parents[2]
+ROUTER_SERVICE = ("keda-tenancy", "keda-tenancy-router")
+TENANT_LABEL = "keda-tenancy.io/tenant"
+
+
+def build_binaries() -> Path:
+    """Build (or reuse) the real components; returns their directory."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "tests/e2e/build/build.sh")], check=True, stdout=subprocess.PIPE, text=True
+    )
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], object], what: str, timeout_s: float = 60.0, interval_s: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except Exception as exc:  # noqa: BLE001 - keep trying until the deadline
+            last = exc
+        else:
+            if result:
+                return result
+            last = result
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out waiting for {what}: {last!r}")
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str] | None = None
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        handle = self.log.open("ab")
+        self.popen = subprocess.Popen(  # noqa: S603 - our own binaries and arguments
+            self.argv, stdout=handle, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        handle.close()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.running and self.popen is not None:
+            self.popen.send_signal(sig)
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(10)
+        return self.popen.returncode
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+@dataclass
+class Tenant:
+    name: str
+    namespace: str  # where its KEDA runs
+    adapter_port: int
+    operator_ports: dict[str, int]
+    metric_port: int
+    adapter: Process | None = None
+    operator: Process | None = None
+
+
+@dataclass
+class Stack:
+    bin: Path
+    workdir: Path
+    processes: dict[str, Process] = field(default_factory=dict)
+    tenants: dict[str, Tenant] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.certs = self.workdir / "certs"
+        self.certs.mkdir(parents=True, exist_ok=True)
+        self.logs = self.workdir / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.apiserver_port = free_port()
+        self.router_port = free_port()
+        self.router_health_port = free_port()
+        self._make_pki()
+
+    # -- certificates ------------------------------------------------------------------
+
+    def _make_pki(self) -> None:
+        c = self.certs
+        self.cluster_ca = CertificateAuthority("kubernetes-ca")
+        self.cluster_ca.write(c, "cluster-ca")
+        self.cluster_ca.issue(
+            "kube-apiserver",
+            dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
+            ips=("127.0.0.1",),
+            server=True,
+        ).write(c, "apiserver")
+        self.cluster_ca.issue("admin", client=True, organizations=("system:masters",)).write(c, "admin")
+        self.front_proxy_ca = CertificateAuthority("front-proxy-ca")
+        self.front_proxy_ca.write(c, "front-proxy-ca")
+        self.front_proxy_ca.issue("front-proxy-client", client=True).write(c, "front-proxy-client")
+        self.router_serving_ca = CertificateAuthority("router-serving-ca")
+        self.router_serving_ca.write(c, "router-serving-ca")
+        self.issue_router_serving()
+        self.router_client_ca = CertificateAuthority("router-client-ca")
+        self.router_client_ca.write(c, "router-client-ca")
+        self.router_client_ca.issue("keda-tenancy-router", client=True).write(c, "router-client")
+        self.backend_ca = CertificateAuthority("tenant-metrics-ca")
+        self.backend_ca.write(c, "backend-ca")
+        sa = CertificateAuthority("service-accounts")  # only its key pair is used
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+        (c / "sa.key").write_bytes(
+            sa.key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        (c / "sa.pub").write_bytes(
+            sa.key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+        self.kubeconfig = self.write_kubeconfig("admin", c / "admin.crt", c / "admin.key")
+
+    def issue_router_serving(self, common_name: str = "keda-tenancy-router") -> None:
+        namespace, name = ROUTER_SERVICE
+        self.router_serving_ca.issue(
+            common_name, dns=(f"{name}.{namespace}.svc", "localhost"), ips=("127.0.0.1",), server=True
+        ).write(self.certs, "router-serving")
+
+    def write_kubeconfig(self, user: str, cert: Path, key: Path) -> Path:
+        path = self.workdir / f"{user}.kubeconfig"
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": "e2e",
+                            "cluster": {
+                                "server": f"https://127.0.0.1:{self.apiserver_port}",
+                                "certificate-authority": str(self.certs / "cluster-ca.crt"),
+                            },
+                        }
+                    ],
+                    "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+                    "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
+                    "current-context": "e2e",
+                }
+            )
+        )
+        return path
+
+    def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        self.cluster_ca.issue(user, client=True, organizations=groups).write(self.certs, f"user-{user}")
+        return self.write_kubeconfig(user, self.certs / f"user-{user}.crt", self.certs / f"user-{user}.key")
+
+    # -- processes ---------------------------------------------------------------------
+
+    def run(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
+        process = Process(name, argv, self.logs / f"{name}.log", env).start()
+        self.processes[name] = process
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.stop()
+
+    def start_control_plane(self) -> None:
+        etcd_client, etcd_peer = free_port(), free_port()
+        self.run(
+            "etcd",
+            [
+                str(self.bin / "etcd"),
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        c = self.certs
+        self.run(
+            "kube-apiserver",
+            [
+                str(self.bin / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--tls-cert-file={c / 'apiserver.crt'}",
+                f"--tls-private-key-file={c / 'apiserver.key'}",
+                f"--client-ca-file={c / 'cluster-ca.crt'}",
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                f"--service-account-key-file={c / 'sa.pub'}",
+                f"--service-account-signing-key-file={c / 'sa.key'}",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                f"--requestheader-client-ca-file={c / 'front-proxy-ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={c / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={c / 'front-proxy-client.key'}",
+                "--enable-priority-and-fairness=false",
+                "--v=1",
+            ],
+        )
+        wait_for(lambda: self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0, "kube-apiserver ready", 120)
+
+    def start_router(self, *extra: str) -> Process:
+        c = self.certs
+        tenancy = self.workdir / "tenancy.yaml"
+        tenancy.write_text(
+            "tenants:\n"
+            + "".join(
+                f"  {t.name}:\n    upstream: https://127.0.0.1:{t.adapter_port}\n    serverName: localhost\n"
+                for t in self.tenants.values()
+            )
+        )
+        process = self.run(
+            "router",
+            [
+                sys.executable,
+                "-m",
+                "router",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.router_port}",
+                "--health-bind-address=127.0.0.1",
+                f"--health-port={self.router_health_port}",
+                f"--tls-cert-file={c / 'router-serving.crt'}",
+                f"--tls-private-key-file={c / 'router-serving.key'}",
+                f"--upstream-client-cert-file={c / 'router-client.crt'}",
+                f"--upstream-client-key-file={c / 'router-client.key'}",
+                f"--upstream-ca-file={c / 'backend-ca.crt'}",
+                "--upstream-url-template=https://keda-metrics.{tenant}.invalid:6443",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--tenant-label-key={TENANT_LABEL}",
+                f"--tenancy-file={tenancy}",
+                "--cert-reload-interval=1s",
+                "--shutdown-grace-period=10s",
+                *extra,
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        wait_for(self.router_ready, "router ready", 30)
+        return process
+
+    def router_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.router_health_port}/readyz", timeout=2) as r:  # noqa: S310
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def register_apiservice(self) -> None:
+        namespace, name = ROUTER_SERVICE
+        ca_bundle = base64.b64encode(self.router_serving_ca.cert_pem).decode()
+        self.apply(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {
+                    "type": "ExternalName",
+                    "externalName": "127.0.0.1",
+                    "ports": [{"name": "https", "port": self.router_port, "targetPort": self.router_port}],
+                },
+            },
+            {
+                "apiVersion": "apiregistration.k8s.io/v1",
+                "kind": "APIService",
+                "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
+                "spec": {
+                    "group": "external.metrics.k8s.io",
+                    "version": "v1beta1",
+                    "groupPriorityMinimum": 100,
+                    "versionPriority": 100,
+                    "service": {"name": name, "namespace": namespace, "port": self.router_port},
+                    "caBundle": ca_bundle,
+                },
+            },
+        )
+
+    def apiservice_available(self) -> bool:
+        done = self.kubectl("get", "apiservice", "v1beta1.external.metrics.k8s.io", "-o", "json", check=False)
+        if done.returncode != 0:
+            return False
+        conditions = json.loads(done.stdout).get("status", {}).get("conditions", [])
+        return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
+
+    # -- kubectl -----------------------------------------------------------------------
+
+    def kubectl(
+        self, *args: str, check: bool = True, kubeconfig: Path | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(  # noqa: S603
+            [str(self.bin / "kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
+        return done
+
+    def apply(self, *objects: dict[str, Any]) -> None:
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
+
+    def get_raw(self, path: str, kubeconfig: Path | None = None) -> tuple[int, dict[str, Any]]:
+        """GET through kube-apiserver (and so the aggregator); (HTTP-ish code, body)."""
+        done = self.kubectl("get", "--raw", path, check=False, kubeconfig=kubeconfig)
+        if done.returncode == 0:
+            return 200, json.loads(done.stdout)
+        text = done.stderr
+        # kubectl prints the Status from the server: 'Error from server (NotFound): ...'
+        for code, reason in ((404, "NotFound"), (403, "Forbidden"), (503, "ServiceUnavailable"), (401, "Unauthorized"), (400, "BadRequest"), (504, "Timeout")):
+            if f"({reason})" in text:
+                return code, {"message": text}
+        return 0, {"message": text}
+
+
+@contextlib.contextmanager
+def running_stack(workdir: Path) -> Iterator[Stack]:
+    stack = Stack(build_binaries(), workdir)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def tls_context_for(stack: Stack) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(stack.certs / "router-serving-ca.crt"))
+    context.load_cert_chain(str(stack.certs / "front-proxy-client.crt"), str(stack.certs / "front-proxy-client.key"))
+    return context
