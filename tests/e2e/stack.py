@@ -35,7 +35,10 @@ TENANT_LABEL = "keda-tenancy.io/tenant"
 def build_binaries() -> Path:
     """Build (or reuse) the real components; returns their directory."""
     done = subprocess.run(
-        ["bash", str(ROOT / "tests/e2e/build/build.sh")], check=True, stdout=subprocess.PIPE, text=True
+        ["bash", str(ROOT / "tests/e2e/build/build.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     return Path(done.stdout.strip().splitlines()[-1])
 
@@ -46,13 +49,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(check: Callable[[], object], what: str, timeout_s: float = 60.0, interval_s: float = 0.2) -> Any:
+def wait_for(
+    check: Callable[[], object], what: str, timeout_s: float = 60.0, interval_s: float = 0.2
+) -> Any:
     deadline = time.monotonic() + timeout_s
     last: object = None
     while time.monotonic() < deadline:
         try:
             result = check()
-        except Exception as exc:  # noqa: BLE001 - keep trying until the deadline
+        except Exception as exc:
             last = exc
         else:
             if result:
@@ -72,7 +77,7 @@ class Process:
 
     def start(self) -> Process:
         handle = self.log.open("ab")
-        self.popen = subprocess.Popen(  # noqa: S603 - our own binaries and arguments
+        self.popen = subprocess.Popen(
             self.argv, stdout=handle, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
         )
         handle.close()
@@ -146,7 +151,9 @@ class Stack:
             ips=("127.0.0.1",),
             server=True,
         ).write(c, "apiserver")
-        self.cluster_ca.issue("admin", client=True, organizations=("system:masters",)).write(c, "admin")
+        self.cluster_ca.issue("admin", client=True, organizations=("system:masters",)).write(
+            c, "admin"
+        )
         self.front_proxy_ca = CertificateAuthority("front-proxy-ca")
         self.front_proxy_ca.write(c, "front-proxy-ca")
         self.front_proxy_ca.issue("front-proxy-client", client=True).write(c, "front-proxy-client")
@@ -163,18 +170,25 @@ class Stack:
 
         (c / "sa.key").write_bytes(
             sa.key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
             )
         )
         (c / "sa.pub").write_bytes(
-            sa.key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            sa.key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
         )
         self.kubeconfig = self.write_kubeconfig("admin", c / "admin.crt", c / "admin.key")
 
     def issue_router_serving(self, common_name: str = "keda-tenancy-router") -> None:
         namespace, name = ROUTER_SERVICE
         self.router_serving_ca.issue(
-            common_name, dns=(f"{name}.{namespace}.svc", "localhost"), ips=("127.0.0.1",), server=True
+            common_name,
+            dns=(f"{name}.{namespace}.svc", "localhost"),
+            ips=("127.0.0.1",),
+            server=True,
         ).write(self.certs, "router-serving")
 
     def write_kubeconfig(self, user: str, cert: Path, key: Path) -> Path:
@@ -193,7 +207,12 @@ class Stack:
                             },
                         }
                     ],
-                    "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+                    "users": [
+                        {
+                            "name": user,
+                            "user": {"client-certificate": str(cert), "client-key": str(key)},
+                        }
+                    ],
                     "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
                     "current-context": "e2e",
                 }
@@ -202,8 +221,12 @@ class Stack:
         return path
 
     def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> Path:
-        self.cluster_ca.issue(user, client=True, organizations=groups).write(self.certs, f"user-{user}")
-        return self.write_kubeconfig(user, self.certs / f"user-{user}.crt", self.certs / f"user-{user}.key")
+        self.cluster_ca.issue(user, client=True, organizations=groups).write(
+            self.certs, f"user-{user}"
+        )
+        return self.write_kubeconfig(
+            user, self.certs / f"user-{user}.crt", self.certs / f"user-{user}.key"
+        )
 
     # -- processes ---------------------------------------------------------------------
 
@@ -260,7 +283,11 @@ class Stack:
                 "--v=1",
             ],
         )
-        wait_for(lambda: self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0, "kube-apiserver ready", 120)
+        wait_for(
+            lambda: self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
+            "kube-apiserver ready",
+            120,
+        )
 
     def start_router(self, *extra: str) -> Process:
         c = self.certs
@@ -302,7 +329,9 @@ class Stack:
 
     def router_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.router_health_port}/readyz", timeout=2) as r:  # noqa: S310
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.router_health_port}/readyz", timeout=2
+            ) as r:
                 return bool(r.status == 200)
         except (urllib.error.URLError, OSError):
             return False
@@ -319,7 +348,9 @@ class Stack:
                 "spec": {
                     "type": "ExternalName",
                     "externalName": "127.0.0.1",
-                    "ports": [{"name": "https", "port": self.router_port, "targetPort": self.router_port}],
+                    "ports": [
+                        {"name": "https", "port": self.router_port, "targetPort": self.router_port}
+                    ],
                 },
             },
             {
@@ -338,18 +369,223 @@ class Stack:
         )
 
     def apiservice_available(self) -> bool:
-        done = self.kubectl("get", "apiservice", "v1beta1.external.metrics.k8s.io", "-o", "json", check=False)
+        done = self.kubectl(
+            "get", "apiservice", "v1beta1.external.metrics.k8s.io", "-o", "json", check=False
+        )
         if done.returncode != 0:
             return False
         conditions = json.loads(done.stdout).get("status", {}).get("conditions", [])
         return any(c["type"] == "Available" and c["status"] == "True" for c in conditions)
 
+    # -- tenants -----------------------------------------------------------------------
+
+    def add_tenant(self, name: str) -> Tenant:
+        """A tenant's KEDA: the operator run through the reloader (process mode, as in
+        production) and the metrics adapter, trusting the router's client CA and CN."""
+        tenant = Tenant(
+            name=name,
+            namespace=f"keda-{name}",
+            adapter_port=free_port(),
+            operator_ports={
+                "metrics": free_port(),
+                "probe": free_port(),
+                "grpc": free_port(),
+                "reloader": free_port(),
+                "adapter-reloader": free_port(),
+            },
+            metric_port=0,
+        )
+        self.tenants[name] = tenant
+        certs = self.certs / f"keda-{name}"
+        certs.mkdir(exist_ok=True)
+        # KEDA's operator <-> adapter gRPC uses mutual TLS from one directory (ca.crt, tls.crt, tls.key).
+        internal = CertificateAuthority(f"keda-{name}-internal")
+        (certs / "ca.crt").write_bytes(internal.cert_pem)
+        pair = internal.issue(
+            f"keda-{name}", dns=("localhost",), ips=("127.0.0.1",), client=True, server=True
+        )
+        (certs / "tls.crt").write_bytes(pair.cert_pem)
+        (certs / "tls.key").write_bytes(pair.key_pem)
+        self.backend_ca.issue(
+            f"keda-metrics-{name}", dns=("localhost",), ips=("127.0.0.1",), server=True
+        ).write(self.certs, f"adapter-{name}")
+        self.apply(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": tenant.namespace}}
+        )
+        self.start_operator(tenant)
+        self.start_adapter(tenant)
+        return tenant
+
+    def start_operator(self, tenant: Tenant) -> Process:
+        ports = tenant.operator_ports
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "KUBECONFIG": str(self.kubeconfig),
+            "KEDA_CLUSTER_OBJECT_NAMESPACE": tenant.namespace,
+            "POD_NAMESPACE": tenant.namespace,
+        }
+        tenant.operator = self.run(
+            f"operator-{tenant.name}",
+            [
+                *self._reloader(tenant, ports["reloader"]),
+                str(self.bin / "keda"),
+                "--leader-elect=false",
+                f"--metrics-bind-address=127.0.0.1:{ports['metrics']}",
+                f"--health-probe-bind-address=127.0.0.1:{ports['probe']}",
+                f"--metrics-service-bind-address=127.0.0.1:{ports['grpc']}",
+                f"--cert-dir={self.certs / f'keda-{tenant.name}'}",
+                "--enable-cert-rotation=false",
+                "--enable-webhook-patching=false",
+                "--zap-log-level=info",
+            ],
+            env=env,
+        )
+        return tenant.operator
+
+    def _reloader(self, tenant: Tenant, health_port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "reloader",
+            f"--kubeconfig={self.kubeconfig}",
+            f"--tenant={tenant.name}",
+            f"--tenant-label-key={TENANT_LABEL}",
+            "--debounce=1s",
+            "--min-restart-interval=1s",
+            "--grace-period=10s",
+            "--health-bind-address=127.0.0.1",
+            f"--health-port={health_port}",
+            "--",
+        ]
+
+    def start_adapter(self, tenant: Tenant) -> Process:
+        c = self.certs
+        # KEDA's adapter reads WATCH_NAMESPACE too (its ScaledObject cache): it runs under
+        # the reloader as well, so it also follows exactly the tenant's namespaces.
+        tenant.adapter = self.run(
+            f"adapter-{tenant.name}",
+            [
+                *self._reloader(tenant, tenant.operator_ports["adapter-reloader"]),
+                str(self.bin / "keda-adapter"),
+                "--bind-address=127.0.0.1",
+                f"--secure-port={tenant.adapter_port}",
+                f"--tls-cert-file={c / f'adapter-{tenant.name}.crt'}",
+                f"--tls-private-key-file={c / f'adapter-{tenant.name}.key'}",
+                f"--cert-dir={c / f'keda-{tenant.name}'}",
+                f"--requestheader-client-ca-file={c / 'router-client-ca.crt'}",
+                "--requestheader-allowed-names=keda-tenancy-router",
+                "--authentication-skip-lookup",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--lister-kubeconfig={self.kubeconfig}",
+                f"--metrics-service-address=127.0.0.1:{tenant.operator_ports['grpc']}",
+                "--metrics-service-grpc-authority=localhost",
+                f"--port={free_port()}",
+                "--authorization-webhook-cache-authorized-ttl=0s",
+                "--authorization-webhook-cache-unauthorized-ttl=0s",
+            ],
+            env={
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                "KUBECONFIG": str(self.kubeconfig),
+                "KEDA_CLUSTER_OBJECT_NAMESPACE": tenant.namespace,
+                "POD_NAMESPACE": tenant.namespace,
+            },
+        )
+        return tenant.adapter
+
+    def start_hpa_controller(self) -> Process:
+        return self.run(
+            "kube-controller-manager",
+            [
+                str(self.bin / "kube-controller-manager"),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--controllers=horizontalpodautoscaling,namespace,garbagecollector",
+                "--horizontal-pod-autoscaler-sync-period=2s",
+                "--horizontal-pod-autoscaler-downscale-stabilization=0s",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                "--v=1",
+            ],
+        )
+
+    def tenant_namespace(self, tenant: str, name: str) -> None:
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name, "labels": {TENANT_LABEL: tenant}},
+            }
+        )
+
+    def scaled_app(
+        self, namespace: str, metric_url: str, name: str = "app", target: str = "2"
+    ) -> None:
+        """A Deployment and a ScaledObject with a metrics-api trigger reading `metric_url`."""
+        self.apply(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {
+                        "metadata": {"labels": {"app": name}},
+                        "spec": {
+                            "containers": [{"name": "app", "image": "registry.invalid/app:1"}]
+                        },
+                    },
+                },
+            },
+            {
+                "apiVersion": "keda.sh/v1alpha1",
+                "kind": "ScaledObject",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {
+                    "scaleTargetRef": {"name": name},
+                    "pollingInterval": 2,
+                    "minReplicaCount": 1,
+                    "maxReplicaCount": 20,
+                    "triggers": [
+                        {
+                            "type": "metrics-api",
+                            "metadata": {
+                                "url": metric_url,
+                                "valueLocation": "value",
+                                "targetValue": target,
+                                "format": "json",
+                            },
+                        }
+                    ],
+                },
+            },
+        )
+
+    def install_keda_crds(self) -> None:
+        crd_dir = Path((self.bin / "keda-crd-dir.txt").read_text().strip())
+        for crd in sorted(crd_dir.glob("*.yaml")):
+            self.kubectl("apply", "--server-side", "-f", str(crd))
+        wait_for(
+            lambda: self.kubectl("get", "scaledobjects.keda.sh", "-A", check=False).returncode == 0,
+            "KEDA CRDs established",
+        )
+
     # -- kubectl -----------------------------------------------------------------------
 
     def kubectl(
-        self, *args: str, check: bool = True, kubeconfig: Path | None = None, stdin: str | None = None
+        self,
+        *args: str,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+        stdin: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(  # noqa: S603
+        done = subprocess.run(
             [str(self.bin / "kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
             input=stdin,
             capture_output=True,
@@ -362,7 +598,14 @@ class Stack:
         return done
 
     def apply(self, *objects: dict[str, Any]) -> None:
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}),
+        )
 
     def get_raw(self, path: str, kubeconfig: Path | None = None) -> tuple[int, dict[str, Any]]:
         """GET through kube-apiserver (and so the aggregator); (HTTP-ish code, body)."""
@@ -371,7 +614,14 @@ class Stack:
             return 200, json.loads(done.stdout)
         text = done.stderr
         # kubectl prints the Status from the server: 'Error from server (NotFound): ...'
-        for code, reason in ((404, "NotFound"), (403, "Forbidden"), (503, "ServiceUnavailable"), (401, "Unauthorized"), (400, "BadRequest"), (504, "Timeout")):
+        for code, reason in (
+            (404, "NotFound"),
+            (403, "Forbidden"),
+            (503, "ServiceUnavailable"),
+            (401, "Unauthorized"),
+            (400, "BadRequest"),
+            (504, "Timeout"),
+        ):
             if f"({reason})" in text:
                 return code, {"message": text}
         return 0, {"message": text}
@@ -388,5 +638,7 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
 
 def tls_context_for(stack: Stack) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(stack.certs / "router-serving-ca.crt"))
-    context.load_cert_chain(str(stack.certs / "front-proxy-client.crt"), str(stack.certs / "front-proxy-client.key"))
+    context.load_cert_chain(
+        str(stack.certs / "front-proxy-client.crt"), str(stack.certs / "front-proxy-client.key")
+    )
     return context
