@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test check unit demo e2e bench clean
+.PHONY: test check unit binaries demo e2e bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,9 +20,16 @@ check: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit tests/integration -q
 
-test: check unit
+# The real components, built from their Go modules and cached outside the checkout.
+binaries:
+	bash tests/e2e/build/build.sh >/dev/null
 
-demo: $(STAMP)
+e2e: $(STAMP) binaries
+	$(PY) -m pytest tests/e2e -v --timeout=900
+
+test: check unit e2e
+
+demo: $(STAMP) binaries
 	$(PY) -m tests.demo
 
 bench: $(STAMP)
