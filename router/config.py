@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from router.backends import DEFAULT_UPSTREAM_TEMPLATE
 from router.requestheader import DEFAULT_HEADER_NAMES, HeaderNames, split_names
 from router.upstreams import UpstreamSettings
+from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration
 from tenancy_common.tenancy import TenancyRule
 from tenancy_common.tenancy_config import (
@@ -64,7 +65,7 @@ class RouterConfig:
     @classmethod
     def from_args(cls, argv: Sequence[str], environ: Mapping[str, str]) -> RouterConfig:
         parser = build_parser()
-        _apply_env_defaults(parser, environ)
+        apply_env_defaults(parser, environ, ENV_PREFIX)
         args = parser.parse_args(argv)
         try:
             return cls._from_namespace(args)
@@ -261,18 +262,3 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ops.add_argument("--log-format", default="json", choices=["json", "text"])
     return parser
-
-
-def _apply_env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
-    for action in parser._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
-        value = environ.get(ENV_PREFIX + action.dest.upper())
-        if value is None:
-            continue
-        if isinstance(action, argparse._AppendAction):
-            action.default = [value]
-        elif action.type is int:
-            action.default = int(value)
-        else:
-            action.default = value

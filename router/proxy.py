@@ -24,6 +24,7 @@ from router.requestheader import RequestHeaderAuth
 from router.status import StatusError, status_body
 from router.tenants import TenantDirectory
 from router.upstreams import Upstreams
+from tenancy_common.client_verification import verify_result
 
 access_log = logging.getLogger("router.access")
 
@@ -68,7 +69,9 @@ class ProxyHandler:
         if cached is None or cached[0] != state.generation:
             verdict: str | StatusError
             try:
-                verdict = state.auth.verify_peer(tls.getpeercert(binary_form=True), self._now())
+                verdict = state.auth.verify_peer(
+                    tls.getpeercert(binary_form=True), self._now(), verify_result(tls)
+                )
             except StatusError as refusal:
                 verdict = refusal
             cached = (state.generation, verdict)

@@ -41,10 +41,19 @@ class RequestHeaderAuth:
     allowed_names: frozenset[str]  # empty: any CN from the CA
     headers: HeaderNames
 
-    def verify_peer(self, der: bytes | None, now: datetime.datetime) -> str:
-        """The front proxy's CN, or StatusError(401) for any certificate we must not trust."""
+    def verify_peer(
+        self, der: bytes | None, now: datetime.datetime, chain_verdict: tuple[int, str] = (0, "")
+    ) -> str:
+        """The front proxy's CN, or StatusError(401) for any certificate we must not trust.
+
+        `chain_verdict` is OpenSSL's verification of the chain presented in the handshake
+        (0: trusted); the checks here add the CN allow-list and the CAs trusted *now*.
+        """
         if not der:
             raise StatusError(401, "Unauthorized: a client certificate is required")
+        code, reason = chain_verdict
+        if code != 0:
+            raise StatusError(401, f"Unauthorized: client certificate not trusted: {reason}")
         try:
             cert = x509.load_der_x509_certificate(der)
         except ValueError as exc:
