@@ -205,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="address of /healthz /readyz /metrics",
     )
     ops.add_argument(
-        "--health-port", type=int, default=8081, help="port of /healthz /readyz /metrics"
+        "--health-port",
+        type=int,
+        default=8090,
+        help="port of /healthz /readyz /metrics (KEDA keeps 8081)",
     )
     ops.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ops.add_argument("--log-format", default="json", choices=["json", "text"])
