@@ -1,0 +1,317 @@
+{{/* Names, labels, the tenant's namespace selectors and the chart-generated certificates. */}}
+
+{{- define "tenant.name" -}}
+{{- required "tenant is required: the tenant's name as the tenancy rule yields it" .Values.tenant }}
+{{- end }}
+
+{{/* Prefix of every cluster-scoped object: two tenants' releases never share a name, and a second
+release for the same tenant fails instead of running a second KEDA for it. */}}
+{{- define "tenant.prefix" -}}
+keda-tenancy-{{ include "tenant.name" . }}
+{{- end }}
+
+{{- define "tenant.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: keda-tenancy
+keda-tenancy.io/tenant: {{ include "tenant.name" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: (dict "ctx" $ "component" "operator"). */}}
+{{- define "tenant.selectorLabels" -}}
+app.kubernetes.io/name: {{ .component }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "tenant.componentLabels" -}}
+{{ include "tenant.labels" .ctx }}
+app.kubernetes.io/name: {{ .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "tenant.image" -}}
+{{- $img := index .ctx.Values.images .image }}
+{{- printf "%s:%s" $img.repository (default .ctx.Chart.AppVersion $img.tag) }}
+{{- end }}
+
+{{- define "tenant.leaderElectionId" -}}
+{{ include "tenant.name" . }}.operator.keda-tenancy.io
+{{- end }}
+
+{{- define "tenant.webhookConfigName" -}}
+{{ include "tenant.prefix" . }}-admission
+{{- end }}
+
+{{- define "tenant.usesHnc" -}}
+{{- if or .Values.tenancy.hnc.roots .Values.tenancy.hnc.rootLabel }}true{{ end }}
+{{- end }}
+
+{{/*
+The label selectors (JSON list of LabelSelector) that pick the tenant's namespaces: the explicit
+tenantNamespaceSelectors, else one per label key (value = tenant) plus the HNC tree label
+<tenant>.tree.hnc.x-k8s.io/depth. Empty when the rule is only a name pattern.
+*/}}
+{{- define "tenant.namespaceSelectors" -}}
+{{- $tenant := include "tenant.name" . }}
+{{- $out := list }}
+{{- if .Values.tenantNamespaceSelectors }}
+{{- $out = .Values.tenantNamespaceSelectors }}
+{{- else }}
+{{- range .Values.tenancy.labelKeys }}
+{{- $out = append $out (dict "matchLabels" (dict . $tenant)) }}
+{{- end }}
+{{- if include "tenant.usesHnc" . }}
+{{- $out = append $out (dict "matchExpressions" (list (dict "key" (printf "%s.tree.hnc.x-k8s.io/depth" $tenant) "operator" "Exists"))) }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{- define "tenant.requiredNamespaceSelectors" -}}
+{{- $sel := include "tenant.namespaceSelectors" .ctx | fromJsonArray }}
+{{- if not $sel }}
+{{- fail (printf "%s needs the tenant's namespaces as label selectors, and a name-pattern rule has none: set tenantNamespaceSelectors" .what) }}
+{{- end }}
+{{- toJson $sel }}
+{{- end }}
+
+{{/* The operator's RBAC scope, "auto" resolved. */}}
+{{- define "tenant.rbacScope" -}}
+{{- $scope := .Values.rbac.scope }}
+{{- if eq $scope "auto" }}
+{{- if include "tenant.usesHnc" . }}hnc{{ else if .Values.rbac.namespaces }}namespaces{{ else }}cluster{{ end }}
+{{- else }}
+{{- $scope }}
+{{- end }}
+{{- end }}
+
+{{/* The tenancy rule and selection as reloader flags (YAML list items). */}}
+{{- define "tenant.reloaderArgs" -}}
+- --tenant={{ include "tenant.name" . }}
+{{- range .Values.tenancy.labelKeys }}
+- --tenant-label-key={{ . }}
+{{- end }}
+{{- with .Values.tenancy.hnc.roots }}
+- --hnc-roots={{ join "," . }}
+{{- end }}
+{{- with .Values.tenancy.hnc.rootLabel }}
+- --hnc-root-label={{ . }}
+{{- end }}
+{{- with .Values.tenancy.namespaceNamePattern }}
+- --namespace-name-pattern={{ . }}
+{{- end }}
+- --debounce={{ .Values.reloader.debounce }}
+- --max-wait={{ .Values.reloader.maxWait }}
+- --min-restart-interval={{ .Values.reloader.minRestartInterval }}
+- --removal-delay={{ .Values.reloader.removalDelay }}
+- --grace-period={{ .Values.reloader.gracePeriod }}
+- --max-restarts={{ .Values.reloader.maxRestarts }}
+- --log-level={{ .Values.reloader.logLevel }}
+{{- range .Values.reloader.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* KEDA operator flags: patching of the APIService and webhooks off, certificates from us. */}}
+{{- define "tenant.operatorArgs" -}}
+- --leader-elect
+- --leader-election-id={{ include "tenant.leaderElectionId" . }}
+- --zap-log-level={{ .Values.operator.logLevel }}
+- --zap-encoder={{ .Values.operator.logFormat }}
+- --zap-time-encoding=rfc3339
+- --cert-dir=/certs
+- --enable-cert-rotation=false
+- --enable-apiservice-patching=false
+- --enable-webhook-patching=false
+- --cert-secret-name={{ .Values.certificates.secretName }}
+- --operator-service-name=keda-operator
+- --metrics-server-service-name=keda-operator-metrics-apiserver
+- --webhooks-service-name=keda-admission-webhooks
+- --validating-webhook-name={{ include "tenant.webhookConfigName" . }}
+- --k8s-cluster-domain={{ .Values.clusterDomain }}
+- --metrics-bind-address=:8080
+- --health-probe-bind-address=:8081
+{{- range .Values.operator.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "tenant.operatorEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: OPERATOR_NAME
+  value: keda-operator
+- name: KEDA_CLUSTER_OBJECT_NAMESPACE
+  value: {{ .Release.Namespace }}
+- name: KEDA_HTTP_DEFAULT_TIMEOUT
+  value: {{ .Values.operator.httpTimeoutMs | quote }}
+{{- with .Values.operator.env }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "tenant.internalDnsNames" -}}
+{{- $ns := .Release.Namespace }}
+{{- $out := list }}
+{{- range list "keda-operator" "keda-operator-metrics-apiserver" "keda-admission-webhooks" }}
+{{- $out = concat $out (list . (printf "%s.%s" . $ns) (printf "%s.%s.svc" . $ns) (printf "%s.%s.svc.%s" . $ns $.Values.clusterDomain)) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{- define "tenant.metricsServerDnsNames" -}}
+{{- $ns := .Release.Namespace }}
+{{- $svc := "keda-operator-metrics-apiserver" }}
+{{- list (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) (printf "%s.%s" $svc $ns) | toJson }}
+{{- end }}
+
+{{/*
+Chart-generated certificates (cert-manager off), JSON {internalCA, internalCert, internalKey,
+servingCert, servingKey, routerCA}: KEDA's internal CA and certificate (this tenant only) and the
+metrics server's serving certificate signed by the router's CA. Existing Secrets are reused.
+*/}}
+{{- define "tenant.generatedTLS" -}}
+{{- if not (hasKey .Values "__generatedTLS") }}
+{{- $ns := .Release.Namespace }}
+{{- $days := int .Values.certificates.validityDays }}
+{{- $out := dict }}
+{{- $internal := lookup "v1" "Secret" $ns .Values.certificates.secretName }}
+{{- if and $internal $internal.data (index $internal.data "ca.crt") (index $internal.data "tls.crt") }}
+{{- $_ := set $out "internalCA" (index $internal.data "ca.crt" | b64dec) }}
+{{- $_ := set $out "internalCert" (index $internal.data "tls.crt" | b64dec) }}
+{{- $_ := set $out "internalKey" (index $internal.data "tls.key" | b64dec) }}
+{{- else }}
+{{- $ca := genCA (printf "keda-tenancy %s internal CA" (include "tenant.name" .)) (mul $days 10 | int) }}
+{{- $cert := genSignedCert "keda-operator" nil (include "tenant.internalDnsNames" . | fromJsonArray) $days $ca }}
+{{- $_ := set $out "internalCA" $ca.Cert }}
+{{- $_ := set $out "internalCert" $cert.Cert }}
+{{- $_ := set $out "internalKey" $cert.Key }}
+{{- end }}
+{{- $routerCA := .Values.certificates.routerCA }}
+{{- $caCert := "" }}
+{{- $caKey := "" }}
+{{- if $routerCA.caCert }}
+{{- $caCert = $routerCA.caCert }}
+{{- $caKey = required "certificates.routerCA.caKey goes with certificates.routerCA.caCert" $routerCA.caKey }}
+{{- else }}
+{{- $secret := lookup "v1" "Secret" $routerCA.namespace $routerCA.secretName }}
+{{- if and $secret $secret.data }}
+{{- $caCert = index $secret.data "tls.crt" | b64dec }}
+{{- $caKey = index $secret.data "tls.key" | b64dec }}
+{{- end }}
+{{- end }}
+{{- if not $caCert }}
+{{- fail (printf "the router's CA Secret %s/%s was not found: install the router chart first, or set certificates.routerCA.caCert/caKey (helm template, GitOps), or use cert-manager" $routerCA.namespace $routerCA.secretName) }}
+{{- end }}
+{{- $_ := set $out "routerCA" $caCert }}
+{{- $serving := lookup "v1" "Secret" $ns "keda-metrics-apiserver-tls" }}
+{{- if and $serving $serving.data (index $serving.data "tls.crt") (eq (index $serving.data "ca.crt" | b64dec) $caCert) }}
+{{- $_ := set $out "servingCert" (index $serving.data "tls.crt" | b64dec) }}
+{{- $_ := set $out "servingKey" (index $serving.data "tls.key" | b64dec) }}
+{{- else }}
+{{- $signer := buildCustomCert ($caCert | b64enc) ($caKey | b64enc) }}
+{{- $dns := include "tenant.metricsServerDnsNames" . | fromJsonArray }}
+{{- $cert := genSignedCert (first $dns) nil $dns $days $signer }}
+{{- $_ := set $out "servingCert" $cert.Cert }}
+{{- $_ := set $out "servingKey" $cert.Key }}
+{{- end }}
+{{- $_ := set .Values "__generatedTLS" $out }}
+{{- end }}
+{{- toJson (get .Values "__generatedTLS") }}
+{{- end }}
+
+{{/* A LabelSelector over namespace labels, rewritten for Cilium's namespace-label identities. */}}
+{{- define "tenant.ciliumNamespaceSelector" -}}
+{{- $out := dict }}
+{{- with .matchLabels }}
+{{- $labels := dict }}
+{{- range $k, $v := . }}
+{{- $_ := set $labels (printf "io.cilium.k8s.namespace.labels.%s" $k) $v }}
+{{- end }}
+{{- $_ := set $out "matchLabels" $labels }}
+{{- end }}
+{{- with .matchExpressions }}
+{{- $exprs := list }}
+{{- range . }}
+{{- $exprs = append $exprs (merge (dict "key" (printf "io.cilium.k8s.namespace.labels.%s" .key)) (omit . "key")) }}
+{{- end }}
+{{- $_ := set $out "matchExpressions" $exprs }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* kube-apiserver CIDRs for egress: configured, else the default/kubernetes EndpointSlice. */}}
+{{- define "tenant.apiServerCidrs" -}}
+{{- $out := .Values.networkPolicy.apiServerCidrs }}
+{{- if not $out }}
+{{- $slice := lookup "discovery.k8s.io/v1" "EndpointSlice" "default" "kubernetes" }}
+{{- if $slice }}
+{{- range $slice.endpoints }}
+{{- range .addresses }}
+{{- $out = append $out (ternary (printf "%s/128" .) (printf "%s/32" .) (contains ":" .)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* NetworkPolicy egress rules to the kube-apiserver and DNS: (dict "np" .Values.networkPolicy "cidrs" list). */}}
+{{- define "tenant.np.apiServerAndDns" -}}
+# The kube-apiserver{{ if not .cidrs }} (any address on its ports: set networkPolicy.apiServerCidrs to narrow){{ end }}.
+- ports:
+    {{- range .np.apiServerPorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with .cidrs }}
+  to:
+    {{- range . }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  {{- end }}
+# Cluster DNS.
+- to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ .np.dns.namespace }}
+      podSelector:
+        matchLabels:
+          {{- toYaml .np.dns.podLabels | nindent 10 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end }}
+
+{{/* Cilium: the pods of one component of this release, and the API server and DNS egress rules. */}}
+{{- define "tenant.cilium.endpoint" -}}
+matchLabels:
+  io.kubernetes.pod.namespace: {{ .ctx.Release.Namespace }}
+  {{- include "tenant.selectorLabels" . | nindent 2 }}
+{{- end }}
+{{- define "tenant.cilium.apiServerAndDns" -}}
+- toEntities: [kube-apiserver]
+- toEndpoints:
+    - matchLabels:
+        io.kubernetes.pod.namespace: {{ .dns.namespace }}
+        {{- toYaml .dns.podLabels | nindent 8 }}
+  toPorts:
+    - ports:
+        - port: "53"
+          protocol: ANY
+{{- end }}
