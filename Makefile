@@ -20,12 +20,13 @@ check: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit tests/integration -q
 
-# The real components, built from their Go modules and cached outside the checkout.
+# The real components (and Helm), built from their Go modules and cached outside the checkout;
+# the chart tests and the end-to-end suite need them.
 binaries:
 	bash tests/e2e/build/build.sh >/dev/null
 
 e2e: $(STAMP) binaries
-	$(PY) -m pytest tests/e2e -v --timeout=900
+	$(PY) -m pytest tests/deploy tests/e2e -v --timeout=900
 
 test: check unit e2e
 
