@@ -4,17 +4,68 @@ dry run), for the router and two tenant releases installed the way the README do
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.deploy.charts import Helm, find_helm, render_installation
-from tests.e2e.stack import Stack
+from tests.deploy.charts import Helm, find_helm, render_installation, versions
+from tests.e2e.stack import Stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
-# Value sets whose objects need no CRDs beyond Kubernetes' own and KEDA's (installed by the
-# stack); cert-manager, ServiceMonitor and Cilium objects need their projects' CRDs.
+# CRDs of the optional objects, read from the projects' Go modules (no cloned repositories).
+OPTIONAL_CRDS = {
+    ("github.com/cert-manager/cert-manager", "CERT_MANAGER_VERSION"): [
+        "deploy/crds/cert-manager.io_certificates.yaml",
+        "deploy/crds/cert-manager.io_issuers.yaml",
+        "deploy/crds/cert-manager.io_clusterissuers.yaml",
+        "deploy/crds/cert-manager.io_certificaterequests.yaml",
+    ],
+    ("github.com/prometheus-operator/prometheus-operator", "PROMETHEUS_OPERATOR_VERSION"): [
+        "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
+    ],
+    ("github.com/cilium/cilium", "CILIUM_VERSION"): [
+        "pkg/k8s/apis/cilium.io/client/crds/v2/ciliumclusterwidenetworkpolicies.yaml",
+        "pkg/k8s/apis/cilium.io/client/crds/v2/ciliumnetworkpolicies.yaml",
+    ],
+}
+
+
+def module_dir(module: str, version: str) -> Path:
+    done = subprocess.run(
+        ["go", "mod", "download", "-json", f"{module}@{version}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"},
+        timeout=600,
+    )
+    return Path(json.loads(done.stdout)["Dir"])
+
+
+@pytest.fixture(scope="module")
+def optional_crds(stack: Stack) -> None:
+    pinned = versions()
+    for (module, version_key), files in OPTIONAL_CRDS.items():
+        root = module_dir(module, pinned[version_key])
+        for name in files:
+            stack.kubectl("apply", "--server-side", "-f", str(root / name))
+    wait_for(
+        lambda: all(
+            stack.kubectl("get", kind, "-A", check=False).returncode == 0
+            for kind in (
+                "certificates.cert-manager.io",
+                "servicemonitors.monitoring.coreos.com",
+                "ciliumclusterwidenetworkpolicies.cilium.io",
+            )
+        ),
+        "optional CRDs established",
+    )
+
+
 VALUE_SETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "label-rule-process-mode": ({}, {}),
     "hnc-rule-deployment-mode": (
@@ -24,11 +75,17 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "reloader": {"mode": "deployment"},
         },
     ),
+    "cert-manager-servicemonitor-cilium": (
+        {"certificates": {"certManager": {"enabled": True}}, "serviceMonitor": {"enabled": True}},
+        {"networkPolicy": {"flavor": "cilium"}},
+    ),
 }
 
 
 @pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
-def test_rendered_charts_pass_server_side_validation(stack: Stack, value_set: str) -> None:
+def test_rendered_charts_pass_server_side_validation(
+    stack: Stack, optional_crds: None, value_set: str
+) -> None:
     router_values, tenant_values = VALUE_SETS[value_set]
     helm = Helm(find_helm())
     try:
