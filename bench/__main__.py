@@ -1,0 +1,475 @@
+"""Router benchmark: `python -m bench` (or `make bench`).
+
+On loopback, in one run: an mTLS tenant backend (NGINX serving a fixed
+ExternalMetricValueList, requiring a client certificate), then, with the same load
+generator (client certificate and X-Remote-* headers, like the aggregator):
+
+  direct        straight to the backend (the physical limit)
+  router        keda-tenancy-router
+  nginx-talk    NGINX as the talk configured it: regex location on the namespace, a variable
+                proxy_pass, no upstream block (a new upstream TLS connection per request)
+  nginx-best    NGINX with an upstream block per tenant, keepalive, HTTP/1.1 upstream and
+                proxy_ssl_session_reuse
+
+at concurrency 1, 16 and 64, with 3 and with 1,000 tenants. The proxy is pinned to CPU 0,
+the backend and the load generator to CPU 1, for every configuration alike. Each cell is the
+median of --repeat runs. Prints requests/s, p50/p99 latency and CPU microseconds per request
+of the proxy process, and the ratios the performance issue asks about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.pki import CertificateAuthority  # noqa: E402
+
+CONFIGS = ("direct", "router", "nginx-talk", "nginx-best")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+METRIC_BODY = json.dumps(
+    {
+        "kind": "ExternalMetricValueList",
+        "apiVersion": "external.metrics.k8s.io/v1beta1",
+        "metadata": {},
+        "items": [
+            {
+                "metricName": "s0-metric",
+                "metricLabels": {},
+                "timestamp": "2026-01-01T00:00:00Z",
+                "value": "7",
+            }
+        ],
+    }
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.5),
+        ):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@dataclass
+class Pki:
+    directory: Path
+
+    def __post_init__(self) -> None:
+        d = self.directory
+        self.front_proxy = CertificateAuthority("front-proxy-ca")
+        self.front_proxy.write(d, "front-proxy-ca")
+        self.front_proxy.issue("front-proxy-client", client=True).write(d, "aggregator")
+        serving = CertificateAuthority("proxy-serving-ca")
+        serving.write(d, "serving-ca")
+        serving.issue("proxy", dns=("localhost",), ips=("127.0.0.1",), server=True).write(
+            d, "proxy"
+        )
+        client = CertificateAuthority("router-client-ca")
+        client.write(d, "client-ca")
+        client.issue("keda-tenancy-router", client=True).write(d, "proxy-client")
+        backend = CertificateAuthority("backend-ca")
+        backend.write(d, "backend-ca")
+        backend.issue("backend", dns=("localhost",), ips=("127.0.0.1",), server=True).write(
+            d, "backend"
+        )
+
+    def path(self, name: str) -> str:
+        return str(self.directory / name)
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if found is None:
+        raise SystemExit("nginx not found: apt-get install nginx-light (bench/run.sh does this)")
+    return found
+
+
+class Nginx:
+    """One NGINX instance with its own prefix, config and workers pinned to `cpu`."""
+
+    def __init__(self, name: str, workdir: Path, http_block: str, cpu: int) -> None:
+        self.prefix = workdir / name
+        (self.prefix / "logs").mkdir(parents=True, exist_ok=True)
+        self.conf = self.prefix / "nginx.conf"
+        self.conf.write_text(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\n"
+            f"worker_cpu_affinity {1 << cpu:b};\npid {self.prefix}/nginx.pid;\n"
+            f"error_log {self.prefix}/logs/error.log warn;\n"
+            "events { worker_connections 4096; }\n"
+            "http {\n  access_log off;\n"
+            f"  client_body_temp_path {self.prefix}/tmp; proxy_temp_path {self.prefix}/tmp;\n"
+            f"  fastcgi_temp_path {self.prefix}/tmp; uwsgi_temp_path {self.prefix}/tmp; scgi_temp_path {self.prefix}/tmp;\n"
+            f"{http_block}\n}}\n"
+        )
+        (self.prefix / "tmp").mkdir(exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                str(cpu),
+                nginx_binary(),
+                "-p",
+                str(self.prefix),
+                "-c",
+                str(self.conf),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def pids(self) -> list[int]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        extra = [int(p) for p in children.read_text().split()] if children.exists() else []
+        return [self.process.pid, *extra]
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGQUIT)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def backend_block(pki: Pki, port: int) -> str:
+    body = METRIC_BODY.replace('"', '\\"')
+    return f"""
+  server {{
+    listen 127.0.0.1:{port} ssl reuseport backlog=4096;
+    ssl_certificate {pki.path("backend.crt")};
+    ssl_certificate_key {pki.path("backend.key")};
+    ssl_client_certificate {pki.path("client-ca.crt")};
+    ssl_verify_client on;
+    keepalive_requests 1000000;
+    location / {{ default_type application/json; return 200 "{body}"; }}
+  }}"""
+
+
+def proxy_tls(pki: Pki, port: int) -> str:
+    return f"""
+    listen 127.0.0.1:{port} ssl backlog=4096;
+    ssl_certificate {pki.path("proxy.crt")};
+    ssl_certificate_key {pki.path("proxy.key")};
+    ssl_client_certificate {pki.path("front-proxy-ca.crt")};
+    ssl_verify_client on;
+    keepalive_requests 1000000;"""
+
+
+def upstream_tls(pki: Pki) -> str:
+    return f"""
+      proxy_ssl_verify on;
+      proxy_ssl_name localhost;
+      proxy_ssl_trusted_certificate {pki.path("backend-ca.crt")};
+      proxy_ssl_certificate {pki.path("proxy-client.crt")};
+      proxy_ssl_certificate_key {pki.path("proxy-client.key")};"""
+
+
+def nginx_talk_block(pki: Pki, port: int, backend_port: int) -> str:
+    # As in the talk: the tenant from a regex on the namespace, a variable proxy_pass, no
+    # upstream block; the upstream host is an IP literal here, so no resolver is needed.
+    return f"""
+  server {{{proxy_tls(pki, port)}
+    location ~ ^/apis/external\\.metrics\\.k8s\\.io/v1beta1/namespaces/(?<tenant>t[0-9]+)--[a-z0-9-]+/ {{
+      set $upstream_service "127.0.0.1:{backend_port}";
+      proxy_pass https://$upstream_service$request_uri;{upstream_tls(pki)}
+    }}
+  }}"""
+
+
+def nginx_best_block(pki: Pki, port: int, backend_port: int, tenants: int) -> str:
+    upstreams = "".join(
+        f"\n  upstream tenant_t{i} {{ server 127.0.0.1:{backend_port}; keepalive 32; keepalive_requests 1000000; }}"
+        for i in range(tenants)
+    )
+    return f"""{upstreams}
+  server {{{proxy_tls(pki, port)}
+    location ~ ^/apis/external\\.metrics\\.k8s\\.io/v1beta1/namespaces/(?<tenant>t[0-9]+)--[a-z0-9-]+/ {{
+      proxy_pass https://tenant_$tenant;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_session_reuse on;{upstream_tls(pki)}
+    }}
+  }}"""
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float
+    errors: int
+
+
+def loadgen() -> str:
+    binary = Path(tempfile.gettempdir()) / "keda-tenancy-loadgen"
+    source = ROOT / "bench" / "loadgen"
+    if not binary.exists() or binary.stat().st_mtime < (source / "main.go").stat().st_mtime:
+        subprocess.run(
+            ["go", "build", "-o", str(binary), "."],
+            cwd=source,
+            check=True,
+            env={**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"},
+        )
+    return str(binary)
+
+
+def measure(
+    pki: Pki,
+    port: int,
+    namespaces: list[str],
+    concurrency: int,
+    seconds: float,
+    proxy_pids: list[int],
+    direct: bool,
+) -> Result:
+    cert, key = (
+        ("proxy-client.crt", "proxy-client.key") if direct else ("aggregator.crt", "aggregator.key")
+    )
+    ca = "backend-ca.crt" if direct else "serving-ca.crt"
+    before = cpu_seconds(proxy_pids)
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "1",
+            loadgen(),
+            f"-url=https://127.0.0.1:{port}",
+            f"-namespaces={','.join(namespaces)}",
+            f"-c={concurrency}",
+            f"-d={seconds}s",
+            "-warmup=0.5s",
+            f"-cert={pki.path(cert)}",
+            f"-key={pki.path(key)}",
+            f"-ca={pki.path(ca)}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    wall = time.monotonic() - started
+    used = cpu_seconds(proxy_pids) - before
+    out = json.loads(done.stdout)
+    # CPU over the whole run (warm-up included) against requests over the same span.
+    requests_whole = out["rps"] * wall if out["rps"] else 0
+    cpu_us = used / requests_whole * 1e6 if requests_whole and proxy_pids else 0.0
+    return Result(out["rps"], out["p50_ms"], out["p99_ms"], cpu_us, out["errors"])
+
+
+@contextlib.contextmanager
+def router_process(
+    pki: Pki, workdir: Path, port: int, backend_port: int, tenants: int, namespaces: int
+) -> Iterator[subprocess.Popen[bytes]]:
+    tenancy = workdir / f"tenancy-{tenants}.yaml"
+    per_tenant = max(1, namespaces // tenants)
+    lines = ["tenants:"]
+    for i in range(tenants):
+        names = ", ".join(f"t{i}--ns{j}" for j in range(per_tenant))
+        lines.append(
+            f"  t{i}:\n    namespaces: [{names}]\n    upstream: https://127.0.0.1:{backend_port}\n    serverName: localhost"
+        )
+    tenancy.write_text("\n".join(lines) + "\n")
+    health = free_port()
+    process = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            "0",
+            sys.executable,
+            "-m",
+            "router",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            "--health-bind-address=127.0.0.1",
+            f"--health-port={health}",
+            f"--tls-cert-file={pki.path('proxy.crt')}",
+            f"--tls-private-key-file={pki.path('proxy.key')}",
+            f"--requestheader-client-ca-file={pki.path('front-proxy-ca.crt')}",
+            "--requestheader-allowed-names=front-proxy-client",
+            f"--upstream-client-cert-file={pki.path('proxy-client.crt')}",
+            f"--upstream-client-key-file={pki.path('proxy-client.key')}",
+            f"--upstream-ca-file={pki.path('backend-ca.crt')}",
+            f"--tenancy-file={tenancy}",
+            "--log-level=error",
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per cell (the median is reported)"
+    )
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--tenants", default="3,1000")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    args = parser.parse_args()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    tenant_counts = [int(t) for t in args.tenants.split(",")]
+    configs = args.configs.split(",")
+    workdir = Path(tempfile.mkdtemp(prefix="keda-tenancy-bench-"))
+    pki = Pki(workdir)
+    backend_port = free_port()
+    backend = Nginx("backend", workdir, backend_block(pki, backend_port), cpu=1)
+    table: dict[tuple[str, int, int], Result] = {}
+    rss: dict[int, float] = {}
+    try:
+        wait_port(backend_port)
+        for tenants in tenant_counts:
+            namespaces = [f"t{i}--ns0" for i in range(tenants)]
+            for config in configs:
+                port = free_port()
+                with contextlib.ExitStack() as stack:
+                    pids: list[int] = []
+                    target = port
+                    if config == "direct":
+                        target = backend_port
+                    elif config == "router":
+                        process = stack.enter_context(
+                            router_process(
+                                pki,
+                                workdir,
+                                port,
+                                backend_port,
+                                tenants,
+                                max(tenants, 10_000) if tenants >= 1000 else tenants,
+                            )
+                        )
+                        pids = [process.pid]
+                    else:
+                        block = (
+                            nginx_talk_block(pki, port, backend_port)
+                            if config == "nginx-talk"
+                            else nginx_best_block(pki, port, backend_port, tenants)
+                        )
+                        proxy = Nginx(f"{config}-{tenants}", workdir, block, cpu=0)
+                        stack.callback(proxy.stop)
+                        wait_port(port)
+                        pids = proxy.pids()
+                    for concurrency in concurrencies:
+                        runs = [
+                            measure(
+                                pki,
+                                target,
+                                namespaces,
+                                concurrency,
+                                args.seconds,
+                                pids,
+                                config == "direct",
+                            )
+                            for _ in range(args.repeat)
+                        ]
+                        table[(config, tenants, concurrency)] = Result(
+                            statistics.median(r.rps for r in runs),
+                            statistics.median(r.p50_ms for r in runs),
+                            statistics.median(r.p99_ms for r in runs),
+                            statistics.median(r.cpu_us for r in runs),
+                            sum(r.errors for r in runs),
+                        )
+                        cell = table[(config, tenants, concurrency)]
+                        print(
+                            f"{config:11s} tenants={tenants:<5d} c={concurrency:<3d} {cell.rps:9.0f} req/s  "
+                            f"p50 {cell.p50_ms:7.2f} ms  p99 {cell.p99_ms:7.2f} ms  cpu {cell.cpu_us:7.0f} us/req  errors {cell.errors}",
+                            flush=True,
+                        )
+                    if config == "router":
+                        rss[tenants] = rss_mb(pids[0])
+    finally:
+        backend.stop()
+    report(table, rss, configs, tenant_counts, concurrencies)
+    return 0
+
+
+def report(
+    table: dict[tuple[str, int, int], Result],
+    rss: dict[int, float],
+    configs: list[str],
+    tenant_counts: list[int],
+    concurrencies: list[int],
+) -> None:
+    print("\nratios (requests/s; p99 ratio below 1.0 means the router is faster):")
+    for tenants in tenant_counts:
+        for concurrency in concurrencies:
+            router = table.get(("router", tenants, concurrency))
+            if router is None:
+                continue
+            parts = [f"tenants={tenants:<5d} c={concurrency:<3d}"]
+            for other in ("direct", "nginx-best", "nginx-talk"):
+                cell = table.get((other, tenants, concurrency))
+                if cell and cell.rps:
+                    parts.append(f"router/{other} {router.rps / cell.rps:5.2f}x")
+            best = table.get(("nginx-best", tenants, concurrency))
+            if best and best.p99_ms:
+                parts.append(f"p99 router/nginx-best {router.p99_ms / best.p99_ms:5.2f}")
+            print("  ".join(parts))
+    if len(tenant_counts) >= 2:
+        few, many = min(tenant_counts), max(tenant_counts)
+        for concurrency in concurrencies:
+            a, b = table.get(("router", few, concurrency)), table.get(("router", many, concurrency))
+            if a and b and a.rps:
+                print(
+                    f"router {many} tenants / {few} tenants at c={concurrency}: {b.rps / a.rps:5.2f}x"
+                )
+    for tenants, mb in sorted(rss.items()):
+        print(
+            f"router RSS with {tenants} tenants ({max(tenants, 10_000) if tenants >= 1000 else tenants} namespaces): {mb:.0f} MB"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+module keda-tenancy/bench/loadgen
+
+go 1.22

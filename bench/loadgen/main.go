@@ -1,0 +1,128 @@
+// loadgen: a closed-loop HTTPS load generator for the router benchmark.
+//
+// Each of -c workers keeps one kept-alive mTLS connection and sends GETs back to back
+// for -d, cycling through the namespaces; it presents a client certificate and the
+// X-Remote-* identity headers, like the aggregator. Prints one JSON line of results.
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+func main() {
+	base := flag.String("url", "", "origin, e.g. https://127.0.0.1:6443")
+	pathTemplate := flag.String("path", "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/s0-metric", "path; {ns} is replaced")
+	namespaces := flag.String("namespaces", "default", "comma-separated namespaces to cycle through")
+	concurrency := flag.Int("c", 16, "concurrent connections")
+	duration := flag.Duration("d", 5*time.Second, "measurement duration")
+	warmup := flag.Duration("warmup", time.Second, "warm-up before measuring")
+	certFile := flag.String("cert", "", "client certificate")
+	keyFile := flag.String("key", "", "client key")
+	caFile := flag.String("ca", "", "CA for the server")
+	serverName := flag.String("server-name", "localhost", "TLS server name")
+	flag.Parse()
+
+	cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+	check(err)
+	pem, err := os.ReadFile(*caFile)
+	check(err)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	transport := &http.Transport{
+		TLSClientConfig:     &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: *serverName},
+		MaxIdleConnsPerHost: *concurrency,
+		MaxConnsPerHost:     *concurrency,
+		DisableCompression:  true,
+		ForceAttemptHTTP2:   false,
+		TLSNextProto:        map[string]func(string, *tls.Conn) http.RoundTripper{},
+	}
+	client := &http.Client{Transport: transport, Timeout: 30 * time.Second}
+	nsList := strings.Split(*namespaces, ",")
+
+	var mu sync.Mutex
+	var latencies []time.Duration
+	errors := 0
+	measuring := false
+	start := time.Now()
+	deadline := start.Add(*warmup + *duration)
+	var measureStart time.Time
+	var wg sync.WaitGroup
+	for w := 0; w < *concurrency; w++ {
+		wg.Add(1)
+		go func(worker int) {
+			defer wg.Done()
+			local := make([]time.Duration, 0, 100000)
+			localErrors := 0
+			i := worker
+			for time.Now().Before(deadline) {
+				ns := nsList[i%len(nsList)]
+				i++
+				req, _ := http.NewRequest("GET", *base+strings.ReplaceAll(*pathTemplate, "{ns}", ns), nil)
+				req.Header["X-Remote-User"] = []string{"system:serviceaccount:kube-system:horizontal-pod-autoscaler"}
+				req.Header["X-Remote-Group"] = []string{"system:serviceaccounts", "system:authenticated"}
+				req.Header["Accept"] = []string{"application/json"}
+				t0 := time.Now()
+				resp, err := client.Do(req)
+				ok := err == nil
+				if ok {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					ok = resp.StatusCode == 200
+				}
+				elapsed := time.Since(t0)
+				mu.Lock()
+				m := measuring
+				mu.Unlock()
+				if !m {
+					continue
+				}
+				if ok {
+					local = append(local, elapsed)
+				} else {
+					localErrors++
+				}
+			}
+			mu.Lock()
+			latencies = append(latencies, local...)
+			errors += localErrors
+			mu.Unlock()
+		}(w)
+	}
+	time.Sleep(*warmup)
+	mu.Lock()
+	measuring = true
+	measureStart = time.Now()
+	mu.Unlock()
+	wg.Wait()
+	elapsed := time.Since(measureStart).Seconds()
+	sort.Slice(latencies, func(a, b int) bool { return latencies[a] < latencies[b] })
+	pct := func(p float64) float64 {
+		if len(latencies) == 0 {
+			return 0
+		}
+		return float64(latencies[int(float64(len(latencies)-1)*p)].Microseconds()) / 1000
+	}
+	out, _ := json.Marshal(map[string]any{
+		"requests": len(latencies), "errors": errors, "seconds": elapsed,
+		"rps": float64(len(latencies)) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+	})
+	fmt.Println(string(out))
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+}
