@@ -1,8 +1,13 @@
 """One run of the operator binary, and the orphans that PID 1 must reap.
 
 The child gets a copy of our environment with only the target variable replaced.
-Stopping is SIGTERM, the grace period, SIGKILL, then a bounded wait, so a child that
+Stopping is a signal, the grace period, SIGKILL, then a bounded wait, so a child that
 ignores SIGTERM can never hold the reloader up forever.
+
+Reaping: asyncio's child watcher waits for the operator by its pid. Orphans re-parented
+to us (as PID 1, or as a subreaper) are peeked at with `waitid(WNOWAIT)` and reaped by
+pid only when they are not the operator, so the operator's exit status is never stolen
+from asyncio; while a spawn is in flight (its pid not yet known) nothing is reaped.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -19,6 +25,14 @@ from collections.abc import Callable, Mapping, Sequence
 logger = logging.getLogger(__name__)
 
 _PR_SET_CHILD_SUBREAPER = 36
+
+
+class ChildStartError(Exception):
+    """The operator could not be started; `code` is what a shell would report."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ChildProcess:
@@ -37,8 +51,8 @@ class ChildProcess:
         self._kill_wait_s = kill_wait_s
         self._environ = dict(os.environ if environ is None else environ)
         self._process: asyncio.subprocess.Process | None = None
+        self._spawning = False
         self.value: str | None = None
-        self.started_at = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -48,15 +62,33 @@ class ChildProcess:
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
-    async def start(self, value: str) -> None:
-        assert not self.running, "stop the running child first"
+    def is_managed(self, pid: int) -> bool:
+        """True for the operator's pid, and for any pid while a spawn is in flight."""
+        return self._spawning or pid == self.pid
+
+    def environment(self, value: str) -> dict[str, str]:
         env = dict(self._environ)
         env[self._env_name] = value
-        self._process = await asyncio.create_subprocess_exec(*self._command, env=env)
+        return env
+
+    async def start(self, value: str) -> None:
+        """Start the operator with `value`; ChildStartError when it cannot be executed."""
+        assert not self.running, "stop the running child first"
+        self._spawning = True
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *self._command, env=self.environment(value)
+            )
+        except OSError as exc:
+            self._process = None
+            code = 127 if exc.errno == errno.ENOENT else 126
+            raise ChildStartError(code, f"cannot run {self._command[0]}: {exc}") from exc
+        finally:
+            self._spawning = False
         self.value = value
-        self.started_at = asyncio.get_running_loop().time()
         logger.info(
-            "child started", extra={"pid": self._process.pid, "namespaces": value.count(",") + 1}
+            "operator started",
+            extra={"pid": self._process.pid, "namespaces": len(value.split(","))},
         )
 
     async def wait(self) -> int:
@@ -70,23 +102,36 @@ class ChildProcess:
                 self._process.send_signal(sig)
 
     async def stop(self, sig: signal.Signals = signal.SIGTERM) -> int | None:
-        """Stop the child (`sig`, grace period, SIGKILL); its exit status, None if not running."""
-        if self._process is None:
+        """Stop the child (`sig`, grace period, SIGKILL, bounded wait).
+
+        Returns the exit status of the last child, also when it had already exited;
+        None when there was none or it survived SIGKILL (then `running` stays True).
+        """
+        process = self._process
+        if process is None:
             return None
-        if self._process.returncode is None:
+        if process.returncode is None:
             self.send(sig)
             try:
-                await asyncio.wait_for(self._process.wait(), self._grace_period_s)
+                await asyncio.wait_for(process.wait(), self._grace_period_s)
             except TimeoutError:
-                logger.warning("child ignored %s for the grace period, killing it", sig.name)
+                logger.warning(
+                    "operator ignored %s for the grace period, killing it",
+                    sig.name,
+                    extra={"pid": process.pid, "grace_period_s": self._grace_period_s},
+                )
                 self.send(signal.SIGKILL)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._process.wait(), self._kill_wait_s)
-        code = self._process.returncode
+                try:
+                    await asyncio.wait_for(process.wait(), self._kill_wait_s)
+                except TimeoutError:
+                    logger.error("operator survived SIGKILL", extra={"pid": process.pid})
+                    return None
+        code = process.returncode
         return exit_status(code) if code is not None else None
 
 
 def exit_status(returncode: int) -> int:
+    """asyncio's returncode (-N for signal N) as a shell and Kubernetes report it."""
     return 128 - returncode if returncode < 0 else returncode
 
 
@@ -100,19 +145,18 @@ def become_subreaper() -> bool:
     return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
-def reap_orphans(managed: Callable[[], int | None]) -> list[int]:
-    """Reap exited processes that are not the managed child (which asyncio collects).
+def reap_orphans(is_managed: Callable[[int], bool]) -> list[int]:
+    """Reap every exited child that is not the operator; the pids reaped.
 
-    `waitid(..., WNOWAIT)` peeks without reaping, so the managed child's status is never
-    stolen from asyncio's child watcher.
+    Stops at the operator (a zombie until asyncio collects it): the next sweep goes on.
     """
     reaped = []
     while True:
         try:
             info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
-            break
-        if info is None or info.si_pid == 0 or info.si_pid == managed():
+            break  # no children at all
+        if info is None or info.si_pid == 0 or is_managed(info.si_pid):
             break
         with contextlib.suppress(ChildProcessError):
             os.waitpid(info.si_pid, os.WNOHANG)

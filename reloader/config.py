@@ -1,16 +1,18 @@
 """Reloader configuration, parsed once: `keda-tenancy-reloader [flags] -- /keda [args]`.
 
 `ReloaderConfig.from_args(argv, environ)` is pure; `KEDA_TENANCY_RELOADER_<FLAG>`
-environment variables give in-cluster defaults (e.g. `KEDA_TENANCY_RELOADER_TENANT`).
+environment variables give in-cluster defaults (e.g. `KEDA_TENANCY_RELOADER_TENANT`),
+and flags win over them.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from reloader.schedule import SchedulePolicy
+from reloader.schedule import CrashPolicy, SchedulePolicy
 from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration
 from tenancy_common.names import TenantName, is_dns1123_label
@@ -18,26 +20,32 @@ from tenancy_common.tenancy import TenancyRule
 from tenancy_common.tenancy_config import ConfigError, add_tenancy_flags, tenancy_from_flags
 
 ENV_PREFIX = "KEDA_TENANCY_RELOADER_"
+MODES = ("process", "deployment")
 
 
 @dataclass(frozen=True, slots=True)
 class ReloaderConfig:
-    mode: str  # "process" | "deployment"
+    mode: str
+    """"process" (run the operator as our child) or "deployment" (patch its Deployment)."""
     tenant: TenantName | None
-    rule: TenancyRule | None  # None with a raw --namespace-selector
+    rule: TenancyRule | None
+    """None with a raw --namespace-selector: every selected namespace is the tenant's."""
     label_selector: str | None
+    """What the namespace watch asks the API server for; None: every namespace."""
     target_env: str
     command: tuple[str, ...]
-    target_deployment: tuple[str, str] | None  # (namespace, name)
+    target_deployment: tuple[str, str] | None
+    """(namespace, name) in deployment mode."""
     container: str | None
     kubeconfig: str | None
     schedule: SchedulePolicy
+    crash: CrashPolicy
     grace_period_s: float
+    """SIGTERM to SIGKILL."""
     kill_wait_s: float
-    max_restarts: int
-    backoff_initial_s: float
-    backoff_max_s: float
-    healthy_after_s: float
+    """How long to wait for the operator after SIGKILL."""
+    resync_period_s: float
+    """Deployment mode: re-check the Deployment this often (0: never)."""
     health_bind_address: str
     health_port: int
     log_level: str
@@ -45,6 +53,7 @@ class ReloaderConfig:
 
     @classmethod
     def from_args(cls, argv: Sequence[str], environ: Mapping[str, str]) -> ReloaderConfig:
+        """Parse `[flags] -- COMMAND...`; a bad configuration exits with status 2."""
         argv = list(argv)
         command: list[str] = []
         if "--" in argv:
@@ -55,45 +64,72 @@ class ReloaderConfig:
         args = parser.parse_args(argv)
         try:
             return cls._from_namespace(args, tuple(command))
-        except (ConfigError, ValueError) as exc:
+        except ValueError as exc:  # ConfigError, bad durations
             parser.error(str(exc))
-            raise  # unreachable: parser.error exits
 
     @classmethod
     def _from_namespace(cls, args: argparse.Namespace, command: tuple[str, ...]) -> ReloaderConfig:
+        schedule = SchedulePolicy(
+            debounce_s=_duration("--debounce", args.debounce),
+            max_wait_s=_duration("--max-wait", args.max_wait),
+            min_interval_s=_duration("--min-restart-interval", args.min_restart_interval),
+            removal_delay_s=_duration("--removal-delay", args.removal_delay),
+        )
+        crash = CrashPolicy(
+            max_restarts=args.max_restarts,
+            backoff_initial_s=_duration("--backoff-initial", args.backoff_initial),
+            backoff_max_s=_duration("--backoff-max", args.backoff_max),
+            healthy_after_s=_duration("--healthy-after", args.healthy_after),
+        )
+        if crash.max_restarts < 1:
+            raise ConfigError("--max-restarts must be at least 1")
+        if crash.backoff_initial_s > crash.backoff_max_s:
+            raise ConfigError("--backoff-initial must not exceed --backoff-max")
+
         tenant: TenantName | None = None
         rule: TenancyRule | None = None
         if args.tenant:
             if not is_dns1123_label(args.tenant):
                 raise ConfigError(f"--tenant {args.tenant!r} is not a DNS-1123 label")
-            if args.namespace_selector:
+            if args.namespace_selector.strip():
                 raise ConfigError(
                     "give --tenant (with a tenancy rule) or --namespace-selector, not both"
                 )
             tenant = TenantName(args.tenant)
             rule, _ = tenancy_from_flags(args)
-            selector = rule.label_selector(tenant)
+            # With a removal delay the watch must also see namespaces that moved to another
+            # tenant (they leave at once, unlike one that merely lost its label), so it is
+            # only narrowed server-side when there is no delay to bypass.
+            selector = rule.label_selector(tenant) if schedule.removal_delay_s == 0 else None
         else:
             selector = args.namespace_selector.strip()
             if not selector:
                 # An empty selector selects every namespace: that is KEDA's own default,
                 # exactly what a per-tenant operator must never do.
                 raise ConfigError("--tenant or a non-empty --namespace-selector is required")
+            validate_label_selector(selector)
+
         deployment: tuple[str, str] | None = None
         if args.mode == "process":
             if not command:
                 raise ConfigError("process mode needs the operator command after '--'")
+            if args.target_deployment or args.container:
+                raise ConfigError("--target-deployment and --container are for --mode=deployment")
         else:
+            if command:
+                raise ConfigError("deployment mode runs no command: drop what follows '--'")
             namespace, _, name = args.target_deployment.partition("/")
-            if not (namespace and name and args.container):
+            if not (is_dns1123_label(namespace) and name and "/" not in name and args.container):
                 raise ConfigError(
                     "deployment mode needs --target-deployment NAMESPACE/NAME and --container"
                 )
             deployment = (namespace, name)
-        if not args.target_env or "=" in args.target_env:
-            raise ConfigError("--target-env must be an environment variable name")
-        if args.max_restarts < 1:
-            raise ConfigError("--max-restarts must be at least 1")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.target_env):
+            raise ConfigError(
+                f"--target-env {args.target_env!r} is not an environment variable name"
+            )
+        if not 0 <= args.health_port <= 65535:
+            raise ConfigError("--health-port must be a port number (0 picks a free one)")
         return cls(
             mode=args.mode,
             tenant=tenant,
@@ -104,23 +140,71 @@ class ReloaderConfig:
             target_deployment=deployment,
             container=args.container or None,
             kubeconfig=args.kubeconfig or None,
-            schedule=SchedulePolicy(
-                debounce_s=parse_duration(args.debounce),
-                max_wait_s=parse_duration(args.max_wait),
-                min_interval_s=parse_duration(args.min_restart_interval),
-                removal_delay_s=parse_duration(args.removal_delay),
-            ),
-            grace_period_s=parse_duration(args.grace_period),
-            kill_wait_s=parse_duration(args.kill_wait),
-            max_restarts=args.max_restarts,
-            backoff_initial_s=parse_duration(args.backoff_initial),
-            backoff_max_s=parse_duration(args.backoff_max),
-            healthy_after_s=parse_duration(args.healthy_after),
+            schedule=schedule,
+            crash=crash,
+            grace_period_s=_duration("--grace-period", args.grace_period),
+            kill_wait_s=_duration("--kill-wait", args.kill_wait),
+            resync_period_s=_duration("--resync-period", args.resync_period),
             health_bind_address=args.health_bind_address,
             health_port=args.health_port,
             log_level=args.log_level,
             log_format=args.log_format,
         )
+
+
+def _duration(flag: str, text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from exc
+
+
+# Label selector grammar as kube-apiserver parses it (k8s.io/apimachinery/pkg/labels).
+_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_PREFIX = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)*"
+_KEY = rf"(?:{_PREFIX}/)?{_NAME}"
+_REQUIREMENT = re.compile(
+    rf"!\s*(?P<absent>{_KEY})"
+    rf"|(?P<key>{_KEY})(?:"
+    rf"\s*(?:==|=|!=)\s*(?P<value>{_NAME})?"
+    rf"|\s+(?:in|notin)\s*\((?P<values>[^()]*)\)"
+    rf"|\s*[<>]\s*-?[0-9]+"
+    rf")?"
+)
+
+
+def validate_label_selector(selector: str) -> None:
+    """ConfigError unless the API server would accept `selector` (so a typo fails at
+    start instead of retrying forever)."""
+    for raw in _split_requirements(selector):
+        part = raw.strip()
+        match = _REQUIREMENT.fullmatch(part)
+        key = match and (match["absent"] or match["key"])
+        if match is None or not key or len(key.partition("/")[0]) > 253:
+            raise ConfigError(f"--namespace-selector: cannot parse {part!r} in {selector!r}")
+        if match["values"] is not None:
+            values = [value.strip() for value in match["values"].split(",")]
+            if not all(re.fullmatch(_NAME, value) for value in values):
+                raise ConfigError(f"--namespace-selector: bad value list in {part!r}")
+
+
+def _split_requirements(selector: str) -> list[str]:
+    """Split at the commas that are not inside a `(...)` value list."""
+    parts, depth, current = [], 0, ""
+    for char in selector:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    if depth != 0:
+        raise ConfigError(f"--namespace-selector: unbalanced parentheses in {selector!r}")
+    return parts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [flags] -- COMMAND [ARGS...]",
         description="Keep a tenant's KEDA operator watching exactly that tenant's namespaces: "
         "restart it (process mode) or patch its Deployment when the set changes.",
+        epilog=f"Every flag can also be set as {ENV_PREFIX}<FLAG> (upper case, '_' for '-'). "
+        "Durations are Go-style: 500ms, 2s, 1m30s.",
     )
     select = parser.add_argument_group("which namespaces")
     select.add_argument(
@@ -137,15 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument(
         "--namespace-selector",
         default="",
-        help="a raw label selector instead of --tenant; never empty",
+        metavar="SELECTOR",
+        help="a raw label selector instead of --tenant; every namespace it selects is "
+        "watched; never empty",
     )
-    add_tenancy_flags(parser)
     select.add_argument(
         "--kubeconfig", default="", help="kubeconfig path (default: in-cluster config)"
     )
+    add_tenancy_flags(parser)
 
     target = parser.add_argument_group("what to update")
-    target.add_argument("--mode", choices=["process", "deployment"], default="process")
+    target.add_argument("--mode", choices=MODES, default="process")
     target.add_argument(
         "--target-env",
         default="WATCH_NAMESPACE",
@@ -159,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target.add_argument(
         "--container", default="", help="deployment mode: the container whose env is patched"
+    )
+    target.add_argument(
+        "--resync-period",
+        default="5m",
+        help="deployment mode: re-check the Deployment this often, undoing drift (0: never)",
     )
 
     timing = parser.add_argument_group("restarts")
@@ -174,28 +267,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-restart-interval", default="5s", help="minimum time between two restarts"
     )
     timing.add_argument(
-        "--removal-delay", default="0s", help="hold changes that only remove namespaces this long"
+        "--removal-delay",
+        default="0s",
+        help="hold changes that only remove namespaces this long (not moves to another tenant)",
     )
     timing.add_argument(
         "--grace-period",
         default="30s",
-        help="after SIGTERM, how long the child may take before SIGKILL",
+        help="after SIGTERM, how long the operator may take before SIGKILL",
     )
     timing.add_argument(
-        "--kill-wait", default="10s", help="how long to wait for the child to die after SIGKILL"
+        "--kill-wait", default="10s", help="how long to wait for the operator after SIGKILL"
     )
     timing.add_argument(
         "--max-restarts",
         type=int,
         default=10,
-        help="consecutive crashes before the reloader exits non-zero",
+        help="consecutive failures (exits on its own) before the reloader exits non-zero",
     )
     timing.add_argument(
-        "--backoff-initial", default="1s", help="first delay before restarting a crashed child"
+        "--backoff-initial", default="1s", help="first delay before restarting a crashed operator"
     )
     timing.add_argument("--backoff-max", default="1m", help="longest delay between crash restarts")
     timing.add_argument(
-        "--healthy-after", default="1m", help="a run this long resets the crash count"
+        "--healthy-after", default="1m", help="a run this long resets the failure count"
     )
 
     ops = parser.add_argument_group("operations")
@@ -207,8 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument(
         "--health-port",
         type=int,
-        default=8090,
-        help="port of /healthz /readyz /metrics (KEDA keeps 8081)",
+        default=8081,
+        help="port of /healthz /readyz /metrics (KEDA's own probes default to 8081 too: "
+        "move one of them in process mode)",
     )
     ops.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ops.add_argument("--log-format", default="json", choices=["json", "text"])

@@ -1,8 +1,10 @@
 """Deployment mode: patch the operator container's env and let Kubernetes roll it.
 
 No PATCH is sent when the value already matches. An empty namespace set is never
-written (KEDA reads an empty WATCH_NAMESPACE as *all namespaces*): the Deployment is
-scaled to zero instead, remembering its replicas in an annotation to restore later.
+written (KEDA reads an empty WATCH_NAMESPACE as *all namespaces*). Leaving the old value
+is no safer: it may name a namespace that now belongs to another tenant. So the
+Deployment is scaled to zero, its replicas remembered in an annotation and restored,
+with the new value, in the same PATCH as soon as a namespace appears.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tenancy_common.kube import read_json
 logger = logging.getLogger(__name__)
 
 REPLICAS_ANNOTATION = "keda-tenancy.io/replicas-before-empty"
+FIELD_MANAGER = "keda-tenancy-reloader"
 
 
 class DeploymentPatcher:
@@ -28,6 +31,9 @@ class DeploymentPatcher:
         self._name = name
         self._container = container
         self._env_name = env_name
+
+    def describe(self) -> str:
+        return f"deployment {self._namespace}/{self._name} container {self._container}"
 
     async def read(self) -> dict[str, Any]:
         return await read_json(
@@ -48,39 +54,55 @@ class DeploymentPatcher:
                 self._namespace,
                 patch,
                 _content_type="application/strategic-merge-patch+json",
+                field_manager=FIELD_MANAGER,
                 _preload_content=False,
             )
         )
         return True
 
     def patch_for(self, deployment: dict[str, Any], value: str | None) -> dict[str, Any] | None:
-        """The strategic merge patch that gets from `deployment` to `value`, None if none is needed."""
-        spec = deployment.get("spec") or {}
-        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
-        replicas = spec.get("replicas", 1)
-        if value is None:
-            if replicas == 0:
-                return None
-            return {
-                "metadata": {"annotations": {REPLICAS_ANNOTATION: str(replicas)}},
-                "spec": {"replicas": 0},
-            }
-        containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
-        container = next((c for c in containers if c.get("name") == self._container), None)
-        if container is None:
-            raise LookupError(
-                f"deployment {self._namespace}/{self._name} has no container {self._container!r}"
-            )
-        current = next(
-            (e for e in container.get("env") or [] if e.get("name") == self._env_name), None
+        return deployment_patch(
+            deployment, container=self._container, env_name=self._env_name, value=value
         )
-        patch: dict[str, Any] = {}
-        if current is None or current.get("value") != value or "valueFrom" in current:
-            env = [{"name": self._env_name, "value": value, "valueFrom": None}]
-            patch["spec"] = {
-                "template": {"spec": {"containers": [{"name": self._container, "env": env}]}}
-            }
-        if replicas == 0 and REPLICAS_ANNOTATION in annotations:
-            patch.setdefault("spec", {})["replicas"] = int(annotations[REPLICAS_ANNOTATION])
-            patch["metadata"] = {"annotations": {REPLICAS_ANNOTATION: None}}
-        return patch or None
+
+
+def deployment_patch(
+    deployment: dict[str, Any], *, container: str, env_name: str, value: str | None
+) -> dict[str, Any] | None:
+    """The strategic merge patch that gets `deployment` to run with `value` (None: scaled
+    to zero); None when it already does. LookupError when the container is missing."""
+    metadata = deployment.get("metadata") or {}
+    spec = deployment.get("spec") or {}
+    annotations = metadata.get("annotations") or {}
+    replicas = spec.get("replicas", 1)
+    if value is None:
+        if replicas == 0:
+            return None
+        return {
+            "metadata": {"annotations": {REPLICAS_ANNOTATION: str(replicas)}},
+            "spec": {"replicas": 0},
+        }
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+    found = next((c for c in containers if c.get("name") == container), None)
+    if found is None:
+        raise LookupError(
+            f"deployment {metadata.get('namespace')}/{metadata.get('name')} "
+            f"has no container {container!r}"
+        )
+    current = next((e for e in found.get("env") or [] if e.get("name") == env_name), None)
+    patch: dict[str, Any] = {}
+    if current is None or current.get("value") != value or current.get("valueFrom") is not None:
+        env = [{"name": env_name, "value": value, "valueFrom": None}]
+        patch["spec"] = {"template": {"spec": {"containers": [{"name": container, "env": env}]}}}
+    if replicas == 0 and REPLICAS_ANNOTATION in annotations:
+        # We scaled it to zero for an empty set: bring it back in the same PATCH.
+        patch.setdefault("spec", {})["replicas"] = _replicas(annotations[REPLICAS_ANNOTATION])
+        patch["metadata"] = {"annotations": {REPLICAS_ANNOTATION: None}}
+    return patch or None
+
+
+def _replicas(text: str) -> int:
+    try:
+        return max(1, int(text))
+    except ValueError:
+        return 1

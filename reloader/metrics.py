@@ -1,4 +1,8 @@
-"""The reloader's Prometheus metrics, built against an injected registry."""
+"""The reloader's Prometheus metrics, built against an injected registry.
+
+The namespace watch adds its own (`keda_tenancy_namespace_watch_reconnects_total`,
+`..._relists_total`, `..._namespaces`) to the same registry.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ class ReloaderMetrics:
         )
         self.restarts = Counter(
             PREFIX + "restarts",
-            "Operator (re)starts or Deployment patches, by reason (initial, namespaces, crash, empty).",
+            "Operator (re)starts or Deployment patches, by reason "
+            "(initial, namespaces, crash, empty, resync).",
             ["reason"],
             registry=registry,
         )
@@ -28,17 +33,27 @@ class ReloaderMetrics:
         )
         self.child_exits = Counter(
             PREFIX + "child_exits",
-            "Operator process exits, by exit status.",
+            "Operator process exits (on its own or stopped by us), by exit status.",
             ["code"],
+            registry=registry,
+        )
+        self.consecutive_failures = Gauge(
+            PREFIX + "consecutive_failures",
+            "Operator exits on its own (or failed starts) since its last healthy run.",
             registry=registry,
         )
         self.empty = Gauge(
             PREFIX + "empty_namespace_set",
-            "1 while no namespace is selected (the operator is kept stopped).",
+            "1 while no namespace is selected (the operator is kept stopped / scaled to zero).",
             registry=registry,
         )
         self.refused = Counter(
             PREFIX + "refused_values",
             "Desired values refused (too large for one environment string).",
+            registry=registry,
+        )
+        self.apply_errors = Counter(
+            PREFIX + "apply_errors",
+            "Failed attempts to put a value in force (API errors in deployment mode).",
             registry=registry,
         )

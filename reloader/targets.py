@@ -1,0 +1,120 @@
+"""What the control loop acts on: the operator as our child process, or its Deployment.
+
+The errors the loop branches on are made here: ApplyError (try again after a backoff)
+and, from the child, ChildStartError (counts as a crash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+import aiohttp
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from reloader.child import ChildProcess
+from reloader.deployment import DeploymentPatcher
+from reloader.metrics import ReloaderMetrics
+
+
+class ApplyError(Exception):
+    """The new value could not be put in force; the loop retries with backoff."""
+
+
+class Target(Protocol):
+    @property
+    def running(self) -> bool | None:
+        """Whether the operator runs; None when that is not ours to see (deployment mode)."""
+        ...
+
+    def exited(self) -> Coroutine[Any, Any, int] | None:
+        """Completes with the exit status when the operator exits on its own; None when
+        there is no exit left to report."""
+        ...
+
+    async def apply(self, value: str) -> bool:
+        """Put `value` in force ("" = keep the operator stopped); False when nothing had to change."""
+        ...
+
+    async def shutdown(self, sig: signal.Signals) -> int | None:
+        """Stop for good, forwarding `sig`; the operator's exit status, if it had one."""
+        ...
+
+
+class ProcessTarget:
+    """The operator as our child: restarted with the new environment on every change."""
+
+    def __init__(self, child: ChildProcess, metrics: ReloaderMetrics, stop: asyncio.Event) -> None:
+        self.child = child
+        self._metrics = metrics
+        self._stop = stop
+        self._exit_seen = True
+
+    @property
+    def running(self) -> bool:
+        return self.child.running
+
+    def exited(self) -> Coroutine[Any, Any, int] | None:
+        if self._exit_seen or self.child.pid is None:
+            return None
+        return self._exited()
+
+    async def _exited(self) -> int:
+        code = await self.child.wait()
+        self._ended(code)
+        return code
+
+    async def apply(self, value: str) -> bool:
+        acted = False
+        if self.child.running:
+            code = await self.child.stop()
+            if code is None:  # it survived SIGKILL
+                raise ApplyError("the operator survived SIGKILL; not starting a second one")
+            self._ended(code)
+            acted = True
+        # A stop signal that came in while the old one was stopping: don't start anew.
+        if value and not self._stop.is_set():
+            await self.child.start(value)
+            self._exit_seen = False
+            self._metrics.child_up.set(1)
+            acted = True
+        return acted
+
+    async def shutdown(self, sig: signal.Signals) -> int | None:
+        """The operator's status if it was running (or had just exited unnoticed); None
+        when we had stopped it ourselves or already handled its exit."""
+        unseen = not self._exit_seen
+        code = await self.child.stop(sig)
+        self._ended(code)
+        return code if unseen else None
+
+    def _ended(self, code: int | None) -> None:
+        self._metrics.child_up.set(1 if self.child.running else 0)
+        if not self._exit_seen and code is not None:
+            self._metrics.child_exits.labels(str(code)).inc()
+        self._exit_seen = True
+
+
+class DeploymentTarget:
+    """The operator's Deployment: its container env patched, Kubernetes rolls it."""
+
+    def __init__(self, patcher: DeploymentPatcher) -> None:
+        self._patcher = patcher
+
+    @property
+    def running(self) -> None:
+        return None
+
+    def exited(self) -> None:
+        return None
+
+    async def apply(self, value: str) -> bool:
+        try:
+            return await self._patcher.apply(value or None)
+        except (ApiException, aiohttp.ClientError, TimeoutError, LookupError, ValueError) as exc:
+            raise ApplyError(f"cannot update {self._patcher.describe()}: {exc}") from exc
+
+    async def shutdown(self, sig: signal.Signals) -> None:
+        return None
