@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Coroutine, Mapping
 from typing import Any
@@ -47,13 +48,17 @@ class Reloader:
         environ: Mapping[str, str] | None = None,
         clock: Clock | None = None,
         watch_settings: WatchSettings | None = None,
+        reap_orphans: bool | None = None,
     ) -> None:
+        """`reap_orphans`: reap processes re-parented to us; by default only as PID 1
+        (`serve` also makes the process a subreaper, embedding code should not)."""
         self.config = config
         self.registry = registry or CollectorRegistry()
         self.metrics = ReloaderMetrics(self.registry)
         self._watch_metrics = WatchMetrics(self.registry)
         self._watch_settings = watch_settings or WatchSettings()
         self._clock = clock
+        self._reap_orphans = os.getpid() == 1 if reap_orphans is None else reap_orphans
         self.cache = NamespaceCache()
         self.child = (
             ChildProcess(
@@ -107,7 +112,12 @@ class Reloader:
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set or the operator is given up on; the exit status."""
         config = self.config
-        api = await make_api_client(config.kubeconfig)
+        try:
+            api = await make_api_client(config.kubeconfig)
+        except Exception:
+            logger.exception("cannot configure the Kubernetes client")
+            return 1
+        failed = False
         try:
             self.controller = Controller(
                 target=self._target(api, stop),
@@ -136,12 +146,23 @@ class Reloader:
                 "namespaces": self._watch(api, stop),
                 "control": self._control(stop),
             }
-            if self.child is not None and become_subreaper():
+            if self.child is not None and self._reap_orphans:
                 roots["reaper"] = self._reap(stop)
             await run_roots(roots, stop)
+        except Exception:  # a root failed (run_roots logged it); the others were cancelled
+            failed = True
         finally:
+            await self._leave_no_operator_behind()
             await api.close()
-        return self.controller.exit_code
+        exit_code = self.controller.exit_code if self.controller is not None else 0
+        return exit_code or (1 if failed else 0)
+
+    async def _leave_no_operator_behind(self) -> None:
+        """The control loop stops the operator on its way out; if it was cancelled
+        instead (another root failed), do it here."""
+        if self.child is not None and self.child.running:
+            logger.warning("stopping the operator after a failure")
+            await self.child.stop(self._stop_signal)
 
     def _target(self, api: ApiClient, stop: asyncio.Event) -> Target:
         if self.child is not None:
@@ -191,7 +212,9 @@ class Reloader:
 async def serve(config: ReloaderConfig) -> int:
     """The whole program: signals set the stop event (and are forwarded to the operator)."""
     stop = asyncio.Event()
-    reloader = Reloader(config)
+    # As PID 1 orphans are ours anyway; otherwise (under a shell, tini, a debugger) ask to
+    # be their subreaper so the operator's descendants never pile up as zombies.
+    reloader = Reloader(config, reap_orphans=config.mode == "process" and become_subreaper())
 
     def forward(sig: signal.Signals) -> None:
         reloader.stop_signal = sig

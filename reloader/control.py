@@ -77,7 +77,7 @@ class Controller:
         self._apply_failures = 0
         self._crash_restart_at: float | None = None
         self._started_at = 0.0
-        self._applied_at: float | None = None
+        self._resync_at: float | None = None
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -143,12 +143,11 @@ class Controller:
         if due_in == 0.0:
             await self._apply(desired, "namespaces")
             return 0.0
-        if due_in is None and self._resync_s > 0 and self.applied and self._applied_at is not None:
-            resync_in = self._applied_at + self._resync_s - now
-            if resync_in <= 0:
+        if due_in is None and self.applied and self._resync_at is not None:
+            if now >= self._resync_at:
                 await self._put(self.applied, "resync")
                 return 0.0
-            return resync_in
+            return self._resync_at - now
         return due_in
 
     async def _wait(self, stop: asyncio.Event, timeout_s: float | None) -> int | None:
@@ -202,7 +201,10 @@ class Controller:
         except ApplyError as exc:
             self._apply_failures += 1
             retry_in_s = self._crash.backoff_s(self._apply_failures)
-            self._schedule.failed(self._clock.now(), retry_in_s)
+            now = self._clock.now()
+            self._schedule.failed(now, retry_in_s)
+            if self._resync_at is not None:
+                self._resync_at = now + retry_in_s
             self.last_error = str(exc)
             self._metrics.apply_errors.inc()
             logger.error(
@@ -212,7 +214,7 @@ class Controller:
             return
         now = self._clock.now()
         self._schedule.restarted(now)
-        self._applied_at = now
+        self._resync_at = now + self._resync_s if self._resync_s > 0 else None
         self._apply_failures = 0
         self.last_error = None
         previous, self.applied = self.applied, value

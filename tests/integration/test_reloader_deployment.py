@@ -90,3 +90,22 @@ async def test_missing_deployment_is_reported_not_ready(
     async with running_reloader(deployment_args(kubeconfig)) as r:
         await eventually(lambda: r.last_error is not None)
         assert "cannot update" in str(r.readiness_checks()["operator"]())
+
+
+async def test_drift_is_undone_at_the_resync(kube_api: FakeKubeAPI, kubeconfig: str) -> None:
+    kube_api.add_deployment(
+        "keda-alpha",
+        "keda-operator",
+        [{"name": "keda-operator", "env": [{"name": "WATCH_NAMESPACE", "value": "a1"}]}],
+    )
+    kube_api.relabel_new("a1", label("alpha"))
+    async with running_reloader([*deployment_args(kubeconfig), "--resync-period=300ms"]) as r:
+        await eventually(lambda: r.applied == "a1")
+        assert kube_api.requests["patch deployment"] == 0  # already right
+        env = kube_api.deployments[("keda-alpha", "keda-operator")]["spec"]["template"]["spec"][
+            "containers"
+        ][0]["env"]
+        env[0]["value"] = ""  # someone (a helm upgrade, a person) resets it
+        await eventually(lambda: env_of(kube_api)["WATCH_NAMESPACE"] == "a1")
+        assert kube_api.requests["patch deployment"] == 1
+        assert kube_api.requests["get deployment"] >= 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -341,3 +342,25 @@ def _parent_of(pid: int) -> int | None:
         return None
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
     return int(fields["PPid"].strip())
+
+
+async def test_a_port_in_use_ends_the_reloader_with_status_1(
+    kube_api: FakeKubeAPI, kubeconfig: str, tmp_path: Path
+) -> None:
+    log = ChildLog(tmp_path / "child.log")
+    kube_api.relabel_new("a1", label("alpha"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = reloader_args(kubeconfig, log.path, f"--health-port={port}")
+        reloader = Reloader(ReloaderConfig.from_args(argv, {}), CollectorRegistry())
+        assert await asyncio.wait_for(reloader.run(asyncio.Event()), 10) == 1
+    assert reloader.child is not None
+    assert not reloader.child.running
+
+
+async def test_a_bad_kubeconfig_ends_the_reloader_with_status_1(tmp_path: Path) -> None:
+    argv = reloader_args(str(tmp_path / "missing"), tmp_path / "child.log")
+    reloader = Reloader(ReloaderConfig.from_args(argv, {}), CollectorRegistry())
+    assert await asyncio.wait_for(reloader.run(asyncio.Event()), 10) == 1

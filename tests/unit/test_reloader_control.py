@@ -446,10 +446,14 @@ async def test_apply_errors_are_retried_with_backoff(make: type[Harness]) -> Non
 
 
 async def test_deployment_mode_resyncs(make: type[Harness]) -> None:
-    h = make(process=False, resync_s=300)
+    h = make(process=False, resync_s=300, crash=CrashPolicy(backoff_initial_s=1, backoff_max_s=60))
     h.listed("a1")
     await h.clock.advance(700)
     assert h.target.applied == [(0.0, "a1"), (300.0, "a1"), (600.0, "a1")]
+    h.target.fail_with = [ApplyError("503")] * 2  # a failed resync backs off, no busy loop
+    await h.clock.advance(300)
+    assert h.target.applied[-1] == (903.0, "a1")  # 900 failed, 901 failed, 903 went
+    assert h.metrics.apply_errors._value.get() == 2
 
 
 # -- stopping ------------------------------------------------------------------------------
