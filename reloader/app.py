@@ -149,8 +149,10 @@ class Reloader:
             if self.child is not None and self._reap_orphans:
                 roots["reaper"] = self._reap(stop)
             await run_roots(roots, stop)
-        except Exception:  # a root failed (run_roots logged it); the others were cancelled
+        except Exception as exc:
             failed = True
+            if not isinstance(exc, ExceptionGroup):  # a root's failure is logged by run_roots
+                logger.exception("reloader failed")
         finally:
             await self._leave_no_operator_behind()
             await api.close()
