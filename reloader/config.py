@@ -302,9 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument(
         "--health-port",
         type=int,
-        default=8081,
-        help="port of /healthz /readyz /metrics (KEDA's own probes default to 8081 too: "
-        "move one of them in process mode)",
+        default=8090,  # KEDA's operator keeps 8081 for its own probes
+        help="port of /healthz /readyz /metrics (not 8081: KEDA's operator probes use it)",
     )
     ops.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ops.add_argument("--log-format", default="json", choices=["json", "text"])

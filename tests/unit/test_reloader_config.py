@@ -28,7 +28,7 @@ def test_defaults() -> None:
         max_restarts=10, backoff_initial_s=1, backoff_max_s=60, healthy_after_s=60
     )
     assert (config.grace_period_s, config.kill_wait_s, config.resync_period_s) == (30, 10, 300)
-    assert (config.health_bind_address, config.health_port) == ("0.0.0.0", 8081)
+    assert (config.health_bind_address, config.health_port) == ("0.0.0.0", 8090)
     assert (config.log_level, config.log_format) == ("info", "json")
     assert config.kubeconfig is None
     assert config.target_deployment is None
