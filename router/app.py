@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -222,6 +222,9 @@ class Router:
         tls_object.context = self.serving.value[0]
 
     async def serve_secure(self, stop: asyncio.Event) -> None:
+        await self._wait_for_certificates(stop)
+        if stop.is_set():
+            return
         handler = ProxyHandler(
             auth_state=self.auth_state,
             directory=self.directory,
@@ -285,22 +288,21 @@ class Router:
             await wait_stopped(stop, 1.0)
 
     async def run(self, stop: asyncio.Event) -> None:
-        roots: dict[str, Any] = {"health": self.serve_health(stop)}
+        """Serve until `stop`. Health is up at once; the secure listener opens once its
+        certificates (and the requestheader CA, from the cluster if need be) are loaded."""
         api = await make_api_client(self.config.kubeconfig) if self.config.needs_cluster else None
         try:
+            roots: dict[str, Coroutine[Any, Any, None]] = {
+                "health": self.serve_health(stop),
+                "reload": self.reload_loop(stop),
+                "secure": self.serve_secure(stop),
+            }
             if api is not None and self.requestheader.from_cluster:
-                await self._read_configmap(api)
                 roots["requestheader-configmap"] = self._poll_configmap(api, stop)
             if api is not None and self.config.tenancy.needs_cluster:
                 roots["namespaces"] = self._watch_namespaces(api, stop)
-            await self._wait_for_certificates(stop)
-            if not stop.is_set():
-                roots["reload"] = self.reload_loop(stop)
-                roots["secure"] = self.serve_secure(stop)
             await run_roots(roots, stop)
         finally:
-            for coro in roots.values():
-                coro.close()  # roots never started (stopped before serving)
             if api is not None:
                 await api.close()
 
@@ -312,11 +314,16 @@ class Router:
             self.reload_certificates()
 
     async def _poll_configmap(self, api: ApiClient, stop: asyncio.Event) -> None:
-        while not await wait_stopped(stop, max(self.config.cert_reload_interval_s, 10.0)):
+        interval_s = 1.0  # quickly until the first read succeeds, then at the reload pace
+        while True:
             try:
                 await self._read_configmap(api)
             except Exception as exc:  # keep the last good settings; retry next round
                 logger.warning("cannot read requestheader ConfigMap", extra={"error": str(exc)})
+            else:
+                interval_s = max(self.config.cert_reload_interval_s, 10.0)
+            if await wait_stopped(stop, interval_s):
+                return
 
     async def _watch_namespaces(self, api: ApiClient, stop: asyncio.Event) -> None:
         await watch_namespaces(

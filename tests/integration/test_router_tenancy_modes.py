@@ -6,8 +6,12 @@ import asyncio
 import ssl
 from pathlib import Path
 
+import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry
 
+from router.app import Router
+from router.config import RouterConfig
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.fakes.tenant_backend import TenantBackend
 from tests.router_harness import METRIC_PATH, Pki, raw_request, router_args, running_router
@@ -171,3 +175,51 @@ async def test_requestheader_ca_from_the_cluster(
         assert await tenant_of(router.secure_port, ok, "web") == "alpha"
         wrong_cn = pki.client_context(pki.aggregator(cn="not-the-aggregator"))
         assert await tenant_of(router.secure_port, wrong_cn, "web") == 401
+
+
+async def test_waits_for_the_requestheader_configmap_with_health_up(
+    pki: Pki,
+    tmp_path: Path,
+    backends: dict[str, TenantBackend],
+    kube_api: FakeKubeAPI,
+    kubeconfig: str,
+) -> None:
+    kube_api.relabel_new("web", {"keda-tenancy.io/tenant": "alpha"})
+    argv = [
+        a
+        for a in router_args(
+            pki,
+            overrides(tmp_path, backends),
+            f"--kubeconfig={kubeconfig}",
+            "--tenant-label-key=keda-tenancy.io/tenant",
+        )
+        if not a.startswith(("--requestheader-client-ca-file", "--requestheader-allowed-names"))
+    ]
+    router = Router(RouterConfig.from_args(argv, {}), CollectorRegistry())
+    stop = asyncio.Event()
+    task = asyncio.create_task(router.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            while router.health_port is None:
+                await asyncio.sleep(0.02)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{router.health_port}/readyz") as response,
+        ):
+            assert response.status == 503  # alive, not ready: no requestheader CA yet
+        assert not router.listening.is_set()
+        kube_api.configmaps[("kube-system", "extension-apiserver-authentication")] = {
+            "kind": "ConfigMap",
+            "apiVersion": "v1",
+            "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
+            "data": {"requestheader-client-ca-file": pki.front_proxy_ca.cert_pem.decode()},
+        }
+        await asyncio.wait_for(router.listening.wait(), 10)
+        assert router.secure_port
+        assert (
+            await tenant_of(router.secure_port, pki.client_context(pki.aggregator()), "web")
+            == "alpha"
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
