@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from pathlib import Path
 
@@ -27,6 +28,43 @@ def overrides(tmp_path: Path, backends: dict[str, TenantBackend]) -> str:
         + "".join(f"  {name}:\n    upstream: {b.url}\n" for name, b in backends.items())
     )
     return str(path)
+
+
+def requestheader_from_cluster_args(
+    pki: Pki, tmp_path: Path, backends: dict[str, TenantBackend], kubeconfig: str
+) -> list[str]:
+    """Router flags without the requestheader CA and names: they come from the cluster."""
+    argv = router_args(
+        pki,
+        overrides(tmp_path, backends),
+        f"--kubeconfig={kubeconfig}",
+        "--tenant-label-key=keda-tenancy.io/tenant",
+    )
+    return [
+        a
+        for a in argv
+        if not a.startswith(("--requestheader-client-ca-file", "--requestheader-allowed-names"))
+    ]
+
+
+def publish_extension_auth(
+    kube_api: FakeKubeAPI, pki: Pki, allowed_names: list[str] | None = None
+) -> None:
+    """What kube-apiserver publishes in kube-system/extension-apiserver-authentication."""
+    data = {"requestheader-client-ca-file": pki.front_proxy_ca.cert_pem.decode()}
+    if allowed_names is not None:
+        data |= {
+            "requestheader-allowed-names": json.dumps(allowed_names),
+            "requestheader-username-headers": '["X-Remote-User"]',
+            "requestheader-group-headers": '["X-Remote-Group"]',
+            "requestheader-extra-headers-prefix": '["X-Remote-Extra-"]',
+        }
+    kube_api.configmaps[("kube-system", "extension-apiserver-authentication")] = {
+        "kind": "ConfigMap",
+        "apiVersion": "v1",
+        "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
+        "data": data,
+    }
 
 
 async def tenant_of(port: int, context: ssl.SSLContext, namespace: str) -> str | int:
@@ -147,28 +185,8 @@ async def test_requestheader_ca_from_the_cluster(
     kubeconfig: str,
 ) -> None:
     kube_api.relabel_new("web", {"keda-tenancy.io/tenant": "alpha"})
-    kube_api.configmaps[("kube-system", "extension-apiserver-authentication")] = {
-        "kind": "ConfigMap",
-        "apiVersion": "v1",
-        "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
-        "data": {
-            "requestheader-client-ca-file": pki.front_proxy_ca.cert_pem.decode(),
-            "requestheader-allowed-names": '["front-proxy-client"]',
-            "requestheader-username-headers": '["X-Remote-User"]',
-            "requestheader-group-headers": '["X-Remote-Group"]',
-            "requestheader-extra-headers-prefix": '["X-Remote-Extra-"]',
-        },
-    }
-    argv = [
-        a
-        for a in router_args(
-            pki,
-            overrides(tmp_path, backends),
-            f"--kubeconfig={kubeconfig}",
-            "--tenant-label-key=keda-tenancy.io/tenant",
-        )
-        if not a.startswith(("--requestheader-client-ca-file", "--requestheader-allowed-names"))
-    ]
+    publish_extension_auth(kube_api, pki, allowed_names=["front-proxy-client"])
+    argv = requestheader_from_cluster_args(pki, tmp_path, backends, kubeconfig)
     async with running_router(argv) as router:
         assert router.secure_port
         ok = pki.client_context(pki.aggregator())
@@ -185,16 +203,7 @@ async def test_waits_for_the_requestheader_configmap_with_health_up(
     kubeconfig: str,
 ) -> None:
     kube_api.relabel_new("web", {"keda-tenancy.io/tenant": "alpha"})
-    argv = [
-        a
-        for a in router_args(
-            pki,
-            overrides(tmp_path, backends),
-            f"--kubeconfig={kubeconfig}",
-            "--tenant-label-key=keda-tenancy.io/tenant",
-        )
-        if not a.startswith(("--requestheader-client-ca-file", "--requestheader-allowed-names"))
-    ]
+    argv = requestheader_from_cluster_args(pki, tmp_path, backends, kubeconfig)
     router = Router(RouterConfig.from_args(argv, {}), CollectorRegistry())
     stop = asyncio.Event()
     task = asyncio.create_task(router.run(stop))
@@ -208,12 +217,7 @@ async def test_waits_for_the_requestheader_configmap_with_health_up(
         ):
             assert response.status == 503  # alive, not ready: no requestheader CA yet
         assert not router.listening.is_set()
-        kube_api.configmaps[("kube-system", "extension-apiserver-authentication")] = {
-            "kind": "ConfigMap",
-            "apiVersion": "v1",
-            "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
-            "data": {"requestheader-client-ca-file": pki.front_proxy_ca.cert_pem.decode()},
-        }
+        publish_extension_auth(kube_api, pki)
         await asyncio.wait_for(router.listening.wait(), 10)
         assert router.secure_port
         assert (
