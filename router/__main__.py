@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -22,6 +23,10 @@ async def _run(config: RouterConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     config = RouterConfig.from_args(sys.argv[1:] if argv is None else argv, os.environ)
     configure_logging(config.log_level, config.log_format)
+    # Everything imported so far lives as long as the process: keep it out of the
+    # collector's full passes, which otherwise walk every module's objects.
+    gc.collect()
+    gc.freeze()
     run_event_loop(_run(config))
     return 0
 

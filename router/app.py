@@ -15,13 +15,13 @@ import ssl
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from aiohttp import web
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from prometheus_client import CollectorRegistry
 
 from router.backends import DEFAULT_CA, BackendResolver
 from router.config import EXTENSION_AUTH_CONFIGMAP, RouterConfig
 from router.forwarding import HeaderPolicy
+from router.listener import SecureListener
 from router.metrics import RouterMetrics
 from router.proxy import AuthState, ProxyHandler
 from router.requestheader import HeaderNames, RequestHeaderAuth
@@ -231,23 +231,14 @@ class Router:
             upstreams=self.upstreams,
             metrics=self.metrics,
         )
-        server = web.Server(handler, access_log=None)
-        self.metrics.open_connections.set_function(lambda: len(server.connections))
-        runner = web.ServerRunner(
-            server, handle_signals=False, shutdown_timeout=self.config.shutdown_grace_period_s
-        )
-        await runner.setup()
+        listener = SecureListener(handler)
+        self.metrics.open_connections.set_function(lambda: len(listener.connections))
         listener_context = tls.server_context(*self.serving.inputs[:3])
         listener_context.sni_callback = self._sni
         try:
-            site = web.TCPSite(
-                runner,
-                self.config.bind_address,
-                self.config.secure_port,
-                ssl_context=listener_context,
+            self.secure_port = await listener.start(
+                self.config.bind_address, self.config.secure_port, listener_context
             )
-            await site.start()
-            self.secure_port = health.bound_port(runner)
             self.listening.set()
             logger.info("serving", extra={"port": self.secure_port})
             await stop.wait()
@@ -255,10 +246,10 @@ class Router:
             if self.config.shutdown_delay_s:
                 await asyncio.sleep(self.config.shutdown_delay_s)
             logger.info(
-                "draining in-flight requests", extra={"connections": len(server.connections)}
+                "draining in-flight requests", extra={"connections": len(listener.connections)}
             )
         finally:
-            await asyncio.shield(runner.cleanup())
+            await asyncio.shield(listener.drain(self.config.shutdown_grace_period_s))
             await asyncio.shield(self.upstreams.close())
             logger.info("secure listener stopped")
 

@@ -4,60 +4,84 @@ An allow-list, not a deny-list: identity headers are forwarded only under the
 configured names, byte for byte and one line per value, because joining or renaming
 them changes who the tenant's KEDA thinks is calling. Everything else a caller might
 send (Authorization, Impersonate-*, hop-by-hop headers) stays behind.
+
+Both directions work on header lines exactly as received (validated by router.http1,
+each ending in CRLF): one compiled expression picks the lines, so the kept ones cross
+unchanged and no per-header Python runs on the request path.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
+from router.http1 import field_entries, lowered
 from router.requestheader import HeaderNames
 
 _PLAIN = ("audit-id", "accept", "accept-encoding", "user-agent")
+_TOKEN_CHARS = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"
 
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",  # recomputed for the body we send
-    }
+HOP_BY_HOP = (
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",  # recomputed for the body we send
 )
+
+
+def _alternatives(names: Iterable[str], prefixes: Iterable[str] = ()) -> bytes:
+    """A regex alternation matching exactly these header names (and names with these
+    prefixes), case-insensitively; matches nothing when there are none."""
+    parts = [re.escape(name.encode("latin-1")) for name in names]
+    parts += [re.escape(prefix.encode("latin-1")) + _TOKEN_CHARS + b"*" for prefix in prefixes]
+    return b"|".join(parts) if parts else b"(?!)"
 
 
 class HeaderPolicy:
     """Compiled once from the configured header names; applied per request."""
 
     def __init__(self, names: HeaderNames) -> None:
-        self._exact = frozenset(
-            name.lower().encode("latin-1")
-            for name in (*names.username, *names.group, *names.uid, *_PLAIN)
+        kept = _alternatives(
+            (*names.username, *names.group, *names.uid, *_PLAIN), names.extra_prefixes
         )
-        self._prefixes = tuple(p.lower().encode("latin-1") for p in names.extra_prefixes)
-        self._username = tuple(n.lower().encode("latin-1") for n in names.username)
+        # The name must be followed by ':' at once, so "X-Remote-Userx" is not "X-Remote-User".
+        self._kept = re.compile(rb"^(?:" + kept + rb"):[^\r\n]*\r\n", re.I | re.M)
+        self._username = tuple(b"\n" + n.lower().encode("latin-1") + b":" for n in names.username)
+        self._username_names = tuple(n.lower().encode("latin-1") for n in names.username)
 
-    def forwarded(self, raw_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """The headers to send upstream, in their original order, names unchanged."""
-        kept = []
-        for name, value in raw_headers:
-            lower = name.lower()
-            if lower in self._exact or lower.startswith(self._prefixes):
-                kept.append((name, value))
-        return kept
+    def forwarded(self, lines: bytes) -> bytes:
+        """The header lines to send upstream, in their original order, bytes unchanged."""
+        return b"".join(self._kept.findall(lines))
 
-    def username(self, raw_headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-        """The asserted user: the first non-empty value among the username headers."""
-        for name, value in raw_headers:
-            if value and name.lower() in self._username:
-                return value
-        return b""
+    def username(self, lines: bytes, low: bytes | None = None) -> bytes:
+        """The asserted user: the first non-empty value among the username headers.
+
+        `low` is `router.http1.lowered(lines)` when the caller has it already."""
+        low = lowered(lines) if low is None else low
+        if len(self._username) == 1:  # the usual configuration: no sorting across names
+            if self._username[0] not in low:
+                return b""
+            return next(
+                (value for _, value in field_entries(lines, low, self._username_names[0]) if value),
+                b"",
+            )
+        entries = sorted(
+            entry for name in self._username_names for entry in field_entries(lines, low, name)
+        )
+        return next((value for _, value in entries if value), b"")
 
 
-def response_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers minus hop-by-hop ones; Content-Encoding passes untouched."""
-    return [(name, value) for name, value in raw_headers if name.lower() not in HOP_BY_HOP]
+_HOP_BY_HOP_LINE = re.compile(
+    rb"^(?:" + _alternatives(HOP_BY_HOP) + rb"):[^\r\n]*\r\n", re.I | re.M
+)
+
+
+def response_lines(lines: bytes) -> bytes:
+    """Upstream response header lines minus hop-by-hop ones; Content-Encoding passes."""
+    return _HOP_BY_HOP_LINE.sub(b"", lines)

@@ -7,28 +7,29 @@ from __future__ import annotations
 
 import datetime
 import logging
-import ssl
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiohttp import web
-from multidict import CIMultiDict
+from prometheus_client import Counter, Gauge, Histogram
 
-from router.forwarding import HeaderPolicy, response_headers
+from router.forwarding import HeaderPolicy, response_lines
+from router.http1 import ProtocolError, RequestHead
+from router.listener import ClientConnection
 from router.local_answers import local_body
 from router.metrics import RouterMetrics
-from router.paths import LocalRoute, parse_target
+from router.paths import LocalRoute, Route, parse_target
 from router.requestheader import RequestHeaderAuth
-from router.status import StatusError, status_body
+from router.status import StatusError
 from router.tenants import TenantDirectory
-from router.upstreams import Upstreams
+from router.upstreams import Outcome, Upstreams
 from tenancy_common.client_verification import verify_result
 
 access_log = logging.getLogger("router.access")
 
-_JSON = "application/json"
+_JSON = b"Content-Type: application/json\r\n"
+_RETRY = _JSON + b"Retry-After: 1\r\n"
+_ROUTE_MEMO_LIMIT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,32 @@ class AuthState:
     auth: RequestHeaderAuth
     policy: HeaderPolicy
     generation: int
+
+
+class _TenantMetrics:
+    """A tenant's labelled metric children, looked up once instead of per request."""
+
+    __slots__ = ("duration", "in_flight", "requests")
+
+    def __init__(self, metrics: RouterMetrics, tenant: str) -> None:
+        self.in_flight: Gauge = metrics.in_flight.labels(tenant)
+        self.duration: Histogram = metrics.duration.labels(tenant)
+        self.requests: dict[tuple[int, str], Counter] = {}
+
+
+class _Request:
+    """One request in progress, and what the access log and metrics will say about it."""
+
+    __slots__ = ("connection", "head", "namespace", "outcome", "started", "state", "tenant")
+
+    def __init__(self, connection: ClientConnection, head: RequestHead, state: AuthState) -> None:
+        self.connection = connection
+        self.head = head
+        self.state = state
+        self.started = time.perf_counter()
+        self.tenant = ""
+        self.namespace = ""
+        self.outcome = "rejected"
 
 
 class ProxyHandler:
@@ -55,128 +82,149 @@ class ProxyHandler:
         self._upstreams = upstreams
         self._metrics = metrics
         self._now = now
-        # Per TLS connection: (auth generation, front-proxy CN or the refusal).
-        self._verdicts: weakref.WeakKeyDictionary[ssl.SSLObject, tuple[int, str | StatusError]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._tenants: dict[str, _TenantMetrics] = {}
+        self._routes: dict[bytes, Route] = {}
 
-    def _authenticate(self, request: web.BaseRequest, state: AuthState) -> None:
-        transport = request.transport
-        tls = transport.get_extra_info("ssl_object") if transport is not None else None
-        if not isinstance(tls, ssl.SSLObject):
-            raise StatusError(401, "Unauthorized: TLS client certificate required")
-        cached = self._verdicts.get(tls)
+    # -- entry points (RequestHandler) -----------------------------------------------------
+
+    def handle(self, connection: ClientConnection, head: RequestHead) -> None:
+        request = _Request(connection, head, self._auth_state())
+        try:
+            self._route(request)
+        except StatusError as exc:
+            self._refuse(request, exc)
+        except Exception:
+            access_log.exception("unexpected error", extra={"namespace": request.namespace})
+            self._refuse(request, StatusError(500, "internal error"))
+
+    def malformed(self, connection: ClientConnection, error: ProtocolError) -> None:
+        request = _Request(connection, RequestHead(b"-", b"-", b"", False), self._auth_state())
+        self._refuse(request, StatusError(error.code, f"malformed request: {error}"))
+
+    # -- the steps -------------------------------------------------------------------------
+
+    def _authenticate(self, request: _Request) -> None:
+        connection, state = request.connection, request.state
+        cached = connection.verdict
         if cached is None or cached[0] != state.generation:
-            verdict: str | StatusError
-            try:
-                verdict = state.auth.verify_peer(
-                    tls.getpeercert(binary_form=True), self._now(), verify_result(tls)
-                )
-            except StatusError as refusal:
-                verdict = refusal
-            cached = (state.generation, verdict)
-            self._verdicts[tls] = cached
+            tls = connection.tls
+            verdict: object
+            if tls is None:
+                verdict = StatusError(401, "Unauthorized: TLS client certificate required")
+            else:
+                try:
+                    verdict = state.auth.verify_peer(
+                        tls.getpeercert(binary_form=True), self._now(), verify_result(tls)
+                    )
+                except StatusError as refusal:
+                    verdict = refusal
+            cached = connection.verdict = (state.generation, verdict)
         if isinstance(cached[1], StatusError):
             raise cached[1]
-        if not state.policy.username(request.raw_headers):
+        if not state.policy.username(request.head.lines, request.head.low):
             raise StatusError(401, "Unauthorized: no user in the requestheader username headers")
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        started = time.perf_counter()
-        state = self._auth_state()
-        record = _Record()
+    def _route(self, request: _Request) -> None:
+        head = request.head
         try:
-            response = await self._handle(request, state, record)
-        except StatusError as exc:
-            response = web.Response(status=exc.code, body=exc.body(), content_type=_JSON)
-        except Exception:
-            access_log.exception("unexpected error", extra={"namespace": record.namespace})
-            response = web.Response(
-                status=500, body=status_body(500, "internal error"), content_type=_JSON
-            )
-        self._observe(request, state, record, response.status, time.perf_counter() - started)
-        return response
-
-    async def _handle(
-        self, request: web.BaseRequest, state: AuthState, record: _Record
-    ) -> web.Response:
-        try:
-            self._authenticate(request, state)
+            self._authenticate(request)
         except StatusError:
             self._metrics.auth_failures.inc()
-            record.outcome = "unauthenticated"
+            request.outcome = "unauthenticated"
             raise
-        route = parse_target(request.raw_path)
-        if request.method != "GET":
-            raise StatusError(405, f"method {request.method} is not allowed: this API is read-only")
+        route = self._routes.get(head.target)
+        if route is None:
+            # Pure function of the target, and HPAs ask for the same few targets again and
+            # again: parse each once. Refused targets raise and are never kept.
+            route = parse_target(head.target.decode("ascii"))
+            if len(self._routes) >= _ROUTE_MEMO_LIMIT:
+                self._routes.clear()
+            self._routes[head.target] = route
+        if head.method != b"GET":
+            method = head.method.decode("ascii", "replace")
+            raise StatusError(405, f"method {method} is not allowed: this API is read-only")
         if isinstance(route, LocalRoute):
-            record.outcome = "local"
-            return web.Response(body=local_body(route.kind), content_type=_JSON)
-        record.namespace = route.namespace
+            request.outcome = "local"
+            body = local_body(route.kind)
+            self._reply(request, 200, _JSON, body)
+            return
+        request.namespace = route.namespace
         backend = self._directory.backend_for(route.namespace)
-        record.tenant = backend.name
-        headers = _decoded(state.policy.forwarded(request.raw_headers))
-        gauge = self._metrics.in_flight.labels(backend.name)
-        gauge.inc()
-        try:
-            # The raw target was validated above; it goes upstream byte-for-byte, query included.
-            upstream = await self._upstreams.forward(backend, request.raw_path, headers)
-        except StatusError as exc:
-            self._metrics.upstream_errors.labels(backend.name, str(exc.code)).inc()
-            record.outcome = "upstream_error"
-            raise
-        finally:
-            gauge.dec()
-        record.outcome = "forwarded"
-        response = web.Response(status=upstream.status, body=upstream.body)
-        response.headers.clear()  # drop aiohttp's default Content-Type; the upstream's is kept
-        response.headers.extend(
-            CIMultiDict(
-                (name.decode("latin-1"), value.decode("latin-1"))
-                for name, value in response_headers(upstream.headers)
-            )
+        request.tenant = backend.name
+        forwarded = request.state.policy.forwarded(head.lines)
+        self._tenant(backend.name).in_flight.inc()
+        # The raw target was validated above; it goes upstream byte-for-byte, query included.
+        self._upstreams.forward(
+            backend, head.target, forwarded, lambda outcome: self._answered(request, outcome)
         )
-        return response
 
-    def _observe(
+    def _answered(self, request: _Request, outcome: Outcome) -> None:
+        try:
+            self._tenant(request.tenant).in_flight.dec()
+            if isinstance(outcome, StatusError):
+                self._metrics.upstream_errors.labels(request.tenant, str(outcome.code)).inc()
+                request.outcome = "upstream_error"
+                self._refuse(request, outcome)
+                return
+            request.outcome = "forwarded"
+            self._reply(request, outcome.status, response_lines(outcome.lines), outcome.body)
+        except Exception:
+            access_log.exception("unexpected error", extra={"namespace": request.namespace})
+            self._refuse(request, StatusError(500, "internal error"))
+
+    def _refuse(self, request: _Request, error: StatusError) -> None:
+        headers = _RETRY if error.code == 429 else _JSON
+        # A request that broke the protocol leaves the connection in an unknown state.
+        self._reply(request, error.code, headers, error.body(), close=error.code in (400, 431))
+
+    def _reply(
         self,
-        request: web.BaseRequest,
-        state: AuthState,
-        record: _Record,
-        code: int,
-        elapsed_s: float,
+        request: _Request,
+        status: int,
+        lines: bytes,
+        body: bytes | bytearray,
+        *,
+        close: bool = False,
     ) -> None:
-        self._metrics.requests.labels(record.tenant, str(code), record.outcome).inc()
-        self._metrics.duration.labels(record.tenant).observe(elapsed_s)
+        request.connection.respond(status, lines, body, close=close)
+        self._observe(request, status)
+
+    # -- metrics and the access log ---------------------------------------------------------
+
+    def _tenant(self, tenant: str) -> _TenantMetrics:
+        found = self._tenants.get(tenant)
+        if found is None:
+            found = self._tenants[tenant] = _TenantMetrics(self._metrics, tenant)
+        return found
+
+    def _observe(self, request: _Request, code: int) -> None:
+        elapsed_s = time.perf_counter() - request.started
+        tenant = self._tenant(request.tenant)
+        key = (code, request.outcome)
+        counter = tenant.requests.get(key)
+        if counter is None:
+            counter = tenant.requests[key] = self._metrics.requests.labels(
+                request.tenant, str(code), request.outcome
+            )
+        counter.inc()
+        tenant.duration.observe(elapsed_s)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        head = request.head
         access_log.info(
             "%s %s %d",
-            request.method,
-            request.raw_path.partition("?")[0],
+            head.method.decode("ascii", "replace"),
+            head.target.partition(b"?")[0].decode("ascii", "replace"),
             code,
             extra={
-                "tenant": record.tenant,
-                "namespace": record.namespace,
-                "user": state.policy.username(request.raw_headers).decode("utf-8", "replace"),
+                "tenant": request.tenant,
+                "namespace": request.namespace,
+                "user": request.state.policy.username(head.lines, head.low).decode(
+                    "utf-8", "replace"
+                ),
                 "status": code,
-                "outcome": record.outcome,
+                "outcome": request.outcome,
                 "duration_ms": round(elapsed_s * 1000, 3),
-                "audit_id": request.headers.get("Audit-Id", ""),
+                "audit_id": head.header(b"audit-id").decode("ascii", "replace"),
             },
         )
-
-
-@dataclass(slots=True)
-class _Record:
-    """What the access log and metrics say about one request, filled in as it progresses."""
-
-    tenant: str = ""
-    namespace: str = ""
-    outcome: str = "rejected"
-
-
-def _decoded(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    """aiohttp sends str headers as UTF-8; refuse anything that would not round-trip."""
-    try:
-        return [(name.decode("ascii"), value.decode("utf-8")) for name, value in headers]
-    except UnicodeDecodeError as exc:
-        raise StatusError(400, "header names must be ASCII and values UTF-8") from exc

@@ -4,26 +4,31 @@ Each backend gets its own bounded keep-alive pool, its own concurrency limit and
 own short memory of being down, so a tenant whose KEDA hangs or dies costs the other
 tenants nothing. Pools are rebuilt (and the old ones closed once idle) when the
 upstream client certificate or a CA changes.
+
+The hot path is callbacks on asyncio protocols, not coroutines: a request on a kept-alive
+connection costs two writes and two reads, with no task, stream or future in between.
+Only opening a connection runs as a task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-
-import aiohttp
-from yarl import URL
+from typing import cast
 
 from router.backends import Backend
+from router.http1 import ProtocolError, ResponseReader
 from router.status import StatusError
 
 logger = logging.getLogger(__name__)
 
-Headers = list[tuple[bytes, bytes]]
+_SLOTS_PER_S = 10
+"""Timeouts fire within 100 ms of --upstream-timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +36,7 @@ class UpstreamSettings:
     timeout_s: float = 30.0
     connect_timeout_s: float = 5.0
     max_connections: int = 32
-    """Keep-alive pool size per backend."""
+    """Keep-alive pool size per backend; requests beyond it wait for a free connection."""
     max_concurrent: int = 64
     """Requests in flight per backend before new ones get 429."""
     keepalive_s: float = 60.0
@@ -41,43 +46,131 @@ class UpstreamSettings:
     max_response_bytes: int = 32 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
 class UpstreamResponse:
-    status: int
-    headers: Headers
-    body: bytes
+    """What a backend answered (a plain class: built once per request, on the hot path)."""
+
+    __slots__ = ("body", "lines", "status")
+
+    def __init__(self, status: int, lines: bytes, body: bytes | bytearray) -> None:
+        self.status = status
+        self.lines = lines  # header lines as received, each ending in CRLF
+        self.body = body
+
+
+Outcome = UpstreamResponse | StatusError
+Done = Callable[[Outcome], None]
+
+
+class _Exchange:
+    """One request on its way to a backend; `done` is called exactly once."""
+
+    __slots__ = ("attempt", "bucket", "connection", "done", "finished", "pool", "request")
+
+    def __init__(self, pool: _Pool, request: bytes, done: Done) -> None:
+        self.pool = pool
+        self.request = request
+        self.done = done
+        self.attempt = 1
+        self.connection: _Connection | None = None
+        self.bucket: set[_Exchange] | None = None  # its slot in Upstreams' deadline wheel
+        self.finished = False
+
+
+class _Connection(asyncio.Protocol):
+    """One kept-alive TLS connection to a backend, carrying one exchange at a time."""
+
+    __slots__ = ("exchange", "fresh", "idle_since", "pool", "reader", "transport")
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.exchange: _Exchange | None = None
+        self.reader: ResponseReader | None = None
+        self.idle_since = 0.0
+        self.fresh = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TLS transport is not an asyncio.Transport subclass, but has its methods.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, exchange: _Exchange) -> None:
+        assert self.transport is not None
+        self.exchange = exchange
+        exchange.connection = self
+        self.reader = ResponseReader(self.pool.max_response_bytes)
+        self.transport.write(exchange.request)
+
+    def data_received(self, data: bytes) -> None:
+        exchange, reader = self.exchange, self.reader
+        if exchange is None or reader is None:
+            self.abort()  # bytes nobody asked for: this connection is out of step
+            return
+        try:
+            complete = reader.feed(data)
+        except ProtocolError as exc:
+            self.abort()
+            self.pool.owner.fail(exchange, 502, f"sent an invalid response: {exc}")
+            return
+        if complete:
+            self._complete(exchange, reader)
+
+    def eof_received(self) -> bool | None:
+        exchange, reader = self.exchange, self.reader
+        if exchange is not None and reader is not None and reader.eof():
+            self._complete(exchange, reader)
+        return None
+
+    def _complete(self, exchange: _Exchange, reader: ResponseReader) -> None:
+        self.exchange = self.reader = None
+        self.fresh = False
+        reusable = reader.keep_alive and not reader.leftover and not exchange.finished
+        owner = self.pool.owner
+        owner.answered(exchange, UpstreamResponse(reader.status, reader.lines, reader.body))
+        if reusable:
+            owner.release(self)
+        else:
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        exchange, reader = self.exchange, self.reader
+        self.exchange = self.reader = None
+        self.pool.owner.lost(self, exchange, reader is not None and reader.started)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class _Pool:
-    """One backend's session, concurrency limit and down-state."""
+    """One backend's connections, waiters, concurrency limit and down-state."""
 
     def __init__(
-        self, backend: Backend, context: ssl.SSLContext, settings: UpstreamSettings
+        self,
+        owner: Upstreams,
+        backend: Backend,
+        context: ssl.SSLContext,
+        settings: UpstreamSettings,
     ) -> None:
+        self.owner = owner
         self.backend = backend
         self.context = context
-        self.session = aiohttp.ClientSession(
-            base_url=backend.origin,
-            connector=aiohttp.TCPConnector(
-                ssl=context,
-                limit=settings.max_connections,
-                keepalive_timeout=settings.keepalive_s,
-                enable_cleanup_closed=False,
-            ),
-            timeout=aiohttp.ClientTimeout(
-                total=settings.timeout_s, sock_connect=settings.connect_timeout_s
-            ),
-            auto_decompress=False,  # Content-Encoding passes through untouched
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-        )
-        self.inflight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.host = backend.origin.raw_host or ""
+        self.port = backend.origin.port or 443
+        self.server_name = backend.server_name or self.host
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = "" if self.port == 443 else f":{self.port}"
+        self.host_header = f"{host}{port}\r\n".encode("ascii")
+        self.max_response_bytes = settings.max_response_bytes
+        self.max_connections = settings.max_connections
         self.max_concurrent = settings.max_concurrent
+        self.idle: list[_Connection] = []
+        self.waiters: collections.deque[_Exchange] = collections.deque()
+        self.opened = 0  # connected or connecting
+        self.inflight = 0
         self.down_until = 0.0
         self.cooldown_s = 0.0
+        self.retired = False
 
 
 class Upstreams:
@@ -94,107 +187,219 @@ class Upstreams:
         self._contexts = contexts  # CA key -> current client context (rebuilt on reload)
         self._clock = clock
         self._pools: dict[str, _Pool] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: set[_Pool] = set()
+        self._connecting: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._deadlines: dict[int, set[_Exchange]] = {}
+        self._reaper: asyncio.TimerHandle | None = None
+
+    # -- the request path --------------------------------------------------------------------
+
+    def forward(self, backend: Backend, target: bytes, headers: bytes, done: Done) -> None:
+        """GET `target` from `backend` with `headers` (complete lines); `done` gets the outcome."""
+        pool = self._pool(backend)
+        if self._clock() < pool.down_until:
+            done(
+                StatusError(
+                    503,
+                    f"the metrics server of {backend.name} is unavailable (recent connection failures)",
+                )
+            )
+            return
+        if pool.inflight >= pool.max_concurrent:
+            done(StatusError(429, f"too many requests in flight to {backend.name}"))
+            return
+        pool.inflight += 1
+        request = b"GET " + target + b" HTTP/1.1\r\nHost: " + pool.host_header + headers + b"\r\n"
+        exchange = _Exchange(pool, request, done)
+        self._add_deadline(exchange)
+        self._dispatch(exchange)
+
+    def _dispatch(self, exchange: _Exchange) -> None:
+        pool = exchange.pool
+        idle = pool.idle
+        if idle:
+            oldest_allowed = self._clock() - self._settings.keepalive_s
+            while idle:
+                connection = idle.pop()  # most recently used: the least likely to be stale
+                if connection.idle_since >= oldest_allowed and connection.transport is not None:
+                    connection.send(exchange)
+                    return
+                connection.abort()
+        if pool.opened < pool.max_connections:
+            pool.opened += 1
+            task = asyncio.get_running_loop().create_task(self._connect(pool, exchange))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
+        else:
+            pool.waiters.append(exchange)
+
+    async def _connect(self, pool: _Pool, exchange: _Exchange) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._settings.connect_timeout_s):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(pool),
+                    pool.host,
+                    pool.port,
+                    ssl=pool.context,
+                    server_hostname=pool.server_name,
+                    ssl_handshake_timeout=self._settings.connect_timeout_s,
+                )
+        except asyncio.CancelledError:
+            pool.opened -= 1
+            self.fail(exchange, 503, "is not reachable: the router is stopping")
+            raise
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            pool.opened -= 1
+            self._mark_down(pool)
+            reason = (
+                "timed out"
+                if isinstance(exc, TimeoutError)
+                else (exc.strerror or type(exc).__name__)
+            )
+            message = f"the metrics server of {pool.backend.name} is unreachable: {reason}"
+            self.fail(exchange, 503, message, prefixed=True)
+            while pool.waiters:  # they would fail fast had they arrived now
+                self.fail(pool.waiters.popleft(), 503, message, prefixed=True)
+            return
+        pool.down_until, pool.cooldown_s = 0.0, 0.0
+        if exchange.finished:  # timed out while connecting: keep the connection for the next
+            self.release(connection)
+        else:
+            connection.send(exchange)
+
+    def release(self, connection: _Connection) -> None:
+        """A connection finished an exchange cleanly: reuse it or keep it idle."""
+        pool = connection.pool
+        while pool.waiters:
+            exchange = pool.waiters.popleft()
+            if not exchange.finished:
+                connection.send(exchange)
+                return
+        if pool.retired:
+            connection.abort()
+            return
+        connection.idle_since = self._clock()
+        pool.idle.append(connection)
+        if self._sweeper is None:
+            self._schedule_sweep()
+
+    def lost(self, connection: _Connection, exchange: _Exchange | None, answered: bool) -> None:
+        pool = connection.pool
+        pool.opened -= 1
+        if connection in pool.idle:
+            pool.idle.remove(connection)
+        if exchange is not None and not exchange.finished:
+            if not answered and not connection.fresh and exchange.attempt == 1:
+                # A kept-alive connection the server had just closed: GET is safe to retry.
+                exchange.attempt = 2
+                exchange.connection = None
+                self._dispatch(exchange)
+            else:
+                self.fail(exchange, 502, "closed the connection before answering")
+        while pool.waiters and pool.opened < pool.max_connections:
+            waiter = pool.waiters.popleft()
+            if not waiter.finished:
+                self._dispatch(waiter)
+                break
+
+    def answered(self, exchange: _Exchange, response: UpstreamResponse) -> None:
+        if 300 <= response.status < 400:
+            # As kube-apiserver's aggregator does: a backend may not send callers elsewhere.
+            self.fail(exchange, 502, "attempted to redirect, which is not permitted")
+            return
+        self._finish(exchange, response)
+
+    def fail(self, exchange: _Exchange, code: int, message: str, *, prefixed: bool = False) -> None:
+        text = (
+            message if prefixed else f"the metrics server of {exchange.pool.backend.name} {message}"
+        )
+        self._finish(exchange, StatusError(code, text))
+
+    # -- timeouts: a wheel of 100 ms slots swept by one timer, not a timer per request ------
+
+    def _add_deadline(self, exchange: _Exchange) -> None:
+        slot = int((self._clock() + self._settings.timeout_s) * _SLOTS_PER_S) + 1
+        bucket = self._deadlines.get(slot)
+        if bucket is None:
+            bucket = self._deadlines[slot] = set()
+        bucket.add(exchange)
+        exchange.bucket = bucket
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().call_later(1 / _SLOTS_PER_S, self._reap)
+
+    def _reap(self) -> None:
+        now_slot = int(self._clock() * _SLOTS_PER_S)
+        for slot in [slot for slot in self._deadlines if slot <= now_slot]:
+            for exchange in list(self._deadlines.pop(slot)):
+                self._expire(exchange)
+        self._reaper = (
+            asyncio.get_running_loop().call_later(1 / _SLOTS_PER_S, self._reap)
+            if self._deadlines
+            else None
+        )
+
+    def _expire(self, exchange: _Exchange) -> None:
+        self._detach(exchange)
+        self.fail(exchange, 504, "did not answer in time")
+
+    def _finish_aborted(self, exchange: _Exchange) -> None:
+        self._detach(exchange)
+        self.fail(exchange, 503, "is not reachable: the router is stopping")
+
+    @staticmethod
+    def _detach(exchange: _Exchange) -> None:
+        connection = exchange.connection
+        if connection is not None and connection.exchange is exchange:
+            connection.exchange = connection.reader = None
+            connection.abort()
+
+    def _finish(self, exchange: _Exchange, outcome: Outcome) -> None:
+        if exchange.finished:
+            return
+        exchange.finished = True
+        if exchange.bucket is not None:
+            exchange.bucket.discard(exchange)
+        pool = exchange.pool
+        pool.inflight -= 1
+        if pool.retired and not pool.inflight:
+            self._close_pool(pool)
+        exchange.done(outcome)
+
+    # -- pools -------------------------------------------------------------------------------
 
     def _pool(self, backend: Backend) -> _Pool:
         context = self._contexts(backend.ca_file)
         pool = self._pools.get(backend.name)
-        if pool is not None and pool.backend == backend and pool.context is context:
+        if (
+            pool is not None
+            and pool.context is context
+            and (pool.backend is backend or pool.backend == backend)
+        ):
             return pool
         if pool is not None:
             self._retire(pool)
-        pool = self._pools[backend.name] = _Pool(backend, context, self._settings)
+        pool = self._pools[backend.name] = _Pool(self, backend, context, self._settings)
         return pool
 
     def _retire(self, pool: _Pool) -> None:
-        task = asyncio.get_running_loop().create_task(self._close_when_idle(pool))
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        """New certificates or a new address: no new requests; close once idle."""
+        pool.retired = True
+        if pool.inflight:
+            self._retiring.add(pool)
+        else:
+            self._close_pool(pool)
 
-    async def _close_when_idle(self, pool: _Pool) -> None:
-        try:
-            await asyncio.wait_for(pool.idle.wait(), self._settings.timeout_s)
-        finally:
-            await pool.session.close()
+    def _close_pool(self, pool: _Pool) -> None:
+        self._retiring.discard(pool)
+        for connection in pool.idle:
+            connection.abort()
+        pool.idle.clear()
 
     def backend_down(self, backend: Backend) -> bool:
         pool = self._pools.get(backend.name)
         return pool is not None and self._clock() < pool.down_until
-
-    async def forward(
-        self, backend: Backend, target: str, headers: Sequence[tuple[str, str]]
-    ) -> UpstreamResponse:
-        """GET `target` (path and query, already validated) from `backend`."""
-        pool = self._pool(backend)
-        if self._clock() < pool.down_until:
-            raise StatusError(
-                503,
-                f"the metrics server of {backend.name} is unavailable (recent connection failures)",
-            )
-        if pool.inflight >= pool.max_concurrent:
-            raise StatusError(429, f"too many requests in flight to {backend.name}")
-        pool.inflight += 1
-        pool.idle.clear()
-        try:
-            # A kept-alive connection the server just closed fails at once; GET is safe to retry.
-            for attempt in (1, 2):
-                try:
-                    return await self._get(pool, target, headers)
-                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                    if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
-                        raise
-            raise AssertionError("unreachable")
-        except StatusError:
-            raise
-        except aiohttp.ClientConnectorError as exc:
-            self._mark_down(pool)
-            raise StatusError(
-                503, f"the metrics server of {backend.name} is unreachable: {exc.os_error}"
-            ) from exc
-        except (aiohttp.ConnectionTimeoutError, aiohttp.ServerFingerprintMismatch) as exc:
-            self._mark_down(pool)
-            raise StatusError(
-                503, f"the metrics server of {backend.name} is unreachable: {type(exc).__name__}"
-            ) from exc
-        except TimeoutError as exc:
-            raise StatusError(
-                504, f"the metrics server of {backend.name} did not answer in time"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise StatusError(
-                503, f"the metrics server of {backend.name} failed: {type(exc).__name__}"
-            ) from exc
-        finally:
-            pool.inflight -= 1
-            if not pool.inflight:
-                pool.idle.set()
-
-    async def _get(
-        self, pool: _Pool, target: str, headers: Sequence[tuple[str, str]]
-    ) -> UpstreamResponse:
-        async with pool.session.get(
-            URL(target, encoded=True),  # exactly the bytes the caller sent, no requoting
-            headers=list(headers),
-            allow_redirects=False,
-            server_hostname=pool.backend.server_name,
-        ) as response:
-            pool.down_until, pool.cooldown_s = 0.0, 0.0  # it answered: not down
-            if 300 <= response.status < 400:
-                # As kube-apiserver's aggregator does: a backend may not send callers elsewhere.
-                raise StatusError(
-                    502,
-                    f"the metrics server of {pool.backend.name} attempted to redirect, which is not permitted",
-                )
-            chunks, size = [], 0
-            async for chunk in response.content.iter_any():
-                size += len(chunk)
-                if size > self._settings.max_response_bytes:
-                    raise StatusError(
-                        502, f"the metrics server of {pool.backend.name} sent too large a response"
-                    )
-                chunks.append(chunk)
-            body = b"".join(chunks)
-            return UpstreamResponse(response.status, list(response.raw_headers), body)
 
     def _mark_down(self, pool: _Pool) -> None:
         pool.cooldown_s = min(
@@ -207,9 +412,41 @@ class Upstreams:
             extra={"tenant": pool.backend.name, "cooldown_s": pool.cooldown_s},
         )
 
-    async def close(self) -> None:
+    def _schedule_sweep(self) -> None:
+        interval = max(self._settings.keepalive_s / 2, 0.05)
+        self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle longer than --upstream-keepalive."""
+        self._sweeper = None
+        oldest_allowed = self._clock() - self._settings.keepalive_s
+        remaining = False
         for pool in self._pools.values():
-            await pool.session.close()
+            for connection in [c for c in pool.idle if c.idle_since < oldest_allowed]:
+                pool.idle.remove(connection)
+                connection.abort()
+            remaining = remaining or bool(pool.idle)
+        if remaining:
+            self._schedule_sweep()
+
+    def idle_connections(self) -> int:
+        return sum(len(pool.idle) for pool in self._pools.values())
+
+    async def close(self) -> None:
+        """Abort every connection; called after the listener has drained."""
+        for timer in (self._sweeper, self._reaper):
+            if timer is not None:
+                timer.cancel()
+        self._sweeper = self._reaper = None
+        for task in list(self._connecting):
+            task.cancel()
+        for slot in list(self._deadlines):  # still in flight after the drain: cut
+            for exchange in list(self._deadlines.pop(slot)):
+                self._finish_aborted(exchange)
+        for pool in [*self._pools.values(), *self._retiring]:
+            pool.retired = True
+            while pool.waiters:
+                self.fail(pool.waiters.popleft(), 503, "is not reachable: the router is stopping")
+            self._close_pool(pool)
         self._pools.clear()
-        for task in list(self._retiring):
-            await task
+        await asyncio.sleep(0)  # let aborted transports report connection_lost

@@ -36,7 +36,7 @@ class TenantBackend:
     client_ca_path: str
     allowed_names: tuple[str, ...] = ("keda-tenancy-router",)
     value: str = "7"
-    mode: str = "ok"  # ok | hang | gzip | redirect | status:<code>
+    mode: str = "ok"  # ok | hang | gzip | chunked | close | redirect | status:<code>
     received: list[Received] = field(default_factory=list)
     port: int = 0
     hang_released: asyncio.Event = field(default_factory=asyncio.Event)
@@ -117,6 +117,18 @@ class TenantBackend:
             return web.Response(
                 body=gzip.compress(body),
                 headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            )
+        if self.mode == "chunked":  # streamed in pieces, as Go does for larger bodies
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for start in range(0, len(body), 7):
+                await response.write(body[start : start + 7])
+            await response.write_eof()
+            return response
+        if self.mode == "close":  # answers, then closes the kept-alive connection
+            return web.Response(
+                body=body, content_type="application/json", headers={"Connection": "close"}
             )
         return web.Response(body=body, content_type="application/json")
 

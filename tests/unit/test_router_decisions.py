@@ -6,7 +6,8 @@ import pytest
 
 from router.backends import BackendResolver
 from router.config import RouterConfig
-from router.forwarding import HeaderPolicy, response_headers
+from router.forwarding import HeaderPolicy, response_lines
+from router.http1 import header_list
 from router.paths import LocalRoute, MetricRoute, parse_target
 from router.requestheader import HeaderNames
 from router.status import StatusError
@@ -80,8 +81,8 @@ def test_header_policy_keeps_identity_and_drops_the_rest() -> None:
         (b"Audit-Id", b"a"),
         (b"X-Remote-Userx", b"smuggled"),
     ]
-    assert policy.forwarded(raw) == [raw[0], raw[1], raw[2], raw[3], raw[8]]
-    assert policy.username(raw) == b"u"
+    assert header_list(policy.forwarded(_lines(raw))) == [raw[0], raw[1], raw[2], raw[3], raw[8]]
+    assert policy.username(_lines(raw)) == b"u"
 
 
 def test_custom_header_names_forward_only_those() -> None:
@@ -94,8 +95,19 @@ def test_custom_header_names_forward_only_those() -> None:
         (b"X-Extra-A", b"1"),
         (b"X-Remote-Extra-A", b"2"),
     ]
-    assert policy.forwarded(raw) == [(b"X-User", b"u"), (b"X-Extra-A", b"1")]
-    assert policy.username([(b"X-User", b""), (b"X-User", b"second")]) == b"second"
+    assert header_list(policy.forwarded(_lines(raw))) == [(b"X-User", b"u"), (b"X-Extra-A", b"1")]
+    assert policy.username(_lines([(b"X-User", b""), (b"X-User", b"second")])) == b"second"
+
+
+def test_forwarded_lines_cross_byte_for_byte() -> None:
+    policy = HeaderPolicy(HeaderNames())
+    lines = b"x-REMOTE-user:  jane \t\r\nX-Remote-Group:a,b\r\nX-Remote-User-Agent: x\r\n"
+    assert policy.forwarded(lines) == b"x-REMOTE-user:  jane \t\r\nX-Remote-Group:a,b\r\n"
+    assert policy.username(lines) == b"jane"
+
+
+def _lines(raw: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(name + b": " + value + b"\r\n" for name, value in raw)
 
 
 def test_response_headers_drop_hop_by_hop_only() -> None:
@@ -106,7 +118,7 @@ def test_response_headers_drop_hop_by_hop_only() -> None:
         (b"Connection", b"close"),
         (b"Audit-Id", b"x"),
     ]
-    assert response_headers(raw) == [raw[0], raw[1], raw[4]]
+    assert header_list(response_lines(_lines(raw))) == [raw[0], raw[1], raw[4]]
 
 
 def test_backend_resolver_uses_template_and_overrides() -> None:

@@ -1,0 +1,234 @@
+"""The secure port: TLS connections from the aggregator, one request at a time each.
+
+A connection reads a request head, hands it to the handler, and reads the next only
+once the answer is written (pipelined requests wait in the buffer, in order). Idle and
+half-sent connections are closed by a once-a-second sweep rather than a timer per
+request. Draining stops accepting, closes idle connections at once and the busy ones
+after their answer, and aborts whatever is left when the grace period ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from router.http1 import MAX_HEAD_BYTES, ProtocolError, RequestHead, encode_response
+from router.http1 import parse_request_head as parse_head
+
+logger = logging.getLogger(__name__)
+
+IDLE_TIMEOUT_S = 120.0
+"""Longer than Go's 90 s idle timeout, so the aggregator closes kept-alive connections first."""
+HEAD_TIMEOUT_S = 30.0
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
+
+
+class RequestHandler(Protocol):
+    def handle(self, connection: ClientConnection, head: RequestHead) -> None:
+        """Answer `head` through `connection.respond`, now or later, exactly once."""
+
+    def malformed(self, connection: ClientConnection, error: ProtocolError) -> None:
+        """Answer a request that could not be parsed (the connection closes after it)."""
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_buffer",
+        "_busy",
+        "_in_next",
+        "_keep_alive",
+        "_listener",
+        "_paused",
+        "_since",
+        "tls",
+        "transport",
+        "verdict",
+    )
+
+    def __init__(self, listener: SecureListener) -> None:
+        self._listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.tls: ssl.SSLObject | None = None
+        self.verdict: tuple[int, object] | None = None
+        """The handler's authentication verdict for this connection, and its generation."""
+        self._buffer = b""
+        self._busy = False
+        self._in_next = False
+        self._keep_alive = True
+        self._paused = False
+        self._since = time.monotonic()  # idle since, or head started at, for the sweep
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TLS transport is not an asyncio.Transport subclass, but has its methods.
+        self.transport = cast(asyncio.Transport, transport)
+        tls = self.transport.get_extra_info("ssl_object")
+        self.tls = tls if isinstance(tls, ssl.SSLObject) else None
+        self._listener.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._buffer and not self._busy:
+            self._since = time.monotonic()
+        self._buffer = self._buffer + data if self._buffer else data
+        if self._busy:
+            if len(self._buffer) > MAX_HEAD_BYTES and not self._paused:
+                self._paused = True  # a client racing ahead waits for its answers
+                assert self.transport is not None
+                self.transport.pause_reading()
+            return
+        self._next()
+
+    def eof_received(self) -> bool | None:
+        # The client is done sending; answer what is in flight, then close (return False).
+        if not self._busy and self.transport is not None:
+            self.transport.close()
+        self._keep_alive = False
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._listener.connections.discard(self)
+        self._listener.changed()
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        self._in_next = True
+        try:
+            while not self._busy and self._buffer and self.transport is not None:
+                end = self._buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self._buffer) > MAX_HEAD_BYTES:
+                        self._busy = True
+                        self._listener.handler.malformed(
+                            self, ProtocolError("request head too large", 431)
+                        )
+                    return
+                head, self._buffer = self._buffer[:end], self._buffer[end + 4 :]
+                self._busy = True
+                try:
+                    parsed = parse_head(head)
+                except ProtocolError as exc:
+                    self._keep_alive = False
+                    self._listener.handler.malformed(self, exc)
+                    return
+                if not parsed.keep_alive:
+                    self._keep_alive = False
+                self._listener.handler.handle(self, parsed)
+        finally:
+            self._in_next = False
+
+    def respond(
+        self, status: int, lines: bytes, body: bytes | bytearray, *, close: bool = False
+    ) -> None:
+        """Write the answer to the current request; the next one is read after it."""
+        transport = self.transport
+        if transport is None:  # the client went away meanwhile
+            return
+        close = close or not self._keep_alive or self._listener.draining
+        transport.write(encode_response(status, lines, body, close=close))
+        self._busy = False
+        if close:
+            self._keep_alive = False
+            self._buffer = b""
+            transport.close()
+            self._listener.changed()
+            return
+        self._since = time.monotonic()
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        if self._buffer and not self._in_next:
+            self._next()
+
+    # -- the sweep and draining -------------------------------------------------------------
+
+    def expired(self, now: float) -> bool:
+        if self._busy:
+            return False
+        limit = HEAD_TIMEOUT_S if self._buffer else IDLE_TIMEOUT_S
+        return now - self._since > limit
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class SecureListener:
+    """The TLS listening socket and every connection it accepted."""
+
+    def __init__(self, handler: RequestHandler) -> None:
+        self.handler = handler
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._changed: asyncio.Event | None = None  # set up when draining starts
+
+    async def start(self, host: str, port: int, context: ssl.SSLContext) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self),
+            host,
+            port,
+            ssl=context,
+            backlog=4096,
+            reuse_address=True,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S,
+        )
+        self._sweeper = loop.call_later(1.0, self._sweep)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for connection in [c for c in self.connections if c.expired(now)]:
+            connection.close()
+        self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
+
+    def changed(self) -> None:
+        """A connection finished a request or closed: wakes `drain`."""
+        if self._changed is not None:
+            self._changed.set()
+
+    async def _until(self, done: Callable[[], bool], deadline: float) -> None:
+        assert self._changed is not None
+        while not done():
+            self._changed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop accepting; let requests in flight finish for up to `grace_s`, then cut."""
+        self.draining = True
+        self._changed = asyncio.Event()
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            if not connection.busy:
+                connection.close()
+        deadline = time.monotonic() + grace_s
+        await self._until(lambda: not any(c.busy for c in self.connections), deadline)
+        # Every answer is written and its connection closing: a moment for the TLS goodbyes.
+        await self._until(lambda: not self.connections, min(deadline, time.monotonic() + 1.0))
+        for connection in list(self.connections):
+            connection.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await asyncio.sleep(0)  # let the aborted transports report connection_lost

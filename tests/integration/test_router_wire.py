@@ -1,0 +1,160 @@
+"""The router's own HTTP/1.1 handling over real TLS: keep-alive, pipelining, framing,
+and requests it must refuse without forwarding anything."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from router.app import Router
+from tests.fakes.tenant_backend import TenantBackend
+from tests.router_harness import METRIC_PATH, Pki, router_args, running_router
+
+USER = b"X-Remote-User: system:serviceaccount:kube-system:horizontal-pod-autoscaler\r\n"
+
+
+@pytest.fixture
+async def router(pki: Pki, tenancy_file: Callable[..., str]) -> AsyncIterator[Router]:
+    async with running_router(router_args(pki, tenancy_file())) as router:
+        yield router
+
+
+class Connection:
+    """One kept-alive TLS connection to the router, reading responses by Content-Length."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, router: Router, pki: Pki) -> Connection:
+        assert router.secure_port
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1",
+            router.secure_port,
+            ssl=pki.client_context(pki.aggregator()),
+            server_hostname="localhost",
+        )
+        return cls(reader, writer)
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def response(self) -> tuple[int, dict[bytes, bytes], bytes]:
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
+        status_line, *lines = head[:-4].split(b"\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        body = await self.reader.readexactly(int(headers[b"content-length"]))
+        return int(status_line.split(b" ")[1]), headers, body
+
+    async def closed(self) -> bool:
+        try:
+            return await asyncio.wait_for(self.reader.read(1), 5) == b""
+        except (ConnectionError, ssl.SSLError):
+            return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, ssl.SSLError):
+            pass
+
+
+def get(ns: str, extra: bytes = b"", version: bytes = b"HTTP/1.1") -> bytes:
+    target = METRIC_PATH.format(ns=ns, metric="m").encode()
+    return b"GET " + target + b" " + version + b"\r\nHost: x\r\n" + USER + extra + b"\r\n"
+
+
+async def test_pipelined_requests_are_answered_in_order_each_by_its_tenant(
+    router: Router, pki: Pki, backends: dict[str, TenantBackend]
+) -> None:
+    connection = await Connection.open(router, pki)
+    try:
+        connection.send(get("beta-ns") + get("alpha-ns") + get("beta-ns"))
+        tenants = []
+        for _ in range(3):
+            status, _, body = await connection.response()
+            assert status == 200
+            tenants.append(json.loads(body)["received"]["tenant"])
+        assert tenants == ["beta", "alpha", "beta"]
+    finally:
+        await connection.close()
+
+
+async def test_upstream_chunked_and_closing_responses_are_reframed(
+    router: Router, pki: Pki, backends: dict[str, TenantBackend]
+) -> None:
+    connection = await Connection.open(router, pki)
+    try:
+        for mode in ("chunked", "close", "close", "ok", "chunked"):
+            backends["alpha"].mode = mode
+            connection.send(get("alpha-ns"))
+            status, headers, body = await connection.response()
+            assert status == 200, body
+            assert json.loads(body)["items"][0]["value"] == "7"
+            assert b"transfer-encoding" not in headers
+            assert b"connection" not in headers  # the upstream's close is not the caller's
+        assert len(backends["alpha"].received) == 5
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        get("alpha-ns", b"Content-Length: 4\r\n") + b"abcd",
+        get("alpha-ns", b"Transfer-Encoding: chunked\r\n") + b"0\r\n\r\n",
+        get("alpha-ns", b"X-Remote-Group: a\nX-Remote-User: system:admin\r\n"),
+        get("alpha-ns", b" folded\r\n"),
+        b"GET /apis HTTP/2.0\r\n\r\n",
+    ],
+)
+async def test_malformed_requests_get_400_and_the_connection_closes(
+    router: Router, pki: Pki, backends: dict[str, TenantBackend], request_bytes: bytes
+) -> None:
+    connection = await Connection.open(router, pki)
+    try:
+        connection.send(request_bytes + get("alpha-ns"))  # the second must never be read
+        status, headers, body = await connection.response()
+        assert status == 400
+        assert json.loads(body)["reason"] == "BadRequest"
+        assert headers[b"connection"] == b"close"
+        assert await connection.closed()
+        assert not backends["alpha"].received
+    finally:
+        await connection.close()
+
+
+async def test_http10_and_connection_close_end_the_connection(
+    router: Router, pki: Pki, backends: dict[str, TenantBackend]
+) -> None:
+    for request_bytes in (
+        get("alpha-ns", version=b"HTTP/1.0"),
+        get("alpha-ns", b"Connection: close\r\n"),
+    ):
+        connection = await Connection.open(router, pki)
+        try:
+            connection.send(request_bytes)
+            status, headers, _ = await connection.response()
+            assert (status, headers[b"connection"]) == (200, b"close")
+            assert await connection.closed()
+        finally:
+            await connection.close()
+
+
+async def test_oversized_head_is_431(router: Router, pki: Pki) -> None:
+    connection = await Connection.open(router, pki)
+    try:
+        connection.send(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n")
+        status, _, body = await connection.response()
+        assert status == 431
+        assert json.loads(body)["kind"] == "Status"
+    finally:
+        await connection.close()
