@@ -113,6 +113,7 @@ class Router:
             for ca_file in {DEFAULT_CA, *self.resolver.per_tenant_ca_files()}
         }
         self.upstreams = Upstreams(config.upstream, lambda ca: self.upstream_tls[ca].value[0])
+        self.metrics.requests.in_flight = self.upstreams.in_flight
         self.cache = NamespaceCache()
         self.directory = TenantDirectory(
             config.tenancy,

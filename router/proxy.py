@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge, Histogram
-
 from router.forwarding import HeaderPolicy, response_lines
 from router.http1 import ProtocolError, RequestHead
 from router.listener import ClientConnection
@@ -39,17 +37,6 @@ class AuthState:
     auth: RequestHeaderAuth
     policy: HeaderPolicy
     generation: int
-
-
-class _TenantMetrics:
-    """A tenant's labelled metric children, looked up once instead of per request."""
-
-    __slots__ = ("duration", "in_flight", "requests")
-
-    def __init__(self, metrics: RouterMetrics, tenant: str) -> None:
-        self.in_flight: Gauge = metrics.in_flight.labels(tenant)
-        self.duration: Histogram = metrics.duration.labels(tenant)
-        self.requests: dict[tuple[int, str], Counter] = {}
 
 
 class _Request:
@@ -82,7 +69,6 @@ class ProxyHandler:
         self._upstreams = upstreams
         self._metrics = metrics
         self._now = now
-        self._tenants: dict[str, _TenantMetrics] = {}
         self._routes: dict[bytes, Route] = {}
 
     # -- entry points (RequestHandler) -----------------------------------------------------
@@ -152,7 +138,6 @@ class ProxyHandler:
         backend = self._directory.backend_for(route.namespace)
         request.tenant = backend.name
         forwarded = request.state.policy.forwarded(head.lines)
-        self._tenant(backend.name).in_flight.inc()
         # The raw target was validated above; it goes upstream byte-for-byte, query included.
         self._upstreams.forward(
             backend, head.target, forwarded, lambda outcome: self._answered(request, outcome)
@@ -160,7 +145,6 @@ class ProxyHandler:
 
     def _answered(self, request: _Request, outcome: Outcome) -> None:
         try:
-            self._tenant(request.tenant).in_flight.dec()
             if isinstance(outcome, StatusError):
                 self._metrics.upstream_errors.labels(request.tenant, str(outcome.code)).inc()
                 request.outcome = "upstream_error"
@@ -191,23 +175,9 @@ class ProxyHandler:
 
     # -- metrics and the access log ---------------------------------------------------------
 
-    def _tenant(self, tenant: str) -> _TenantMetrics:
-        found = self._tenants.get(tenant)
-        if found is None:
-            found = self._tenants[tenant] = _TenantMetrics(self._metrics, tenant)
-        return found
-
     def _observe(self, request: _Request, code: int) -> None:
         elapsed_s = time.perf_counter() - request.started
-        tenant = self._tenant(request.tenant)
-        key = (code, request.outcome)
-        counter = tenant.requests.get(key)
-        if counter is None:
-            counter = tenant.requests[key] = self._metrics.requests.labels(
-                request.tenant, str(code), request.outcome
-            )
-        counter.inc()
-        tenant.duration.observe(elapsed_s)
+        self._metrics.requests.observe(request.tenant, code, request.outcome, elapsed_s)
         if not access_log.isEnabledFor(logging.INFO):
             return
         head = request.head

@@ -86,12 +86,48 @@ def server_context(cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes | None)
     return context
 
 
+class ResumingClientContext(ssl.SSLContext):
+    """A client context that offers, for a new connection, the last TLS session it kept
+    for the same server name: an abbreviated handshake instead of a full one, as Go's
+    ClientSessionCache and NGINX's proxy_ssl_session_reuse do.
+
+    asyncio and uvloop open TLS connections through `wrap_bio` without a session; this
+    is the one place to supply it. The cache lives and dies with the context, so new
+    certificates or CAs never resume an old session.
+    """
+
+    sessions: dict[str, ssl.SSLSession]
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        if session is None and isinstance(server_hostname, str):
+            session = self.sessions.get(server_hostname)
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+    def keep_session(self, server_hostname: str, tls: ssl.SSLObject) -> None:
+        """Remember `tls`'s session once it has been used (TLS 1.3 tickets arrive after
+        the handshake). Only after a full handshake: reading a session out is not cheap,
+        and a resumed one's is already here."""
+        if tls.session_reused and server_hostname in self.sessions:
+            return
+        session = tls.session
+        if session is not None and session.has_ticket:
+            self.sessions[server_hostname] = session
+
+
 def client_context(
     cert_pem: bytes | None, key_pem: bytes | None, ca_pem: bytes | None
-) -> ssl.SSLContext:
+) -> ResumingClientContext:
     """TLS 1.2+ client presenting `cert_pem`, verifying the server against `ca_pem`
     (the system roots when None), hostname checked."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context = ResumingClientContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.sessions = {}
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
     if ca_pem:

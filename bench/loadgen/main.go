@@ -31,6 +31,7 @@ func main() {
 	keyFile := flag.String("key", "", "client key")
 	caFile := flag.String("ca", "", "CA for the server")
 	serverName := flag.String("server-name", "localhost", "TLS server name")
+	passes := flag.Int("passes", 0, "instead of -d: request every namespace this many times, split across the workers, then stop (warming every tenant's path)")
 	flag.Parse()
 
 	cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
@@ -53,9 +54,16 @@ func main() {
 	var mu sync.Mutex
 	var latencies []time.Duration
 	errors := 0
-	measuring := false
+	measuring := *passes > 0
 	start := time.Now()
 	deadline := start.Add(*warmup + *duration)
+	// In -passes mode worker w takes namespaces w, w+c, w+2c, ...: each exactly once per pass.
+	steps := 0
+	if *passes > 0 {
+		*warmup = 0
+		deadline = start.Add(time.Hour)
+		steps = *passes * ((len(nsList) + *concurrency - 1) / *concurrency)
+	}
 	var measureStart time.Time
 	var wg sync.WaitGroup
 	for w := 0; w < *concurrency; w++ {
@@ -65,7 +73,13 @@ func main() {
 			local := make([]time.Duration, 0, 100000)
 			localErrors := 0
 			i := worker
-			for time.Now().Before(deadline) {
+			for step := 0; time.Now().Before(deadline); step++ {
+				if *passes > 0 {
+					if step >= steps {
+						break
+					}
+					i = (worker + step**concurrency) % len(nsList)
+				}
 				ns := nsList[i%len(nsList)]
 				i++
 				req, _ := http.NewRequest("GET", *base+strings.ReplaceAll(*pathTemplate, "{ns}", ns), nil)
@@ -102,7 +116,11 @@ func main() {
 	time.Sleep(*warmup)
 	mu.Lock()
 	measuring = true
-	measureStart = time.Now()
+	if *passes > 0 {
+		measureStart = start
+	} else {
+		measureStart = time.Now()
+	}
 	mu.Unlock()
 	wg.Wait()
 	elapsed := time.Since(measureStart).Seconds()
