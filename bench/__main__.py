@@ -403,11 +403,21 @@ def main() -> int:
                         stack.callback(proxy.stop)
                         wait_port(port)
                         pids = proxy.pids()
-                    # Warm every tenant's path (kept-alive pools, TLS sessions) before measuring,
-                    # the same for every configuration: steady state is what HPAs see, since
-                    # each polls every 15 s, well within the keep-alive.
-                    measure(pki, target, namespaces, 16, 0, pids, config == "direct", passes=3)
                     for concurrency in concurrencies:
+                        # Warm every tenant's path (kept-alive pools sized for this
+                        # concurrency, TLS sessions) before measuring, the same for every
+                        # configuration: steady state is what HPAs see, since each polls every
+                        # 15 s, well within the keep-alive.
+                        measure(
+                            pki,
+                            target,
+                            namespaces,
+                            concurrency,
+                            0,
+                            pids,
+                            config == "direct",
+                            passes=3,
+                        )
                         runs = [
                             measure(
                                 pki,

@@ -21,19 +21,6 @@ from router.requestheader import HeaderNames
 _PLAIN = ("audit-id", "accept", "accept-encoding", "user-agent")
 _TOKEN_CHARS = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"
 
-HOP_BY_HOP = (
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",  # recomputed for the body we send
-)
-
 
 def _alternatives(names: Iterable[str], prefixes: Iterable[str] = ()) -> bytes:
     """A regex alternation matching exactly these header names (and names with these
@@ -65,23 +52,16 @@ class HeaderPolicy:
         `low` is `router.http1.lowered(lines)` when the caller has it already."""
         low = lowered(lines) if low is None else low
         if len(self._username) == 1:  # the usual configuration: no sorting across names
-            if self._username[0] not in low:
-                return b""
-            return next(
-                (value for _, value in field_entries(lines, low, self._username_names[0]) if value),
-                b"",
-            )
+            key = self._username[0]
+            found = low.find(key)
+            while found >= 0:
+                start = found + len(key) - 1  # `low` runs one byte ahead of `lines`
+                value = lines[start : lines.index(b"\r\n", start)].strip(b" \t")
+                if value:
+                    return value
+                found = low.find(key, found + 1)
+            return b""
         entries = sorted(
             entry for name in self._username_names for entry in field_entries(lines, low, name)
         )
         return next((value for _, value in entries if value), b"")
-
-
-_HOP_BY_HOP_LINE = re.compile(
-    rb"^(?:" + _alternatives(HOP_BY_HOP) + rb"):[^\r\n]*\r\n", re.I | re.M
-)
-
-
-def response_lines(lines: bytes) -> bytes:
-    """Upstream response header lines minus hop-by-hop ones; Content-Encoding passes."""
-    return _HOP_BY_HOP_LINE.sub(b"", lines)

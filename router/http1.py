@@ -30,6 +30,12 @@ _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])")
 _HEADER_LINES = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
 _HEADER = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*([^\r\n]*?)[ \t]*\r\n", re.M)
+# On `lowered` lines: one match per hop-by-hop header line, from its leading LF to its CR,
+# which is exactly that line's span (CRLF included) in the original lines.
+_HOP_BY_HOP = re.compile(
+    rb"\n(connection|keep-alive|proxy-authenticate|proxy-authorization|proxy-connection"
+    rb"|te|trailer|transfer-encoding|upgrade|content-length):[^\r]*\r"
+)
 
 PHRASES = {
     200: "OK",
@@ -127,8 +133,9 @@ def parse_request_head(head: bytes) -> RequestHead:
     keep_alive = minor == b"1"
     lines = _header_lines(block, 400)
     low = lowered(lines)
-    if b"\ntransfer-encoding:" in low or any(
-        value != b"0" for value in field_values(lines, low, b"content-length")
+    if b"\ntransfer-encoding:" in low or (
+        b"\ncontent-length:" in low
+        and any(value != b"0" for value in field_values(lines, low, b"content-length"))
     ):
         raise ProtocolError("request bodies are not accepted: this API is read-only")
     if b"\nconnection:" in low:
@@ -157,6 +164,9 @@ class ResponseReader:
         "_mode",
         "body",
         "done",
+        "forward_lines",
+        "framed",
+        "has_date",
         "keep_alive",
         "leftover",
         "lines",
@@ -173,6 +183,11 @@ class ResponseReader:
         self.status = 0
         self.lines = b""
         """The response's header lines as received, each ending in CRLF."""
+        self.forward_lines = b""
+        """`lines` without hop-by-hop headers, for the caller."""
+        self.framed = False
+        """`forward_lines` carry a Content-Length that frames `body`."""
+        self.has_date = False
         self.keep_alive = True
         self.done = False
         self.leftover = b""
@@ -251,26 +266,37 @@ class ResponseReader:
         self.keep_alive = match[1] == b"1"
         lines = _header_lines(block, 502)
         low = lowered(lines)
-        lengths = field_values(lines, low, b"content-length")
         length: int | None = None
-        if lengths:
-            if not lengths[0].isdigit() or any(value != lengths[0] for value in lengths):
+        lengths = 0
+        if b"\ncontent-length:" in low:
+            values = field_values(lines, low, b"content-length")
+            if not values[0].isdigit() or any(value != values[0] for value in values):
                 raise ProtocolError("bad Content-Length in the response", 502)
-            length = int(lengths[0])
+            length, lengths = int(values[0]), len(values)
         chunked = False
         if b"\ntransfer-encoding:" in low:
             if field_values(lines, low, b"transfer-encoding") != [b"chunked"]:
                 raise ProtocolError("unsupported Transfer-Encoding in the response", 502)
             chunked = True
-        if b"\nconnection:" in low and any(
-            b"close" in value for value in field_values(low[1:], low, b"connection")
-        ):
-            self.keep_alive = False
+        # What goes downstream: the same lines minus hop-by-hop ones. One Content-Length
+        # that frames the body we pass on unchanged may stay; any other is recomputed.
+        self.framed = lengths == 1 and not chunked
+        parts, position = [], 0
+        for hop in _HOP_BY_HOP.finditer(low):
+            start, end = hop.span()
+            if hop[1] == b"connection" and b"close" in low[start:end]:
+                self.keep_alive = False
+            elif self.framed and hop[1] == b"content-length":
+                continue
+            parts.append(lines[position:start])
+            position = end
+        self.forward_lines = b"".join((*parts, lines[position:])) if position else lines
         self.lines = lines
+        self.has_date = b"\ndate:" in low
         if 100 <= self.status < 200:  # interim (100 Continue): the real response follows
             if self.status == 101:
                 raise ProtocolError("the upstream switched protocols", 502)
-            self.lines, self.status = b"", 0
+            self.lines, self.forward_lines, self.status = b"", b"", 0
             return
         if self.status in (204, 304):
             self.done = True
@@ -330,15 +356,21 @@ def encode_response(
     body: bytes | bytearray,
     *,
     close: bool = False,
+    date: bool = True,
+    framed: bool = False,
 ) -> bytes:
-    """A complete response. `lines` are header lines ending in CRLF, without framing or
-    hop-by-hop headers; a Date is added unless they carry one."""
+    """A complete response. `lines` are header lines ending in CRLF, without hop-by-hop
+    headers; they carry a Content-Length for `body` only when `framed`. `date`: add one."""
     status_line = _STATUS_LINES.get(status)
     if status_line is None:
         status_line = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "").encode())
-    date = b"" if b"\ndate:" in lowered(lines) else _DATE.line()
-    framing = b"Content-Length: %d\r\n%s\r\n" % (
-        len(body),
-        b"Connection: close\r\n" if close else b"",
+    return b"".join(
+        (
+            status_line,
+            _DATE.line() if date else b"",
+            lines,
+            b"" if framed else b"Content-Length: %d\r\n" % len(body),
+            b"Connection: close\r\n\r\n" if close else b"\r\n",
+            body,
+        )
     )
-    return b"".join((status_line, date, lines, framing, body))

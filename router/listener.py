@@ -125,14 +125,21 @@ class ClientConnection(asyncio.Protocol):
             self._in_next = False
 
     def respond(
-        self, status: int, lines: bytes, body: bytes | bytearray, *, close: bool = False
+        self,
+        status: int,
+        lines: bytes,
+        body: bytes | bytearray,
+        *,
+        close: bool = False,
+        date: bool = True,
+        framed: bool = False,
     ) -> None:
         """Write the answer to the current request; the next one is read after it."""
         transport = self.transport
         if transport is None:  # the client went away meanwhile
             return
         close = close or not self._keep_alive or self._listener.draining
-        transport.write(encode_response(status, lines, body, close=close))
+        transport.write(encode_response(status, lines, body, close=close, date=date, framed=framed))
         self._busy = False
         if close:
             self._keep_alive = False

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from router.forwarding import HeaderPolicy, response_lines
+from router.forwarding import HeaderPolicy
 from router.http1 import ProtocolError, RequestHead
 from router.listener import ClientConnection
 from router.local_answers import local_body
@@ -151,7 +151,14 @@ class ProxyHandler:
                 self._refuse(request, outcome)
                 return
             request.outcome = "forwarded"
-            self._reply(request, outcome.status, response_lines(outcome.lines), outcome.body)
+            self._reply(
+                request,
+                outcome.status,
+                outcome.lines,
+                outcome.body,
+                date=not outcome.has_date,
+                framed=outcome.framed,
+            )
         except Exception:
             access_log.exception("unexpected error", extra={"namespace": request.namespace})
             self._refuse(request, StatusError(500, "internal error"))
@@ -169,8 +176,10 @@ class ProxyHandler:
         body: bytes | bytearray,
         *,
         close: bool = False,
+        date: bool = True,
+        framed: bool = False,
     ) -> None:
-        request.connection.respond(status, lines, body, close=close)
+        request.connection.respond(status, lines, body, close=close, date=date, framed=framed)
         self._observe(request, status)
 
     # -- metrics and the access log ---------------------------------------------------------

@@ -56,12 +56,14 @@ class UpstreamSettings:
 class UpstreamResponse:
     """What a backend answered (a plain class: built once per request, on the hot path)."""
 
-    __slots__ = ("body", "lines", "status")
+    __slots__ = ("body", "framed", "has_date", "lines", "status")
 
-    def __init__(self, status: int, lines: bytes, body: bytes | bytearray) -> None:
-        self.status = status
-        self.lines = lines  # header lines as received, each ending in CRLF
-        self.body = body
+    def __init__(self, reader: ResponseReader) -> None:
+        self.status = reader.status
+        self.lines = reader.forward_lines  # as received, minus hop-by-hop headers
+        self.body = reader.body
+        self.framed = reader.framed  # `lines` hold the Content-Length of `body`
+        self.has_date = reader.has_date
 
 
 Outcome = UpstreamResponse | StatusError
@@ -134,7 +136,7 @@ class _Connection(asyncio.Protocol):
             self.pool.keep_session(self.transport)
         reusable = reader.keep_alive and not reader.leftover and not exchange.finished
         owner = self.pool.owner
-        owner.answered(exchange, UpstreamResponse(reader.status, reader.lines, reader.body))
+        owner.answered(exchange, UpstreamResponse(reader))
         if reusable:
             owner.release(self)
         else:

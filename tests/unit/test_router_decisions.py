@@ -6,7 +6,7 @@ import pytest
 
 from router.backends import BackendResolver
 from router.config import RouterConfig
-from router.forwarding import HeaderPolicy, response_lines
+from router.forwarding import HeaderPolicy
 from router.http1 import header_list
 from router.paths import LocalRoute, MetricRoute, parse_target
 from router.requestheader import HeaderNames
@@ -108,17 +108,6 @@ def test_forwarded_lines_cross_byte_for_byte() -> None:
 
 def _lines(raw: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(name + b": " + value + b"\r\n" for name, value in raw)
-
-
-def test_response_headers_drop_hop_by_hop_only() -> None:
-    raw = [
-        (b"Content-Type", b"application/json"),
-        (b"Content-Encoding", b"gzip"),
-        (b"Transfer-Encoding", b"chunked"),
-        (b"Connection", b"close"),
-        (b"Audit-Id", b"x"),
-    ]
-    assert header_list(response_lines(_lines(raw))) == [raw[0], raw[1], raw[4]]
 
 
 def test_backend_resolver_uses_template_and_overrides() -> None:

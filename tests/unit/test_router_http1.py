@@ -139,6 +139,42 @@ def test_bad_upstream_responses_are_502(response: bytes) -> None:
     assert caught.value.code == 502
 
 
+@pytest.mark.parametrize(
+    ("head", "forwarded", "framed"),
+    [
+        (  # Go's usual answer: nothing to drop, its Content-Length frames the body we pass on
+            b"Content-Type: application/json\r\nAudit-Id: a\r\nContent-Length: 2\r\n",
+            b"Content-Type: application/json\r\nAudit-Id: a\r\nContent-Length: 2\r\n",
+            True,
+        ),
+        (  # NGINX: Connection and Keep-Alive are about the upstream hop only
+            b"connection: keep-alive\r\nContent-Type: x\r\nKeep-Alive: timeout=5\r\n"
+            b"Content-Length: 2\r\nUpgrade: h2c\r\nTE: trailers\r\nProxy-Connection: k\r\n",
+            b"Content-Type: x\r\nContent-Length: 2\r\n",
+            True,
+        ),
+        (  # a body we re-frame: every length and transfer coding goes
+            b"Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\nTrailer: X\r\n",
+            b"Content-Encoding: gzip\r\n",
+            False,
+        ),
+        (  # the same length twice is tolerated but recomputed, not doubled
+            b"Content-Length: 2\r\nContent-Length: 2\r\n",
+            b"",
+            False,
+        ),
+    ],
+)
+def test_hop_by_hop_response_headers_are_dropped(
+    head: bytes, forwarded: bytes, framed: bool
+) -> None:
+    body = b"2\r\nok\r\n0\r\n\r\n" if b"chunked" in head else b"ok"
+    reader = _read(b"HTTP/1.1 200 OK\r\n" + head + b"\r\n" + body)
+    assert bytes(reader.body) == b"ok"
+    assert (reader.forward_lines, reader.framed) == (forwarded, framed)
+    assert reader.lines == head  # what the upstream said, for nobody but the parser
+
+
 def test_encoded_response_is_framed_by_us() -> None:
     encoded = encode_response(200, b"Content-Type: application/json\r\n", b"{}", close=True)
     head, _, body = encoded.partition(b"\r\n\r\n")
@@ -148,6 +184,9 @@ def test_encoded_response_is_framed_by_us() -> None:
     assert b"Connection: close" in lines
     assert sum(line.lower().startswith(b"date:") for line in lines) == 1
     assert body == b"{}"
-    # An upstream Date is kept, not doubled.
-    upstream = encode_response(200, b"Date: Mon, 23 Nov 2026 00:00:00 GMT\r\n", b"")
+    # An upstream's Date and Content-Length are kept, not doubled.
+    upstream = encode_response(
+        200, b"Date: Mon, 23 Nov 2026\r\nContent-Length: 1\r\n", b"x", date=False, framed=True
+    )
     assert upstream.lower().count(b"date:") == 1
+    assert upstream.lower().count(b"content-length:") == 1
