@@ -31,9 +31,6 @@ logger = logging.getLogger(__name__)
 _DIALS_PER_POOL = 2
 """New connections opened at once per backend: a burst on a cold pool must not turn into
 a handshake per request (each costs the router far more CPU than a forwarded request)."""
-_DIAL_AFTER_S = 0.002
-"""How long a request waits for a busy connection of its backend before a new one is
-opened for it."""
 _SLOTS_PER_S = 10
 """Timeouts fire within 100 ms of --upstream-timeout."""
 
@@ -47,6 +44,10 @@ class UpstreamSettings:
     max_concurrent: int = 64
     """Requests in flight per backend before new ones get 429."""
     keepalive_s: float = 60.0
+    dial_delay_s: float = 0.010
+    """How long a request waits for a busy connection of its backend to come free before
+    a new one is opened: a metrics request takes milliseconds, a TLS handshake costs the
+    router more CPU than dozens of forwarded requests."""
     down_cooldown_s: float = 1.0
     """After a failed connect, fail fast for this long (doubling up to the max)."""
     down_cooldown_max_s: float = 15.0
@@ -253,7 +254,7 @@ class Upstreams:
             # is cheaper than a handshake: dial only if the wait lasts.
             if pool.dial_timer is None:
                 pool.dial_timer = asyncio.get_running_loop().call_later(
-                    _DIAL_AFTER_S, self._dial_if_waiting, pool
+                    self._settings.dial_delay_s, self._dial_if_waiting, pool
                 )
         else:
             self._dial_if_waiting(pool)

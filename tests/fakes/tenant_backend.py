@@ -26,6 +26,8 @@ class Received:
     path: str
     raw_headers: list[tuple[bytes, bytes]]
     client_cn: str
+    connection: tuple[str, int] = ("", 0)  # the router's end of the TCP connection
+    resumed: bool = False  # the TLS session was resumed, not negotiated afresh
 
 
 @dataclass
@@ -36,7 +38,9 @@ class TenantBackend:
     client_ca_path: str
     allowed_names: tuple[str, ...] = ("keda-tenancy-router",)
     value: str = "7"
-    mode: str = "ok"  # ok | hang | gzip | chunked | close | redirect | status:<code>
+    mode: str = (
+        "ok"  # ok | hang | hang:<metric> | gzip | chunked | close | redirect | status:<code>
+    )
     received: list[Received] = field(default_factory=list)
     port: int = 0
     hang_released: asyncio.Event = field(default_factory=asyncio.Event)
@@ -79,13 +83,24 @@ class TenantBackend:
                 NameOID.COMMON_NAME
             )
             cn = str(attrs[0].value) if attrs else ""
-        self.received.append(Received(request.raw_path, list(request.raw_headers), cn))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.received.append(
+            Received(
+                request.raw_path,
+                list(request.raw_headers),
+                cn,
+                tuple(peer[:2]) if peer else ("", 0),
+                bool(tls and tls.session_reused),
+            )
+        )
         if cn not in self.allowed_names:
             return _status(401, f"client certificate CN {cn!r} not allowed")
         identity = _identity(request.raw_headers)
         if not identity["user"]:
             return _status(401, "no X-Remote-User")
-        if self.mode == "hang":
+        if self.mode == "hang" or (
+            self.mode.startswith("hang:") and request.path.endswith("/" + self.mode[5:])
+        ):
             await self.hang_released.wait()
         if self.mode == "redirect":
             raise web.HTTPFound("https://example.invalid/elsewhere")

@@ -158,3 +158,59 @@ async def test_oversized_head_is_431(router: Router, pki: Pki) -> None:
         assert json.loads(body)["kind"] == "Status"
     finally:
         await connection.close()
+
+
+async def test_one_kept_alive_upstream_connection_serves_sequential_requests(
+    router: Router, pki: Pki, backends: dict[str, TenantBackend]
+) -> None:
+    connection = await Connection.open(router, pki)
+    try:
+        for _ in range(5):
+            connection.send(get("alpha-ns"))
+            assert (await connection.response())[0] == 200
+    finally:
+        await connection.close()
+    assert len({r.connection for r in backends["alpha"].received}) == 1
+
+
+async def test_new_upstream_connections_resume_the_tls_session(
+    router: Router, pki: Pki, backends: dict[str, TenantBackend]
+) -> None:
+    backends["alpha"].mode = "close"  # every answer closes its connection: three handshakes
+    connection = await Connection.open(router, pki)
+    try:
+        for _ in range(3):
+            connection.send(get("alpha-ns"))
+            assert (await connection.response())[0] == 200
+    finally:
+        await connection.close()
+    received = backends["alpha"].received
+    assert len({r.connection for r in received}) == 3
+    assert [r.resumed for r in received] == [False, True, True]
+    assert {r.client_cn for r in received} == {"keda-tenancy-router"}
+
+
+async def test_a_request_stuck_upstream_does_not_hold_up_the_next_one(
+    router: Router, pki: Pki, backends: dict[str, TenantBackend]
+) -> None:
+    backends["alpha"].mode = "hang:slow"
+    slow, fast = await Connection.open(router, pki), await Connection.open(router, pki)
+    try:
+        slow.send(get("alpha-ns").replace(b"/m HTTP", b"/slow HTTP", 1))
+        await eventually(lambda: len(backends["alpha"].received) == 1)
+        fast.send(get("alpha-ns"))
+        status, _, body = await fast.response()  # on a second upstream connection
+        assert status == 200, body
+        assert len({r.connection for r in backends["alpha"].received}) == 2
+        backends["alpha"].hang_released.set()
+        assert (await slow.response())[0] == 200
+    finally:
+        await slow.close()
+        await fast.close()
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 5) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
+        await asyncio.sleep(0.01)
