@@ -20,6 +20,7 @@ of the proxy process, and the ratios the performance issue asks about.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -30,7 +31,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from tests.pki import CertificateAuthority  # noqa: E402
 
 CONFIGS = ("direct", "router", "nginx-talk", "nginx-best")
+TENANT_LABEL = "keda-tenancy.io/tenant"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 METRIC_BODY = json.dumps(
     {
@@ -75,6 +79,19 @@ def wait_port(port: int, timeout_s: float = 20) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {port}")
+
+
+def wait_ready(health_port: int, timeout_s: float = 60) -> None:
+    """Until /readyz answers 200 (certificates loaded, namespace cache synced)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=1),
+        ):
+            return
+        time.sleep(0.1)
+    raise TimeoutError("the router never became ready")
 
 
 @dataclass
@@ -306,17 +323,30 @@ def measure(
 
 @contextlib.contextmanager
 def router_process(
-    pki: Pki, workdir: Path, port: int, backend_port: int, tenants: int, namespaces: int
+    pki: Pki,
+    workdir: Path,
+    port: int,
+    backend_port: int,
+    tenants: int,
+    namespaces: int,
+    kubeconfig: str | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    tenancy = workdir / f"tenancy-{tenants}.yaml"
+    """The router, pinned to CPU 0. Namespaces come from a static tenancy file, or with
+    `kubeconfig` from the cluster's namespace labels (the file then only gives upstreams)."""
+    tenancy = workdir / f"tenancy-{tenants}{'-cluster' if kubeconfig else ''}.yaml"
     per_tenant = max(1, namespaces // tenants)
     lines = ["tenants:"]
     for i in range(tenants):
         names = ", ".join(f"t{i}--ns{j}" for j in range(per_tenant))
         lines.append(
-            f"  t{i}:\n    namespaces: [{names}]\n    upstream: https://127.0.0.1:{backend_port}\n    serverName: localhost"
+            f"  t{i}:\n"
+            + ("" if kubeconfig else f"    namespaces: [{names}]\n")
+            + f"    upstream: https://127.0.0.1:{backend_port}\n    serverName: localhost"
         )
     tenancy.write_text("\n".join(lines) + "\n")
+    cluster = (
+        [f"--kubeconfig={kubeconfig}", f"--tenant-label-key={TENANT_LABEL}"] if kubeconfig else []
+    )
     health = free_port()
     process = subprocess.Popen(
         [
@@ -338,17 +368,59 @@ def router_process(
             f"--upstream-client-key-file={pki.path('proxy-client.key')}",
             f"--upstream-ca-file={pki.path('backend-ca.crt')}",
             f"--tenancy-file={tenancy}",
+            *cluster,
             "--log-level=error",
         ],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_port(port)
+        wait_ready(health)
         yield process
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+
+
+def namespace_count(tenants: int) -> int:
+    """Namespaces in the static tenancy file: 10,000 for the large platform, one each else."""
+    return max(tenants, 10_000) if tenants >= 1000 else tenants
+
+
+def cluster_rss(pki: Pki, workdir: Path, backend_port: int, tenants: int, namespaces: int) -> float:
+    """Router RSS in label mode with `namespaces` in its namespace cache, listed and watched
+    from a fake API server (list/watch with resourceVersion, as kube-apiserver serves it),
+    after every tenant's upstream pool is warm."""
+    from tests.fakes.kube_api import FakeKubeAPI  # noqa: PLC0415 - only for this measurement
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    api = FakeKubeAPI(bookmark_interval_s=5.0)
+
+    async def populate() -> None:
+        await api.start()
+        for j in range(namespaces):
+            name = f"t{j % tenants}--ns{j // tenants}"
+            labels = {TENANT_LABEL: f"t{j % tenants}", "kubernetes.io/metadata.name": name}
+            api.create(name, **labels)
+
+    try:
+        asyncio.run_coroutine_threadsafe(populate(), loop).result(60)
+        kubeconfig = api.write_kubeconfig(workdir / "kubeconfig")
+        port = free_port()
+        with router_process(
+            pki, workdir, port, backend_port, tenants, namespaces, kubeconfig
+        ) as process:
+            names = [f"t{i}--ns0" for i in range(tenants)]
+            warm = measure(pki, port, names, 16, 0, [process.pid], False, passes=3)
+            if warm.errors:
+                raise RuntimeError(f"{warm.errors} failed requests in label mode")
+            return rss_mb(process.pid)
+    finally:
+        asyncio.run_coroutine_threadsafe(api.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
 
 
 def main() -> int:
@@ -369,7 +441,7 @@ def main() -> int:
     backend_port = free_port()
     backend = Nginx("backend", workdir, backend_block(pki, backend_port), cpu=1)
     table: dict[tuple[str, int, int], Result] = {}
-    rss: dict[int, float] = {}
+    rss: dict[str, float] = {}
     try:
         wait_port(backend_port)
         for tenants in tenant_counts:
@@ -389,7 +461,7 @@ def main() -> int:
                                 port,
                                 backend_port,
                                 tenants,
-                                max(tenants, 10_000) if tenants >= 1000 else tenants,
+                                namespace_count(tenants),
                             )
                         )
                         pids = [process.pid]
@@ -444,7 +516,14 @@ def main() -> int:
                             flush=True,
                         )
                     if config == "router":
-                        rss[tenants] = rss_mb(pids[0])
+                        rss[
+                            f"{tenants} tenants, {namespace_count(tenants)} namespaces, static tenancy file"
+                        ] = rss_mb(pids[0])
+        if "router" in configs and max(tenant_counts) >= 1000:
+            many = max(tenant_counts)
+            rss[f"{many} tenants, 10000 namespaces, labels listed and watched from the API"] = (
+                cluster_rss(pki, workdir, backend_port, many, 10_000)
+            )
     finally:
         backend.stop()
     report(table, rss, configs, tenant_counts, concurrencies)
@@ -453,7 +532,7 @@ def main() -> int:
 
 def report(
     table: dict[tuple[str, int, int], Result],
-    rss: dict[int, float],
+    rss: dict[str, float],
     configs: list[str],
     tenant_counts: list[int],
     concurrencies: list[int],
@@ -481,10 +560,8 @@ def report(
                 print(
                     f"router {many} tenants / {few} tenants at c={concurrency}: {b.rps / a.rps:5.2f}x"
                 )
-    for tenants, mb in sorted(rss.items()):
-        print(
-            f"router RSS with {tenants} tenants ({max(tenants, 10_000) if tenants >= 1000 else tenants} namespaces): {mb:.0f} MB"
-        )
+    for what, mb in rss.items():
+        print(f"router RSS, {what}: {mb:.0f} MB (target: <= 150 MB with 10,000 namespaces)")
 
 
 if __name__ == "__main__":
