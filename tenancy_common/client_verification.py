@@ -6,7 +6,7 @@ like Kubernetes, the listener lets OpenSSL verify the chain as usual (trust stor
 client-auth purpose, validity, intermediates sent by the client) but not abort on
 failure, and the request path reads OpenSSL's verdict with `SSL_get_verify_result`.
 
-Python exposes neither hook, so both go through ctypes to the libssl that `_ssl` is
+Python exposes neither hook (nor SSL_MODE_RELEASE_BUFFERS, set here too), so they go through ctypes to the libssl that `_ssl` is
 linked against. Every pointer is checked against a value it must have before use; if
 any check fails the listener keeps OpenSSL's default (abort the handshake), and a
 connection whose verdict cannot be read is refused: the fallback is never "trusted".
@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 X509_V_OK = 0
 _SSL_VERIFY_PEER = 0x01
 _SSL_VERIFY_FAIL_IF_NO_PEER_CERT = 0x02
+_SSL_CTRL_MODE = 33
+_SSL_MODE_RELEASE_BUFFERS = 0x10
 _HEAD = object.__basicsize__  # PyObject_HEAD: the C pointer fields follow it
 _VerifyCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
 
@@ -48,6 +50,8 @@ def _load_libssl() -> ctypes.CDLL | None:
         lib.SSL_get_verify_result.restype = ctypes.c_long
         lib.X509_verify_cert_error_string.argtypes = [ctypes.c_long]
         lib.X509_verify_cert_error_string.restype = ctypes.c_char_p
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
     except (OSError, AttributeError):  # pragma: no cover - a Python without a linked libssl
         return None
     return lib
@@ -86,6 +90,17 @@ def defer_client_verification(context: ssl.SSLContext) -> bool:
         return False
     _libssl.SSL_CTX_set_verify(pointer, _SSL_VERIFY_PEER, _KEEP_GOING)
     return True
+
+
+def release_idle_buffers(context: ssl.SSLContext) -> bool:
+    """SSL_MODE_RELEASE_BUFFERS: OpenSSL frees a connection's record buffers (about 34 KB)
+    whenever they are empty. The router keeps a kept-alive connection per tenant mostly
+    idle, so this is most of its memory per tenant. True when set."""
+    pointer = _context_pointer(context)
+    if pointer is None or _libssl is None:
+        return False
+    mode = _libssl.SSL_CTX_ctrl(pointer, _SSL_CTRL_MODE, _SSL_MODE_RELEASE_BUFFERS, None)
+    return bool(mode & _SSL_MODE_RELEASE_BUFFERS)
 
 
 def verify_result(tls: ssl.SSLObject) -> tuple[int, str]:

@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 
 from cryptography import x509
 
-from tenancy_common.client_verification import defer_client_verification
+from tenancy_common.client_verification import defer_client_verification, release_idle_buffers
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def server_context(cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes | None)
         context.verify_mode = ssl.CERT_OPTIONAL
         # OpenSSL still verifies the chain; its verdict is read per request (401, not an alert).
         defer_client_verification(context)
+    release_idle_buffers(context)
     return context
 
 
@@ -138,6 +139,7 @@ def client_context(
     if cert_pem and key_pem:
         with _pem_path(cert_pem) as cert, _pem_path(key_pem) as key:
             context.load_cert_chain(cert, key)
+    release_idle_buffers(context)
     return context
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import ssl
 
-from tenancy_common.client_verification import defer_client_verification, verify_result
+from tenancy_common.client_verification import (
+    defer_client_verification,
+    release_idle_buffers,
+    verify_result,
+)
 
 
 def test_unreadable_verdicts_are_failures() -> None:
@@ -22,3 +26,11 @@ def test_a_fresh_connection_reports_trusted_only_when_nothing_failed() -> None:
     assert defer_client_verification(context)
     connection = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
     assert verify_result(connection) == (0, "ok")
+
+
+def test_idle_connections_release_their_buffers_and_keep_their_settings() -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    assert release_idle_buffers(context)
+    # Setting the mode went through the same checked pointer and changed nothing else.
+    assert (context.verify_mode, context.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert release_idle_buffers(context)  # idempotent: the bit reads back set
