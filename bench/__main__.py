@@ -7,14 +7,18 @@ generator (client certificate and X-Remote-* headers, like the aggregator):
   direct        straight to the backend (the physical limit)
   router        keda-tenancy-router
   nginx-talk    NGINX as the talk configured it: regex location on the namespace, a variable
-                proxy_pass, no upstream block (a new upstream TLS connection per request)
+                proxy_pass to the tenant's Service name through a resolver (a stub DNS server
+                here), no upstream block (a new upstream TLS connection per request)
   nginx-best    NGINX with an upstream block per tenant, keepalive, HTTP/1.1 upstream and
                 proxy_ssl_session_reuse
 
 at concurrency 1, 16 and 64, with 3 and with 1,000 tenants. The proxy is pinned to CPU 0,
 the backend and the load generator to CPU 1, for every configuration alike. Each cell is the
 median of --repeat runs. Prints requests/s, p50/p99 latency and CPU microseconds per request
-of the proxy process, and the ratios the performance issue asks about.
+of the proxy process, and the ratios the performance issue asks about. Certificates are
+RSA 2048 unless --key-type ec; every cell is warmed first by passes over all tenants at its
+own concurrency. Ends with the router's RSS with 10,000 namespaces, from a static file and
+listed and watched from a (fake) API server.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -41,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.pki import CertificateAuthority  # noqa: E402
+from tests.pki import CertificateAuthority as _CertificateAuthority  # noqa: E402
 
 CONFIGS = ("direct", "router", "nginx-talk", "nginx-best")
 TENANT_LABEL = "keda-tenancy.io/tenant"
@@ -96,10 +101,19 @@ def wait_ready(health_port: int, timeout_s: float = 60) -> None:
 
 @dataclass
 class Pki:
+    """Every certificate of the benchmark. RSA 2048 by default, as kubeadm, cert-manager and
+    KEDA's own certificate rotation make them; "ec" (P-256) makes handshakes several times
+    cheaper, which matters only where a configuration opens a connection per request."""
+
     directory: Path
+    key_type: str = "rsa"
 
     def __post_init__(self) -> None:
         d = self.directory
+
+        def CertificateAuthority(name: str) -> _CertificateAuthority:  # noqa: N802
+            return _CertificateAuthority(name, key_type=self.key_type)
+
         self.front_proxy = CertificateAuthority("front-proxy-ca")
         self.front_proxy.write(d, "front-proxy-ca")
         self.front_proxy.issue("front-proxy-client", client=True).write(d, "aggregator")
@@ -211,16 +225,50 @@ def upstream_tls(pki: Pki) -> str:
       proxy_ssl_certificate_key {pki.path("proxy-client.key")};"""
 
 
-def nginx_talk_block(pki: Pki, port: int, backend_port: int) -> str:
-    # As in the talk: the tenant from a regex on the namespace, a variable proxy_pass, no
-    # upstream block; the upstream host is an IP literal here, so no resolver is needed.
+def nginx_talk_block(pki: Pki, port: int, backend_port: int, dns_port: int) -> str:
+    # As in the talk: the tenant from a regex on the namespace, the Service name in a
+    # variable proxy_pass resolved through a resolver, no upstream block.
     return f"""
+  resolver 127.0.0.1:{dns_port} ipv6=off valid=30s;
   server {{{proxy_tls(pki, port)}
     location ~ ^/apis/external\\.metrics\\.k8s\\.io/v1beta1/namespaces/(?<tenant>t[0-9]+)--[a-z0-9-]+/ {{
-      set $upstream_service "127.0.0.1:{backend_port}";
+      set $upstream_service "keda-operator-metrics-apiserver.$tenant.svc.cluster.local:{backend_port}";
       proxy_pass https://$upstream_service$request_uri;{upstream_tls(pki)}
     }}
   }}"""
+
+
+class StubDns:
+    """A DNS server on loopback that answers every A query with 127.0.0.1 (TTL 30 s), as
+    cluster DNS answers for the tenants' Services in the talk's configuration."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = int(self.socket.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                query, peer = self.socket.recvfrom(512)
+            except OSError:  # closed
+                return
+            end = 12
+            while end < len(query) and query[end]:  # the question's name, label by label
+                end += query[end] + 1
+            end += 5  # the root label, QTYPE, QCLASS
+            question, qtype = query[12:end], query[end - 4 : end - 2]
+            answers = b"\x00\x01" if qtype == b"\x00\x01" else b"\x00\x00"
+            response = query[:2] + b"\x81\x80\x00\x01" + answers + b"\x00\x00\x00\x00" + question
+            if qtype == b"\x00\x01":
+                response += (
+                    b"\xc0\x0c\x00\x01\x00\x01" + struct.pack(">IH", 30, 4) + bytes((127, 0, 0, 1))
+                )
+            self.socket.sendto(response, peer)
+
+    def close(self) -> None:
+        self.socket.close()
 
 
 def nginx_best_block(pki: Pki, port: int, backend_port: int, tenants: int) -> str:
@@ -432,14 +480,21 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--tenants", default="3,1000")
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument(
+        "--key-type",
+        choices=("rsa", "ec"),
+        default="rsa",
+        help="certificate keys: rsa (2048, Kubernetes' usual) or ec (P-256)",
+    )
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     tenant_counts = [int(t) for t in args.tenants.split(",")]
     configs = args.configs.split(",")
     workdir = Path(tempfile.mkdtemp(prefix="keda-tenancy-bench-"))
-    pki = Pki(workdir)
+    pki = Pki(workdir, args.key_type)
     backend_port = free_port()
     backend = Nginx("backend", workdir, backend_block(pki, backend_port), cpu=1)
+    dns = StubDns()
     table: dict[tuple[str, int, int], Result] = {}
     rss: dict[str, float] = {}
     try:
@@ -467,7 +522,7 @@ def main() -> int:
                         pids = [process.pid]
                     else:
                         block = (
-                            nginx_talk_block(pki, port, backend_port)
+                            nginx_talk_block(pki, port, backend_port, dns.port)
                             if config == "nginx-talk"
                             else nginx_best_block(pki, port, backend_port, tenants)
                         )
@@ -525,6 +580,7 @@ def main() -> int:
                 cluster_rss(pki, workdir, backend_port, many, 10_000)
             )
     finally:
+        dns.close()
         backend.stop()
     report(table, rss, configs, tenant_counts, concurrencies)
     return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -28,9 +28,20 @@ class Issued:
         return str(cert), str(key)
 
 
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def new_key(key_type: str) -> PrivateKey:
+    """ "ec": P-256 (fast to make, for tests); "rsa": 2048-bit, kubeadm's default."""
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return ec.generate_private_key(ec.SECP256R1())
+
+
 class CertificateAuthority:
-    def __init__(self, name: str) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
+    def __init__(self, name: str, key_type: str = "ec") -> None:
+        self.key_type = key_type
+        self.key = new_key(key_type)
         self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         ski = x509.SubjectKeyIdentifier.from_public_key(self.key.public_key())
         self.cert = (
@@ -78,7 +89,7 @@ class CertificateAuthority:
         not_after: datetime.datetime | None = None,
         organizations: tuple[str, ...] = (),
     ) -> Issued:
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = new_key(self.key_type)
         subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
         subject.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
         builder = (
