@@ -36,5 +36,10 @@ demo: $(STAMP) binaries
 bench: $(STAMP)
 	$(PY) -m bench
 
+# The reloader's restart timing (burst coalescing, label-change latency); not part of `bench`.
+.PHONY: bench-reloader
+bench-reloader: $(STAMP)
+	$(PY) -m bench.reloader
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
