@@ -305,8 +305,11 @@ def rss_mb(pid: int) -> float:
 
 def sockets(pid: int) -> int:
     """Open sockets of a process: its client connections plus its upstream pools."""
-    fds = Path(f"/proc/{pid}/fd")
-    return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed while we count
+            count += os.readlink(fd).startswith("socket:")
+    return count
 
 
 def memory(pid: int) -> str:
