@@ -74,7 +74,16 @@ Done = Callable[[Outcome], None]
 class _Exchange:
     """One request on its way to a backend; `done` is called exactly once."""
 
-    __slots__ = ("attempt", "bucket", "connection", "done", "finished", "pool", "request")
+    __slots__ = (
+        "attempt",
+        "bucket",
+        "connection",
+        "done",
+        "finished",
+        "pool",
+        "request",
+        "waiting_since",
+    )
 
     def __init__(self, pool: _Pool, request: bytes, done: Done) -> None:
         self.pool = pool
@@ -84,6 +93,7 @@ class _Exchange:
         self.connection: _Connection | None = None
         self.bucket: set[_Exchange] | None = None  # its slot in Upstreams' deadline wheel
         self.finished = False
+        self.waiting_since = 0.0  # when it began to wait for a connection
 
 
 class _Connection(asyncio.Protocol):
@@ -251,16 +261,34 @@ class Upstreams:
         pool.waiters.append(exchange)
         if pool.opened > pool.dialing:
             # A connection is busy and will likely be free within a request's time, which
-            # is cheaper than a handshake: dial only if the wait lasts.
+            # is cheaper than a handshake: dial only if this request's wait lasts.
+            exchange.waiting_since = self._clock()
             if pool.dial_timer is None:
                 pool.dial_timer = asyncio.get_running_loop().call_later(
-                    self._settings.dial_delay_s, self._dial_if_waiting, pool
+                    self._settings.dial_delay_s, self._dial_if_waited, pool
                 )
         else:
             self._dial_if_waiting(pool)
 
-    def _dial_if_waiting(self, pool: _Pool) -> None:
+    def _dial_if_waited(self, pool: _Pool) -> None:
+        """Dial once the longest-waiting request has waited `dial_delay_s`, not sooner:
+        a steady stream of short waits (two callers in step on one tenant) needs no new
+        connection."""
         pool.dial_timer = None
+        waiters = pool.waiters
+        while waiters and waiters[0].finished:
+            waiters.popleft()
+        if not waiters:
+            return
+        left = waiters[0].waiting_since + self._settings.dial_delay_s - self._clock()
+        if left > 0:
+            pool.dial_timer = asyncio.get_running_loop().call_later(
+                left, self._dial_if_waited, pool
+            )
+        else:
+            self._dial_if_waiting(pool)
+
+    def _dial_if_waiting(self, pool: _Pool) -> None:
         while pool.waiters and pool.waiters[0].finished:
             pool.waiters.popleft()
         if (

@@ -4,6 +4,7 @@ and requests it must refuse without forwarding anything."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -207,6 +208,36 @@ async def test_a_request_stuck_upstream_does_not_hold_up_the_next_one(
     finally:
         await slow.close()
         await fast.close()
+
+
+async def test_requests_that_each_wait_briefly_share_one_upstream_connection(
+    router: Router, pki: Pki, backends: dict[str, TenantBackend]
+) -> None:
+    # Two callers in step on one tenant keep a request waiting for its one connection
+    # most of the time, yet no single request waits long: that needs no second connection.
+    router.upstreams._settings = dataclasses.replace(router.upstreams._settings, dial_delay_s=0.5)
+    alpha = backends["alpha"]
+    alpha.mode = "hang:slow"
+    slow = get("alpha-ns").replace(b"/m HTTP", b"/slow HTTP", 1)
+    first, second = await Connection.open(router, pki), await Connection.open(router, pki)
+    try:
+        first.send(slow)
+        await eventually(lambda: len(alpha.received) == 1)
+        second.send(slow)  # waits for the one connection from t=0 ...
+        await asyncio.sleep(0.3)
+        released, alpha.hang_released = alpha.hang_released, asyncio.Event()
+        released.set()  # ... gets it at 0.3 s and holds it in turn
+        assert (await first.response())[0] == 200
+        await eventually(lambda: len(alpha.received) == 2)
+        first.send(get("alpha-ns"))  # waits from about 0.3 s: 0.5 s after the first wait began
+        await asyncio.sleep(0.35)
+        alpha.hang_released.set()
+        assert (await second.response())[0] == 200
+        assert (await first.response())[0] == 200
+        assert len({r.connection for r in alpha.received}) == 1
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def eventually(condition: Callable[[], bool], timeout_s: float = 5) -> None:
