@@ -259,9 +259,11 @@ class Upstreams:
         # Wait for whichever comes first: a connection freed by another request, or a new
         # one (as Go's transport does). A new one nobody needs any more is kept idle.
         pool.waiters.append(exchange)
-        if pool.opened > pool.dialing:
-            # A connection is busy and will likely be free within a request's time, which
-            # is cheaper than a handshake: dial only if this request's wait lasts.
+        busy = pool.opened - pool.dialing
+        if len(pool.waiters) <= busy:
+            # Each waiter can have a busy connection that will likely be free within a
+            # request's time, which is cheaper than a handshake: dial only if this
+            # request's wait lasts. Waiters beyond that would queue for rounds: dial now.
             exchange.waiting_since = self._clock()
             if pool.dial_timer is None:
                 pool.dial_timer = asyncio.get_running_loop().call_later(

@@ -72,7 +72,10 @@ func main() {
 			defer wg.Done()
 			local := make([]time.Duration, 0, 100000)
 			localErrors := 0
-			i := worker
+			// Timed mode: workers start spread evenly over the namespaces and walk them in
+			// order, as HPAs are spread over tenants; started side by side they would move as
+			// one convoy, each tenant's requests arriving in bursts of several at once.
+			i := worker * len(nsList) / *concurrency
 			for step := 0; time.Now().Before(deadline); step++ {
 				if *passes > 0 {
 					if step >= steps {

@@ -240,6 +240,29 @@ async def test_requests_that_each_wait_briefly_share_one_upstream_connection(
         await second.close()
 
 
+async def test_more_waiting_requests_than_busy_connections_dial_at_once(
+    router: Router, pki: Pki, backends: dict[str, TenantBackend]
+) -> None:
+    # One busy connection can serve one waiter soon; a second waiter would wait for rounds.
+    router.upstreams._settings = dataclasses.replace(router.upstreams._settings, dial_delay_s=30)
+    alpha = backends["alpha"]
+    alpha.mode = "hang:slow"
+    stuck, *waiting = [await Connection.open(router, pki) for _ in range(3)]
+    try:
+        stuck.send(get("alpha-ns").replace(b"/m HTTP", b"/slow HTTP", 1))
+        await eventually(lambda: len(alpha.received) == 1)
+        for connection in waiting:
+            connection.send(get("alpha-ns"))
+        statuses = [(await connection.response())[0] for connection in waiting]
+        assert statuses == [200, 200]  # well before the 30 s dial delay (5 s read timeout)
+        assert len({r.connection for r in alpha.received}) == 2
+        alpha.hang_released.set()
+        assert (await stuck.response())[0] == 200
+    finally:
+        for connection in (stuck, *waiting):
+            await connection.close()
+
+
 async def eventually(condition: Callable[[], bool], timeout_s: float = 5) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not condition():
