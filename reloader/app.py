@@ -27,12 +27,8 @@ from reloader.targets import DeploymentTarget, ProcessTarget, Target
 from tenancy_common import health
 from tenancy_common.kube import make_api_client
 from tenancy_common.lifecycle import install_stop_signals, run_roots, wait_stopped
-from tenancy_common.namespace_watch import (
-    NamespaceCache,
-    WatchMetrics,
-    WatchSettings,
-    watch_namespaces,
-)
+from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics
+from tenancy_common.namespace_watch import WatchSettings, watch_namespaces
 
 logger = logging.getLogger(__name__)
 

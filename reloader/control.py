@@ -32,7 +32,7 @@ from reloader.metrics import ReloaderMetrics
 from reloader.schedule import CrashPolicy, RestartSchedule, SchedulePolicy
 from reloader.targets import ApplyError, Target
 from tenancy_common.names import TenantName
-from tenancy_common.namespace_watch import NamespaceCache
+from tenancy_common.namespace_cache import NamespaceCache
 from tenancy_common.tenancy import TenancyRule
 
 logger = logging.getLogger(__name__)

@@ -13,9 +13,8 @@ import json
 import logging
 import ssl
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from prometheus_client import CollectorRegistry
 
 from router.backends import DEFAULT_CA, BackendResolver
@@ -28,9 +27,11 @@ from router.requestheader import HeaderNames, RequestHeaderAuth
 from router.tenants import NamespaceView, TenantDirectory
 from router.upstreams import Upstreams
 from tenancy_common import health, tls
-from tenancy_common.kube import make_api_client
 from tenancy_common.lifecycle import run_roots, wait_stopped
-from tenancy_common.namespace_watch import NamespaceCache, WatchMetrics, watch_namespaces
+from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +283,13 @@ class Router:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop`. Health is up at once; the secure listener opens once its
         certificates (and the requestheader CA, from the cluster if need be) are loaded."""
-        api = await make_api_client(self.config.kubeconfig) if self.config.needs_cluster else None
+        api = None
+        if self.config.needs_cluster:
+            # Imported only here: kubernetes_asyncio's generated client is ~40 MB of RSS
+            # that a router without a cluster source (static tenancy, CA from flags) never uses.
+            from tenancy_common.kube import make_api_client  # noqa: PLC0415
+
+            api = await make_api_client(self.config.kubeconfig)
         try:
             roots: dict[str, Coroutine[Any, Any, None]] = {
                 "health": self.serve_health(stop),
@@ -299,6 +306,8 @@ class Router:
                 await api.close()
 
     async def _read_configmap(self, api: ApiClient) -> None:
+        from kubernetes_asyncio.client import CoreV1Api  # noqa: PLC0415 - see run()
+
         namespace, name = EXTENSION_AUTH_CONFIGMAP
         configmap = await CoreV1Api(api).read_namespaced_config_map(name, namespace)
         if self.requestheader.update_from_configmap(dict(configmap.data or {})):
@@ -318,6 +327,8 @@ class Router:
                 return
 
     async def _watch_namespaces(self, api: ApiClient, stop: asyncio.Event) -> None:
+        from tenancy_common.namespace_watch import watch_namespaces  # noqa: PLC0415 - see run()
+
         await watch_namespaces(
             api,
             self.cache,

@@ -1,4 +1,4 @@
-"""The namespace cache both binaries decide from, kept current by list + watch.
+"""Keeps the namespace cache (`namespace_cache`) current by list + watch.
 
 LIST (paged), then WATCH from the list's resourceVersion with bookmarks. A `410 Gone`
 (an HTTP 410 or an ERROR event carrying one) means our resourceVersion was compacted:
@@ -16,19 +16,17 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, cast
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from tenancy_common.lifecycle import wait_stopped
-from tenancy_common.names import NamespaceName
 from tenancy_common.namespace import Namespace
+from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -42,58 +40,6 @@ class WatchSettings:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     page_size: int = 500
-
-
-class WatchMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        prefix = "keda_tenancy_namespace_watch_"
-        self.reconnects = Counter(
-            prefix + "reconnects",
-            "Watch streams re-opened after an error, timeout or silence.",
-            registry=registry,
-        )
-        self.relists = Counter(
-            prefix + "relists", "Full LISTs (start and 410 Gone).", registry=registry
-        )
-        self.namespaces = Gauge(
-            prefix + "namespaces", "Namespaces in the cache.", registry=registry
-        )
-
-
-class NamespaceCache:
-    """Namespaces by name; `synced` is set once the first complete LIST is in."""
-
-    def __init__(self) -> None:
-        self._items: dict[NamespaceName, Namespace] = {}
-        self._view = MappingProxyType(self._items)
-        self.synced = asyncio.Event()
-
-    def snapshot(self) -> Mapping[NamespaceName, Namespace]:
-        """A live read-only view (no copy: the router reads it on every cache miss)."""
-        return self._view
-
-    def get(self, name: NamespaceName) -> Namespace | None:
-        return self._items.get(name)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def replace(self, namespaces: Iterable[Namespace]) -> bool:
-        fresh = {ns.name: ns for ns in namespaces}
-        changed = fresh != self._items
-        self._items.clear()
-        self._items.update(fresh)
-        self.synced.set()
-        return changed
-
-    def apply(self, event_type: str, namespace: Namespace) -> bool:
-        """Apply one watch event; True when the cache changed."""
-        if event_type == "DELETED":
-            return self._items.pop(namespace.name, None) is not None
-        if self._items.get(namespace.name) == namespace:
-            return False
-        self._items[namespace.name] = namespace
-        return True
 
 
 class _GoneError(Exception):

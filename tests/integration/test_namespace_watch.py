@@ -10,12 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tenancy_common.kube import make_api_client
-from tenancy_common.namespace_watch import (
-    NamespaceCache,
-    WatchMetrics,
-    WatchSettings,
-    watch_namespaces,
-)
+from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics
+from tenancy_common.namespace_watch import WatchSettings, watch_namespaces
 from tests.fakes.kube_api import FakeKubeAPI
 
 FAST = WatchSettings(

@@ -7,6 +7,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 
@@ -54,6 +55,12 @@ async def test_router_process_serves_and_stops_on_sigterm(
         path = METRIC_PATH.format(ns="beta-ns", metric="m")
         response = await raw_request(secure, aggregator, path, (("X-Remote-User", "u"),))
         assert response.status == 200
+        # No cluster source (static tenancy, requestheader CA from flags): the Kubernetes
+        # client, about 40 MB, is never imported.
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        rss_mb = int(status.split("VmRSS:")[1].split()[0]) / 1024
+        print(f"static router RSS {rss_mb:.0f} MB")
+        assert rss_mb < 80
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 15) == 0
     finally:

@@ -22,7 +22,7 @@ from reloader.schedule import CrashPolicy, SchedulePolicy
 from reloader.targets import ApplyError
 from tenancy_common.names import NamespaceName, TenantName
 from tenancy_common.namespace import Namespace
-from tenancy_common.namespace_watch import NamespaceCache
+from tenancy_common.namespace_cache import NamespaceCache
 from tenancy_common.tenancy import LabelValueRule, TenancyRule
 
 KEY = "keda-tenancy.io/tenant"
