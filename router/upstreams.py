@@ -259,30 +259,26 @@ class Upstreams:
         # Wait for whichever comes first: a connection freed by another request, or a new
         # one (as Go's transport does). A new one nobody needs any more is kept idle.
         pool.waiters.append(exchange)
-        busy = pool.opened - pool.dialing
-        if len(pool.waiters) <= busy:
-            # Each waiter can have a busy connection that will likely be free within a
-            # request's time, which is cheaper than a handshake: dial only if this
-            # request's wait lasts. Waiters beyond that would queue for rounds: dial now.
-            exchange.waiting_since = self._clock()
-            if pool.dial_timer is None:
-                pool.dial_timer = asyncio.get_running_loop().call_later(
-                    self._settings.dial_delay_s, self._dial_if_waited, pool
-                )
-        else:
+        exchange.waiting_since = self._clock()
+        if len(pool.waiters) > pool.opened - pool.dialing:
+            # More waiters than busy connections: some would queue for rounds. Dial now.
             self._dial_if_waiting(pool)
+        elif pool.dial_timer is None:
+            # Each waiter has a busy connection that will likely be free within a
+            # request's time, which is cheaper than a handshake: dial only if a wait lasts.
+            pool.dial_timer = asyncio.get_running_loop().call_later(
+                self._settings.dial_delay_s, self._dial_if_waited, pool
+            )
 
     def _dial_if_waited(self, pool: _Pool) -> None:
         """Dial once the longest-waiting request has waited `dial_delay_s`, not sooner:
         a steady stream of short waits (two callers in step on one tenant) needs no new
         connection."""
         pool.dial_timer = None
-        waiters = pool.waiters
-        while waiters and waiters[0].finished:
-            waiters.popleft()
-        if not waiters:
+        first = self._first_waiter(pool)
+        if first is None:
             return
-        left = waiters[0].waiting_since + self._settings.dial_delay_s - self._clock()
+        left = first.waiting_since + self._settings.dial_delay_s - self._clock()
         if left > 0:
             pool.dial_timer = asyncio.get_running_loop().call_later(
                 left, self._dial_if_waited, pool
@@ -290,11 +286,17 @@ class Upstreams:
         else:
             self._dial_if_waiting(pool)
 
+    @staticmethod
+    def _first_waiter(pool: _Pool) -> _Exchange | None:
+        """The longest-waiting exchange still unanswered (timed-out ones are dropped here)."""
+        waiters = pool.waiters
+        while waiters and waiters[0].finished:
+            waiters.popleft()
+        return waiters[0] if waiters else None
+
     def _dial_if_waiting(self, pool: _Pool) -> None:
-        while pool.waiters and pool.waiters[0].finished:
-            pool.waiters.popleft()
         if (
-            pool.waiters
+            self._first_waiter(pool) is not None
             and pool.opened < pool.max_connections
             and pool.dialing < min(len(pool.waiters), _DIALS_PER_POOL)
         ):

@@ -68,9 +68,15 @@ class Connection:
             pass
 
 
-def get(ns: str, extra: bytes = b"", version: bytes = b"HTTP/1.1") -> bytes:
-    target = METRIC_PATH.format(ns=ns, metric="m").encode()
+def get(ns: str, extra: bytes = b"", version: bytes = b"HTTP/1.1", *, metric: str = "m") -> bytes:
+    target = METRIC_PATH.format(ns=ns, metric=metric).encode()
     return b"GET " + target + b" " + version + b"\r\nHost: x\r\n" + USER + extra + b"\r\n"
+
+
+def set_dial_delay(router: Router, seconds: float) -> None:
+    """How long a request waits for a busy upstream connection before one is dialled."""
+    upstreams = router.upstreams
+    upstreams._settings = dataclasses.replace(upstreams._settings, dial_delay_s=seconds)
 
 
 async def test_pipelined_requests_are_answered_in_order_each_by_its_tenant(
@@ -197,7 +203,7 @@ async def test_a_request_stuck_upstream_does_not_hold_up_the_next_one(
     backends["alpha"].mode = "hang:slow"
     slow, fast = await Connection.open(router, pki), await Connection.open(router, pki)
     try:
-        slow.send(get("alpha-ns").replace(b"/m HTTP", b"/slow HTTP", 1))
+        slow.send(get("alpha-ns", metric="slow"))
         await eventually(lambda: len(backends["alpha"].received) == 1)
         fast.send(get("alpha-ns"))
         status, _, body = await fast.response()  # on a second upstream connection
@@ -215,10 +221,10 @@ async def test_requests_that_each_wait_briefly_share_one_upstream_connection(
 ) -> None:
     # Two callers in step on one tenant keep a request waiting for its one connection
     # most of the time, yet no single request waits long: that needs no second connection.
-    router.upstreams._settings = dataclasses.replace(router.upstreams._settings, dial_delay_s=0.5)
+    set_dial_delay(router, 0.5)
     alpha = backends["alpha"]
     alpha.mode = "hang:slow"
-    slow = get("alpha-ns").replace(b"/m HTTP", b"/slow HTTP", 1)
+    slow = get("alpha-ns", metric="slow")
     first, second = await Connection.open(router, pki), await Connection.open(router, pki)
     try:
         first.send(slow)
@@ -244,12 +250,12 @@ async def test_more_waiting_requests_than_busy_connections_dial_at_once(
     router: Router, pki: Pki, backends: dict[str, TenantBackend]
 ) -> None:
     # One busy connection can serve one waiter soon; a second waiter would wait for rounds.
-    router.upstreams._settings = dataclasses.replace(router.upstreams._settings, dial_delay_s=30)
+    set_dial_delay(router, 30)
     alpha = backends["alpha"]
     alpha.mode = "hang:slow"
     stuck, *waiting = [await Connection.open(router, pki) for _ in range(3)]
     try:
-        stuck.send(get("alpha-ns").replace(b"/m HTTP", b"/slow HTTP", 1))
+        stuck.send(get("alpha-ns", metric="slow"))
         await eventually(lambda: len(alpha.received) == 1)
         for connection in waiting:
             connection.send(get("alpha-ns"))
