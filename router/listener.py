@@ -54,8 +54,9 @@ class ClientConnection(asyncio.Protocol):
         self._listener = listener
         self.transport: asyncio.Transport | None = None
         self.tls: ssl.SSLObject | None = None
-        self.verdict: tuple[int, object] | None = None
-        """The handler's authentication verdict for this connection, and its generation."""
+        self.verdict: tuple[int, Exception | None, float] | None = None
+        """The handler's authentication verdict for this connection: the settings'
+        generation it was made under, the refusal if any, and until when it holds."""
         self._buffer = b""
         self._busy = False
         self._in_next = False

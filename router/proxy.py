@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,13 +63,13 @@ class ProxyHandler:
         directory: TenantDirectory,
         upstreams: Upstreams,
         metrics: RouterMetrics,
-        now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._auth_state = auth_state
         self._directory = directory
         self._upstreams = upstreams
         self._metrics = metrics
-        self._now = now
+        self._clock = clock
         self._routes: dict[bytes, Route] = {}
 
     # -- entry points (RequestHandler) -----------------------------------------------------
@@ -91,21 +92,26 @@ class ProxyHandler:
 
     def _authenticate(self, request: _Request) -> None:
         connection, state = request.connection, request.state
+        now = self._clock()
         cached = connection.verdict
-        if cached is None or cached[0] != state.generation:
+        if cached is None or cached[0] != state.generation or now > cached[2]:
+            # Checked again once the certificate expires, as kube-apiserver checks every request.
             tls = connection.tls
-            verdict: object
+            refusal: StatusError | None = None
+            valid_until = math.inf
             if tls is None:
-                verdict = StatusError(401, "Unauthorized: TLS client certificate required")
+                refusal = StatusError(401, "Unauthorized: TLS client certificate required")
             else:
                 try:
-                    verdict = state.auth.verify_peer(
-                        tls.getpeercert(binary_form=True), self._now(), verify_result(tls)
+                    valid_until = state.auth.verify_peer(
+                        tls.getpeercert(binary_form=True),
+                        datetime.datetime.fromtimestamp(now, datetime.UTC),
+                        verify_result(tls),
                     )
-                except StatusError as refusal:
-                    verdict = refusal
-            cached = connection.verdict = (state.generation, verdict)
-        if isinstance(cached[1], StatusError):
+                except StatusError as error:
+                    refusal = error
+            cached = connection.verdict = (state.generation, refusal, valid_until)
+        if cached[1] is not None:
             raise cached[1]
         if not state.policy.username(request.head.lines, request.head.low):
             raise StatusError(401, "Unauthorized: no user in the requestheader username headers")

@@ -4,7 +4,8 @@ The TLS layer already verified any client certificate against the requestheader 
 here the router checks what kube-apiserver checks next (the CN allow-list, that the
 certificate is still valid and still issued by a CA we trust now, which matters after
 a CA was removed) and that a user was asserted. The verdict is cached per connection
-and per CA generation, so a keep-alive connection is checked once.
+and per CA generation until the certificate's notAfter, so a keep-alive connection is
+checked once and still refused from the moment its certificate expires.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class RequestHeaderAuth:
 
     def verify_peer(
         self, der: bytes | None, now: datetime.datetime, chain_verdict: tuple[int, str] = (0, "")
-    ) -> str:
-        """The front proxy's CN, or StatusError(401) for any certificate we must not trust.
+    ) -> float:
+        """When (POSIX seconds) the certificate stops being valid, or StatusError(401)
+        for any certificate we must not trust.
 
         `chain_verdict` is OpenSSL's verification of the chain presented in the handshake
         (0: trusted); the checks here add the CN allow-list and the CAs trusted *now*.
@@ -70,7 +72,7 @@ class RequestHeaderAuth:
             raise StatusError(
                 401, f"Unauthorized: client certificate CN {common_name!r} is not allowed"
             )
-        return common_name
+        return cert.not_valid_after_utc.timestamp()
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from router.app import Router
 from tests.fakes.tenant_backend import TenantBackend
+from tests.pki import Issued
 from tests.router_harness import METRIC_PATH, Pki, router_args, running_router
 
 USER = b"X-Remote-User: system:serviceaccount:kube-system:horizontal-pod-autoscaler\r\n"
@@ -31,12 +34,12 @@ class Connection:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def open(cls, router: Router, pki: Pki) -> Connection:
+    async def open(cls, router: Router, pki: Pki, cert: Issued | None = None) -> Connection:
         assert router.secure_port
         reader, writer = await asyncio.open_connection(
             "127.0.0.1",
             router.secure_port,
-            ssl=pki.client_context(pki.aggregator()),
+            ssl=pki.client_context(cert or pki.aggregator()),
             server_hostname="localhost",
         )
         return cls(reader, writer)
@@ -267,6 +270,28 @@ async def test_more_waiting_requests_than_busy_connections_dial_at_once(
     finally:
         for connection in (stuck, *waiting):
             await connection.close()
+
+
+async def test_a_certificate_that_expires_on_a_kept_alive_connection_is_refused_from_then_on(
+    router: Router, pki: Pki, backends: dict[str, TenantBackend]
+) -> None:
+    # As kube-apiserver's x509 authenticator: validity is checked for every request, not
+    # only at the handshake, so a long-lived aggregator connection cannot outlive its
+    # certificate.
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    cert = pki.aggregator(not_after=now + datetime.timedelta(seconds=2))
+    connection = await Connection.open(router, pki, cert)
+    try:
+        connection.send(get("alpha-ns"))
+        assert (await connection.response())[0] == 200
+        await asyncio.sleep((now + datetime.timedelta(seconds=3.2)).timestamp() - time.time())
+        connection.send(get("alpha-ns"))
+        status, _, body = await connection.response()
+        assert status == 401, body
+        assert b"not valid now" in body
+        assert len(backends["alpha"].received) == 1
+    finally:
+        await connection.close()
 
 
 async def eventually(condition: Callable[[], bool], timeout_s: float = 5) -> None:
