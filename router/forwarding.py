@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from router.http1 import field_entries, lowered
+from router.http1 import field_entries, first_value, lowered
 from router.requestheader import HeaderNames
 
 _PLAIN = ("audit-id", "accept", "accept-encoding", "user-agent")
@@ -39,7 +39,6 @@ class HeaderPolicy:
         )
         # The name must be followed by ':' at once, so "X-Remote-Userx" is not "X-Remote-User".
         self._kept = re.compile(rb"^(?:" + kept + rb"):[^\r\n]*\r\n", re.I | re.M)
-        self._username = tuple(b"\n" + n.lower().encode("latin-1") + b":" for n in names.username)
         self._username_names = tuple(n.lower().encode("latin-1") for n in names.username)
 
     def forwarded(self, lines: bytes) -> bytes:
@@ -51,16 +50,8 @@ class HeaderPolicy:
 
         `low` is `router.http1.lowered(lines)` when the caller has it already."""
         low = lowered(lines) if low is None else low
-        if len(self._username) == 1:  # the usual configuration: no sorting across names
-            key = self._username[0]
-            found = low.find(key)
-            while found >= 0:
-                start = found + len(key) - 1  # `low` runs one byte ahead of `lines`
-                value = lines[start : lines.index(b"\r\n", start)].strip(b" \t")
-                if value:
-                    return value
-                found = low.find(key, found + 1)
-            return b""
+        if len(self._username_names) == 1:  # the usual configuration: no sorting across names
+            return first_value(lines, low, self._username_names[0])
         entries = sorted(
             entry for name in self._username_names for entry in field_entries(lines, low, name)
         )

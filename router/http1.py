@@ -80,6 +80,20 @@ def field_entries(lines: bytes, low: bytes, name: bytes) -> list[tuple[int, byte
     return entries
 
 
+def first_value(lines: bytes, low: bytes, name: bytes) -> bytes:
+    """The first non-empty value of header `name` (lower case), or b"": `field_entries`
+    without building the list, for the one lookup every request makes."""
+    key = b"\n" + name + b":"
+    found = low.find(key)
+    while found >= 0:
+        start = found + len(key) - 1
+        value = lines[start : lines.index(b"\r\n", start)].strip(b" \t")
+        if value:
+            return value
+        found = low.find(key, found + 1)
+    return b""
+
+
 def field_values(lines: bytes, low: bytes, name: bytes) -> list[bytes]:
     """Every value of header `name` (lower case), in order."""
     return [value for _, value in field_entries(lines, low, name)]
