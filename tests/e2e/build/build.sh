@@ -4,7 +4,8 @@
 #
 #   tests/e2e/build/build.sh [component ...]   (default: all)
 #
-# Components: etcd kube-apiserver kube-controller-manager kubectl keda keda-adapter helm.
+# Components: etcd kube-apiserver kube-controller-manager kubectl keda keda-adapter helm, and for
+# the kubelet-backed cluster kubelet kube-scheduler kube-proxy coredns kube-router.
 # Progress goes to stderr; the last line of stdout is the bin directory.
 #
 # `go install pkg@version` refuses modules with replace directives (kubernetes and KEDA
@@ -16,7 +17,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
 
 cache=${KEDA_TENANCY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keda-tenancy}
-key="v2_k8s-${KUBERNETES_VERSION}_keda-${KEDA_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}"
+key="v3_k8s-${KUBERNETES_VERSION}_keda-${KEDA_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_coredns-${COREDNS_VERSION}_kube-router-${KUBE_ROUTER_VERSION}"
 bin="$cache/bin/$key"
 src="$cache/src"
 mkdir -p "$bin" "$src"
@@ -105,27 +106,37 @@ build() {  # build NAME DIR PACKAGE [extra go build flags]
   log "$name: built in $((SECONDS - started))s"
 }
 
+go_install() {  # go_install NAME MODULE_PATH/CMD VERSION: modules without replace directives
+  local name=$1 pkg=$2 version=$3
+  if [ -x "$bin/$name" ]; then
+    log "$name: cached"
+    return
+  fi
+  local started=$SECONDS tmp="$bin/.gobin-$name"
+  log "$name: installing $pkg@$version"
+  mkdir -p "$tmp"
+  GOBIN="$tmp" go install "${flags[@]}" "$pkg@$version"
+  mv "$tmp/$(basename "$pkg")" "$bin/$name"
+  rmdir "$tmp"
+  log "$name: built in $((SECONDS - started))s"
+}
+
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(etcd kube-apiserver kube-controller-manager kubectl keda keda-adapter helm)
+[ ${#components[@]} -gt 0 ] || components=(etcd kube-apiserver kube-controller-manager kubectl keda keda-adapter helm
+  kubelet kube-scheduler kube-proxy coredns kube-router)
 for component in "${components[@]}"; do
   case $component in
     etcd) build etcd "$(etcd_wrapper)" . ;;
-    kube-apiserver | kube-controller-manager | kubectl)
+    kube-apiserver | kube-controller-manager | kubectl | kubelet | kube-scheduler | kube-proxy)
       # Stamp the version, as Kubernetes' own build does, so clients see v1.35.x, not v0.0.0.
       minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
       build "$component" "$(kubernetes_wrapper)" "k8s.io/kubernetes/cmd/$component" \
         "-ldflags=-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor" ;;
     keda) build keda "$(keda_wrapper)" github.com/kedacore/keda/v2/cmd/operator ;;
     keda-adapter) build keda-adapter "$(keda_wrapper)" github.com/kedacore/keda/v2/cmd/adapter ;;
-    helm)
-      if [ ! -x "$bin/helm" ]; then
-        started=$SECONDS
-        log "helm: installing helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-        GOBIN="$bin" go install "${flags[@]}" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-        log "helm: built in $((SECONDS - started))s"
-      else
-        log "helm: cached"
-      fi ;;
+    helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" ;;
+    coredns) go_install coredns github.com/coredns/coredns "$COREDNS_VERSION" ;;
+    kube-router) go_install kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router "$KUBE_ROUTER_VERSION" ;;
     *) echo "unknown component: $component" >&2; exit 2 ;;
   esac
 done
