@@ -1,10 +1,14 @@
 """The secure port: TLS connections from the aggregator, one request at a time each.
 
 A connection reads a request head, hands it to the handler, and reads the next only
-once the answer is written (pipelined requests wait in the buffer, in order). Idle and
-half-sent connections are closed by a once-a-second sweep rather than a timer per
-request. Draining stops accepting, closes idle connections at once and the busy ones
-after their answer, and aborts whatever is left when the grace period ends.
+once the answer is written (pipelined requests wait in the buffer, in order). Memory per
+connection is bounded both ways: reading stops while more than a head's worth of
+requests waits or while the client does not read its answers (`pause_writing`).
+Connections without a trusted client certificate are few (capped), short-lived and
+closed after their one answer. Idle, half-sent, stalled and closing connections are
+closed or aborted by a once-a-second sweep rather than a timer per request. Draining
+stops accepting, closes idle connections at once and the busy ones after their answer,
+and aborts whatever is left when the grace period ends.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Protocol, cast
 
 from router.http1 import MAX_HEAD_BYTES, ProtocolError, RequestHead, encode_response
 from router.http1 import parse_request_head as parse_head
+from tenancy_common.client_verification import verify_result
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +31,16 @@ IDLE_TIMEOUT_S = 120.0
 """Longer than Go's 90 s idle timeout, so the aggregator closes kept-alive connections first."""
 HEAD_TIMEOUT_S = 30.0
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
+STALLED_TIMEOUT_S = 30.0
+"""A client that reads none of its answers for this long is cut (a close would wait forever)."""
+CLOSING_TIMEOUT_S = 5.0
+"""A closed connection whose last answer cannot be flushed in this long is aborted."""
+UNVERIFIED_TIMEOUT_S = 10.0
+"""How long a connection without a trusted client certificate may stay open: it gets one
+answer (401) and is closed, so nothing it sends is ever queued or answered again."""
+MAX_UNVERIFIED_CONNECTIONS = 256
+"""Connections without a trusted client certificate open at once (about 25 KiB each);
+beyond it new ones are closed at once. The aggregator always presents a certificate."""
 
 
 class RequestHandler(Protocol):
@@ -40,13 +55,16 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_buffer",
         "_busy",
+        "_closing_since",
         "_in_next",
         "_keep_alive",
         "_listener",
         "_paused",
         "_since",
+        "_stalled_since",
         "tls",
         "transport",
+        "unverified",
         "verdict",
     )
 
@@ -61,8 +79,12 @@ class ClientConnection(asyncio.Protocol):
         self._busy = False
         self._in_next = False
         self._keep_alive = True
-        self._paused = False
+        self._paused = False  # reading paused: requests wait unread in the buffer
         self._since = time.monotonic()  # idle since, or head started at, for the sweep
+        self._stalled_since = 0.0  # the client stopped reading its answers (0: it reads)
+        self._closing_since = 0.0
+        self.unverified = False
+        """The handshake brought no client certificate that OpenSSL trusts."""
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -71,13 +93,24 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         tls = self.transport.get_extra_info("ssl_object")
         self.tls = tls if isinstance(tls, ssl.SSLObject) else None
-        self._listener.connections.add(self)
+        listener = self._listener
+        listener.connections.add(self)
+        if (
+            self.tls is None
+            or not self.tls.getpeercert(binary_form=True)
+            or verify_result(self.tls)[0]
+        ):
+            self.unverified = True
+            if len(listener.unverified) >= listener.max_unverified:
+                self.transport.abort()
+                return
+            listener.unverified.add(self)
 
     def data_received(self, data: bytes) -> None:
         if not self._buffer and not self._busy:
             self._since = time.monotonic()
         self._buffer = self._buffer + data if self._buffer else data
-        if self._busy:
+        if self._busy or self._stalled_since:
             if len(self._buffer) > MAX_HEAD_BYTES and not self._paused:
                 self._paused = True  # a client racing ahead waits for its answers
                 assert self.transport is not None
@@ -85,16 +118,26 @@ class ClientConnection(asyncio.Protocol):
             return
         self._next()
 
+    def pause_writing(self) -> None:
+        # The client does not read its answers: answer nothing more until it does.
+        self._stalled_since = time.monotonic()
+
+    def resume_writing(self) -> None:
+        self._stalled_since = 0.0
+        self._proceed()
+
     def eof_received(self) -> bool | None:
         # The client is done sending; answer what is in flight, then close (return False).
-        if not self._busy and self.transport is not None:
-            self.transport.close()
+        if not self._busy:
+            self.close()
         self._keep_alive = False
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._buffer = b""
         self._listener.connections.discard(self)
+        self._listener.unverified.discard(self)
         self._listener.changed()
 
     # -- requests --------------------------------------------------------------------------
@@ -102,7 +145,12 @@ class ClientConnection(asyncio.Protocol):
     def _next(self) -> None:
         self._in_next = True
         try:
-            while not self._busy and self._buffer and self.transport is not None:
+            while (
+                not self._busy
+                and not self._stalled_since
+                and self._buffer
+                and self.transport is not None
+            ):
                 end = self._buffer.find(b"\r\n\r\n")
                 if end < 0:
                     if len(self._buffer) > MAX_HEAD_BYTES:
@@ -145,11 +193,18 @@ class ClientConnection(asyncio.Protocol):
         if close:
             self._keep_alive = False
             self._buffer = b""
-            transport.close()
+            self.close()
             self._listener.changed()
             return
         self._since = time.monotonic()
-        if self._paused:
+        self._proceed()
+
+    def _proceed(self) -> None:
+        """Read on and answer what waits, unless busy or the client is not reading."""
+        transport = self.transport
+        if transport is None or self._busy or self._stalled_since or self._closing_since:
+            return
+        if self._paused and len(self._buffer) <= MAX_HEAD_BYTES:
             self._paused = False
             transport.resume_reading()
         if self._buffer and not self._in_next:
@@ -157,18 +212,30 @@ class ClientConnection(asyncio.Protocol):
 
     # -- the sweep and draining -------------------------------------------------------------
 
-    def expired(self, now: float) -> bool:
-        if self._busy:
-            return False
-        limit = HEAD_TIMEOUT_S if self._buffer else IDLE_TIMEOUT_S
-        return now - self._since > limit
+    def sweep(self, now: float) -> None:
+        """Close an idle or half-sent connection past its time; abort one that cannot
+        flush (the client reads nothing), since a close would wait for it forever."""
+        if self._closing_since:
+            if now - self._closing_since > CLOSING_TIMEOUT_S:
+                self.abort()
+        elif self._stalled_since:
+            if now - self._stalled_since > STALLED_TIMEOUT_S:
+                self.abort()
+        elif self.unverified:
+            if now - self._since > UNVERIFIED_TIMEOUT_S:
+                self.close()
+        elif not self._busy:
+            limit = HEAD_TIMEOUT_S if self._buffer else IDLE_TIMEOUT_S
+            if now - self._since > limit:
+                self.close()
 
     @property
     def busy(self) -> bool:
         return self._busy
 
     def close(self) -> None:
-        if self.transport is not None:
+        if self.transport is not None and not self._closing_since:
+            self._closing_since = time.monotonic()
             self.transport.close()
 
     def abort(self) -> None:
@@ -182,6 +249,8 @@ class SecureListener:
     def __init__(self, handler: RequestHandler) -> None:
         self.handler = handler
         self.connections: set[ClientConnection] = set()
+        self.unverified: set[ClientConnection] = set()
+        self.max_unverified = MAX_UNVERIFIED_CONNECTIONS
         self.draining = False
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -203,8 +272,8 @@ class SecureListener:
 
     def _sweep(self) -> None:
         now = time.monotonic()
-        for connection in [c for c in self.connections if c.expired(now)]:
-            connection.close()
+        for connection in list(self.connections):
+            connection.sweep(now)
         self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
 
     def changed(self) -> None:

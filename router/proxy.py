@@ -43,7 +43,16 @@ class AuthState:
 class _Request:
     """One request in progress, and what the access log and metrics will say about it."""
 
-    __slots__ = ("connection", "head", "namespace", "outcome", "started", "state", "tenant")
+    __slots__ = (
+        "close",
+        "connection",
+        "head",
+        "namespace",
+        "outcome",
+        "started",
+        "state",
+        "tenant",
+    )
 
     def __init__(self, connection: ClientConnection, head: RequestHead, state: AuthState) -> None:
         self.connection = connection
@@ -53,6 +62,7 @@ class _Request:
         self.tenant = ""
         self.namespace = ""
         self.outcome = "rejected"
+        self.close = False  # the connection itself is refused: close it after the answer
 
 
 class ProxyHandler:
@@ -112,6 +122,9 @@ class ProxyHandler:
                     refusal = error
             cached = connection.verdict = (state.generation, refusal, valid_until)
         if cached[1] is not None:
+            # No answer but this one: pipelined requests of a caller we do not trust are
+            # never read, and it cannot hold the connection open to send more.
+            request.close = True
             raise cached[1]
         if not state.policy.username(request.head.lines, request.head.low):
             raise StatusError(401, "Unauthorized: no user in the requestheader username headers")
@@ -172,7 +185,8 @@ class ProxyHandler:
     def _refuse(self, request: _Request, error: StatusError) -> None:
         headers = _RETRY if error.code == 429 else _JSON
         # A request that broke the protocol leaves the connection in an unknown state.
-        self._reply(request, error.code, headers, error.body(), close=error.code in (400, 431))
+        close = request.close or error.code in (400, 431)
+        self._reply(request, error.code, headers, error.body(), close=close)
 
     def _reply(
         self,
