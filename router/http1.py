@@ -2,8 +2,9 @@
 
 Strict on input: the router stands between the aggregator and many tenants, so anything
 two parsers could read differently (obs-fold, bare CR/LF, a body framed two ways) is
-refused, not interpreted. The forwarded API is read-only, so a request that carries a
-body at all is refused and its connection closed; no request body is ever parsed.
+refused, not interpreted. The forwarded API is read-only: a GET that carries a body is
+refused (400), a write is answered 405 like any other, and either connection is closed
+after its answer, since no request body is ever parsed.
 
 A head is validated by one regular expression over all its header lines, and headers
 are then found by substring search in a lower-cased copy: on the request path, Python
@@ -151,7 +152,11 @@ def parse_request_head(head: bytes) -> RequestHead:
         b"\ncontent-length:" in low
         and any(value != b"0" for value in field_values(lines, low, b"content-length"))
     ):
-        raise ProtocolError("request bodies are not accepted: this API is read-only")
+        if method in (b"GET", b"HEAD"):
+            raise ProtocolError("request bodies are not accepted: this API is read-only")
+        # A write is answered 405 like any other; its body is never read, so the
+        # connection closes after the answer.
+        return RequestHead(method, target, lines, False, low)
     if b"\nconnection:" in low:
         for value in field_values(lines, low, b"connection"):
             tokens = {token.strip().lower() for token in value.split(b",")}

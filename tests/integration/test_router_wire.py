@@ -142,6 +142,28 @@ async def test_malformed_requests_get_400_and_the_connection_closes(
         await connection.close()
 
 
+@pytest.mark.parametrize("method", [b"POST", b"PUT", b"DELETE", b"PATCH"])
+@pytest.mark.parametrize(
+    "body", [b"Content-Length: 4\r\n\r\nabcd", b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"]
+)
+async def test_writes_with_a_body_are_405_never_forwarded_and_the_connection_closes(
+    router: Router, pki: Pki, backends: dict[str, TenantBackend], method: bytes, body: bytes
+) -> None:
+    connection = await Connection.open(router, pki)
+    try:
+        target = METRIC_PATH.format(ns="alpha-ns", metric="m").encode()
+        write = method + b" " + target + b" HTTP/1.1\r\nHost: x\r\n" + USER + body
+        connection.send(write + get("alpha-ns"))  # the body and what follows are never read
+        status, headers, answer = await connection.response()
+        assert status == 405, answer
+        assert json.loads(answer)["reason"] == "MethodNotAllowed"
+        assert headers[b"connection"] == b"close"
+        assert await connection.closed()
+        assert not backends["alpha"].received
+    finally:
+        await connection.close()
+
+
 async def test_http10_and_connection_close_end_the_connection(
     router: Router, pki: Pki, backends: dict[str, TenantBackend]
 ) -> None:
