@@ -115,6 +115,9 @@ class Router:
         }
         self.upstreams = Upstreams(config.upstream, lambda ca: self.upstream_tls[ca].value[0])
         self.metrics.requests.in_flight = self.upstreams.in_flight
+        self.metrics.upstream.timeouts = lambda: self.upstreams.timeouts
+        self.metrics.upstream.fast_failed = lambda: self.upstreams.fast_failed
+        self.metrics.upstream.pools = self.upstreams.pool_sizes
         self.cache = NamespaceCache()
         self.directory = TenantDirectory(
             config.tenancy,
@@ -251,7 +254,9 @@ class Router:
                 "draining in-flight requests", extra={"connections": len(listener.connections)}
             )
         finally:
-            await asyncio.shield(listener.drain(self.config.shutdown_grace_period_s))
+            await asyncio.shield(
+                listener.drain(self.config.shutdown_grace_period_s, self.upstreams.abandon)
+            )
             await asyncio.shield(self.upstreams.close())
             logger.info("secure listener stopped")
 

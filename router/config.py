@@ -223,10 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="CA that verifies upstream serving certificates (default: system roots)",
     )
     upstream.add_argument(
-        "--upstream-timeout", default="30s", help="whole-request timeout (504 past it)"
+        "--upstream-timeout",
+        default="5s",
+        help="whole-request deadline (504 past it); well below the HPA sync period (15s)",
     )
     upstream.add_argument(
-        "--upstream-connect-timeout", default="5s", help="TCP+TLS connect timeout (503 past it)"
+        "--upstream-connect-timeout", default="3s", help="TCP+TLS connect timeout (503 past it)"
     )
     upstream.add_argument(
         "--upstream-max-connections", type=int, default=32, help="kept-alive connections per tenant"

@@ -291,8 +291,13 @@ class SecureListener:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    async def drain(self, grace_s: float) -> None:
-        """Stop accepting; let requests in flight finish for up to `grace_s`, then cut."""
+    def _idle(self) -> bool:
+        return not any(c.busy for c in self.connections)
+
+    async def drain(self, grace_s: float, abandon: Callable[[], None] | None = None) -> None:
+        """Stop accepting; let requests in flight finish for up to `grace_s`. Shortly
+        before it ends, `abandon` answers whatever is still waiting (503), so every
+        accepted request gets an answer; what is left at the end is cut."""
         self.draining = True
         self._changed = asyncio.Event()
         if self._server is not None:
@@ -301,7 +306,10 @@ class SecureListener:
             if not connection.busy:
                 connection.close()
         deadline = time.monotonic() + grace_s
-        await self._until(lambda: not any(c.busy for c in self.connections), deadline)
+        await self._until(self._idle, deadline - min(1.0, grace_s / 4))
+        if abandon is not None and not self._idle():
+            abandon()
+        await self._until(self._idle, deadline)
         # Every answer is written and its connection closing: a moment for the TLS goodbyes.
         await self._until(lambda: not self.connections, min(deadline, time.monotonic() + 1.0))
         for connection in list(self.connections):

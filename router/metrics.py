@@ -88,10 +88,57 @@ class RequestStats(Collector):
         return iter(())  # collected at scrape time only; names are not reserved up front
 
 
+class UpstreamStats(Collector):
+    """Per-tenant pool state and failure counts, read from the pools when scraped."""
+
+    def __init__(self) -> None:
+        self.timeouts: Callable[[], Mapping[str, int]] = dict
+        self.fast_failed: Callable[[], Mapping[str, int]] = dict
+        self.pools: Callable[[], Mapping[str, tuple[int, int]]] = dict
+
+    def collect(self) -> Iterator[Metric]:
+        timeouts = CounterMetricFamily(
+            PREFIX + "upstream_timeouts",
+            "Requests answered 504 because the tenant did not answer within --upstream-timeout.",
+            labels=["tenant"],
+        )
+        for tenant, value in sorted(self.timeouts().items()):
+            timeouts.add_metric([tenant], value)
+        yield timeouts
+        fast_failed = CounterMetricFamily(
+            PREFIX + "upstream_fast_failed",
+            "Requests answered 503 at once because the tenant was down (unreachable or hung).",
+            labels=["tenant"],
+        )
+        for tenant, value in sorted(self.fast_failed().items()):
+            fast_failed.add_metric([tenant], value)
+        yield fast_failed
+        connections = GaugeMetricFamily(
+            PREFIX + "upstream_connections",
+            "Open connections to the tenant's metrics server (busy and idle).",
+            labels=["tenant"],
+        )
+        queued = GaugeMetricFamily(
+            PREFIX + "upstream_queued_requests",
+            "Requests waiting for a connection to the tenant's metrics server.",
+            labels=["tenant"],
+        )
+        for tenant, (open_now, waiting) in sorted(self.pools().items()):
+            connections.add_metric([tenant], open_now)
+            queued.add_metric([tenant], waiting)
+        yield connections
+        yield queued
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
 class RouterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = RequestStats()
         registry.register(self.requests)
+        self.upstream = UpstreamStats()
+        registry.register(self.upstream)
         self.upstream_errors = Counter(
             PREFIX + "upstream_errors",
             "Failed upstream requests, by tenant and HTTP code given to the caller.",

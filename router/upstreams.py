@@ -5,6 +5,13 @@ own short memory of being down, so a tenant whose KEDA hangs or dies costs the o
 tenants nothing. Pools are rebuilt (and the old ones closed once idle) when the
 upstream client certificate or a CA changes.
 
+A pool grows to demand: a request that waited `dial_delay_s` for a busy connection, or
+finds more waiters than busy connections, gets a dial of its own, and dials go on as
+each completes. One failed dial fails nothing while other connections serve the
+tenant; a tenant is "down" only when it cannot be reached at all or answers nothing for
+a whole `timeout_s`. Then its requests fail fast (503) for a short, growing cooldown,
+after which one request at a time probes it.
+
 The hot path is callbacks on asyncio protocols, not coroutines: a request on a kept-alive
 connection costs two writes and two reads, with no task, stream or future in between.
 Only opening a connection runs as a task.
@@ -28,17 +35,22 @@ from tenancy_common.tls import ResumingClientContext
 
 logger = logging.getLogger(__name__)
 
-_DIALS_PER_POOL = 2
-"""New connections opened at once per backend: a burst on a cold pool must not turn into
-a handshake per request (each costs the router far more CPU than a forwarded request)."""
+_DIALS_AT_ONCE = 4
+"""New connections being opened at once per backend (more follow as each completes): a
+burst on a cold pool must not turn into a handshake per request at once (each costs the
+router far more CPU than a forwarded request)."""
+_REDIAL_DELAY_S = 0.1
+_REDIAL_DELAY_MAX_S = 2.0
+"""After a failed dial while other connections serve the tenant: wait before the next."""
 _SLOTS_PER_S = 10
 """Timeouts fire within 100 ms of --upstream-timeout."""
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamSettings:
-    timeout_s: float = 30.0
-    connect_timeout_s: float = 5.0
+    timeout_s: float = 5.0
+    """Whole-request deadline, well below the HPA controller's 15 s sync period (see README)."""
+    connect_timeout_s: float = 3.0
     max_connections: int = 32
     """Keep-alive pool size per backend; requests beyond it wait for a free connection."""
     max_concurrent: int = 64
@@ -49,9 +61,10 @@ class UpstreamSettings:
     a new one is opened: a metrics request takes milliseconds, a TLS handshake costs the
     router more CPU than dozens of forwarded requests."""
     down_cooldown_s: float = 1.0
-    """After a failed connect, fail fast for this long (doubling up to the max)."""
-    down_cooldown_max_s: float = 15.0
-    max_response_bytes: int = 32 * 1024 * 1024
+    """Once a tenant is down (unreachable, or nothing answered in a whole `timeout_s`),
+    fail fast for this long, doubling up to the max while probes keep failing."""
+    down_cooldown_max_s: float = 5.0
+    max_response_bytes: int = 1024 * 1024
 
 
 class UpstreamResponse:
@@ -81,14 +94,18 @@ class _Exchange:
         "done",
         "finished",
         "pool",
+        "probe",
         "request",
+        "started",
         "waiting_since",
     )
 
-    def __init__(self, pool: _Pool, request: bytes, done: Done) -> None:
+    def __init__(self, pool: _Pool, request: bytes, done: Done, started: float) -> None:
         self.pool = pool
         self.request = request
         self.done = done
+        self.started = started
+        self.probe = False  # let through to find out whether a down tenant is back
         self.attempt = 1
         self.connection: _Connection | None = None
         self.bucket: set[_Exchange] | None = None  # its slot in Upstreams' deadline wheel
@@ -191,9 +208,14 @@ class _Pool:
         self.opened = 0  # connected or connecting
         self.dialing = 0
         self.dial_timer: asyncio.TimerHandle | None = None
+        self.redial_at = 0.0  # no dial before this (a dial failed while others serve)
+        self.redial_delay_s = 0.0
         self.inflight = 0
-        self.down_until = 0.0
+        self.answered_at = 0.0  # when the backend last answered anything
+        self.down_until = 0.0  # non-zero: down; fail fast until then, then probe
+        self.down_reason = ""
         self.cooldown_s = 0.0
+        self.probing = False
         self.retired = False
 
     def keep_session(self, transport: asyncio.Transport | None) -> None:
@@ -222,28 +244,42 @@ class Upstreams:
         self._sweeper: asyncio.TimerHandle | None = None
         self._deadlines: dict[int, set[_Exchange]] = {}
         self._reaper: asyncio.TimerHandle | None = None
+        self.timeouts: dict[str, int] = {}
+        """Requests answered 504 per tenant (kept across pool rebuilds)."""
+        self.fast_failed: dict[str, int] = {}
+        """Requests answered 503 at once per tenant, because it was down."""
 
     # -- the request path --------------------------------------------------------------------
 
     def forward(self, backend: Backend, target: bytes, headers: bytes, done: Done) -> None:
         """GET `target` from `backend` with `headers` (complete lines); `done` gets the outcome."""
         pool = self._pool(backend)
-        if self._clock() < pool.down_until:
-            done(
-                StatusError(
-                    503,
-                    f"the metrics server of {backend.name} is unavailable (recent connection failures)",
-                )
-            )
-            return
+        now = self._clock()
+        probe = False
+        if pool.down_until:
+            if now < pool.down_until or pool.probing:
+                self._fast_fail(pool, done)
+                return
+            probe = pool.probing = True  # the cooldown is over: this one finds out
         if pool.inflight >= pool.max_concurrent:
             done(StatusError(429, f"too many requests in flight to {backend.name}"))
             return
         pool.inflight += 1
         request = b"GET " + target + b" HTTP/1.1\r\nHost: " + pool.host_header + headers + b"\r\n"
-        exchange = _Exchange(pool, request, done)
+        exchange = _Exchange(pool, request, done, now)
+        exchange.probe = probe
         self._add_deadline(exchange)
         self._dispatch(exchange)
+
+    def _fast_fail(self, pool: _Pool, done: Done) -> None:
+        name = pool.backend.name
+        self.fast_failed[name] = self.fast_failed.get(name, 0) + 1
+        done(
+            StatusError(
+                503,
+                f"the metrics server of {name} is unavailable ({pool.down_reason}); failing fast",
+            )
+        )
 
     def _dispatch(self, exchange: _Exchange) -> None:
         pool = exchange.pool
@@ -260,31 +296,50 @@ class Upstreams:
         # one (as Go's transport does). A new one nobody needs any more is kept idle.
         pool.waiters.append(exchange)
         exchange.waiting_since = self._clock()
-        if len(pool.waiters) > pool.opened - pool.dialing:
-            # More waiters than busy connections: some would queue for rounds. Dial now.
-            self._dial_if_waiting(pool)
-        elif pool.dial_timer is None:
-            # Each waiter has a busy connection that will likely be free within a
-            # request's time, which is cheaper than a handshake: dial only if a wait lasts.
-            pool.dial_timer = asyncio.get_running_loop().call_later(
-                self._settings.dial_delay_s, self._dial_if_waited, pool
-            )
+        self._grow(pool)
 
-    def _dial_if_waited(self, pool: _Pool) -> None:
-        """Dial once the longest-waiting request has waited `dial_delay_s`, not sooner:
-        a steady stream of short waits (two callers in step on one tenant) needs no new
-        connection."""
+    def _on_dial_timer(self, pool: _Pool) -> None:
         pool.dial_timer = None
-        first = self._first_waiter(pool)
-        if first is None:
+        self._grow(pool)
+
+    def _grow(self, pool: _Pool) -> None:
+        """Dial for every waiter no busy connection is likely to serve soon.
+
+        A waiter beyond the number of busy connections would queue for rounds: it gets a
+        dial at once. Otherwise a busy connection will likely be free within a request's
+        time, which is cheaper than a handshake, so a waiter gets a dial only once it has
+        waited `dial_delay_s`: a steady stream of short waits (two callers in step on one
+        tenant) needs no new connection, a slow tenant gets a connection per waiter.
+        """
+        if self._first_waiter(pool) is None:
             return
-        left = first.waiting_since + self._settings.dial_delay_s - self._clock()
-        if left > 0:
+        waiters = pool.waiters
+        now = self._clock()
+        delay_s = self._settings.dial_delay_s
+        waited = 0  # waiters (oldest first) that waited dial_delay_s: their turn is late
+        young: _Exchange | None = None  # the first waiter that has not, yet
+        for exchange in waiters:
+            if exchange.waiting_since + delay_s > now:
+                young = exchange
+                break
+            if not exchange.finished:
+                waited += 1
+        busy = pool.opened - pool.dialing - len(pool.idle)
+        needed = max(len(waiters) - busy, waited) - pool.dialing
+        if needed > 0 and now < pool.redial_at:
+            self._arm_dial_timer(pool, pool.redial_at - now)
+            return
+        while needed > 0 and pool.opened < pool.max_connections and pool.dialing < _DIALS_AT_ONCE:
+            self._dial(pool)
+            needed -= 1
+        if young is not None:
+            self._arm_dial_timer(pool, young.waiting_since + delay_s - now)
+
+    def _arm_dial_timer(self, pool: _Pool, delay_s: float) -> None:
+        if pool.dial_timer is None:
             pool.dial_timer = asyncio.get_running_loop().call_later(
-                left, self._dial_if_waited, pool
+                max(delay_s, 0.001), self._on_dial_timer, pool
             )
-        else:
-            self._dial_if_waiting(pool)
 
     @staticmethod
     def _first_waiter(pool: _Pool) -> _Exchange | None:
@@ -293,14 +348,6 @@ class Upstreams:
         while waiters and waiters[0].finished:
             waiters.popleft()
         return waiters[0] if waiters else None
-
-    def _dial_if_waiting(self, pool: _Pool) -> None:
-        if (
-            self._first_waiter(pool) is not None
-            and pool.opened < pool.max_connections
-            and pool.dialing < min(len(pool.waiters), _DIALS_PER_POOL)
-        ):
-            self._dial(pool)
 
     def _dial(self, pool: _Pool) -> None:
         pool.opened += 1
@@ -328,19 +375,37 @@ class Upstreams:
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             pool.opened -= 1
             pool.dialing -= 1
-            self._mark_down(pool)
             reason = (
                 "timed out"
                 if isinstance(exc, TimeoutError)
                 else (exc.strerror or type(exc).__name__)
             )
-            message = f"the metrics server of {pool.backend.name} is unreachable: {reason}"
-            while pool.waiters:  # they would fail fast had they arrived now
-                self.fail(pool.waiters.popleft(), 503, message, prefixed=True)
+            self._dial_failed(pool, reason)
             return
         pool.dialing -= 1
-        pool.down_until, pool.cooldown_s = 0.0, 0.0
+        pool.redial_at = pool.redial_delay_s = 0.0
         self.release(connection)
+        self._grow(pool)
+
+    def _dial_failed(self, pool: _Pool, reason: str) -> None:
+        if pool.opened:
+            # Other connections serve the tenant (one replica gone, say) or are being
+            # opened: the waiters wait for them; dial again after a short pause.
+            pool.redial_delay_s = min(
+                max(pool.redial_delay_s * 2, _REDIAL_DELAY_S), _REDIAL_DELAY_MAX_S
+            )
+            pool.redial_at = self._clock() + pool.redial_delay_s
+            logger.info(
+                "cannot open another connection to a metrics server",
+                extra={"tenant": pool.backend.name, "error": reason},
+            )
+            self._grow(pool)
+            return
+        # Nothing reaches the tenant: it is down.
+        self._mark_down(pool, "recent connection failures")
+        message = f"the metrics server of {pool.backend.name} is unreachable: {reason}"
+        while pool.waiters:  # they would fail fast had they arrived now
+            self.fail(pool.waiters.popleft(), 503, message, prefixed=True)
 
     def release(self, connection: _Connection) -> None:
         """A connection finished an exchange cleanly: reuse it or keep it idle."""
@@ -371,9 +436,10 @@ class Upstreams:
                 self._dispatch(exchange)
             else:
                 self.fail(exchange, 502, "closed the connection before answering")
-        self._dial_if_waiting(pool)
+        self._grow(pool)
 
     def answered(self, exchange: _Exchange, response: UpstreamResponse) -> None:
+        exchange.pool.answered_at = self._clock()
         if 300 <= response.status < 400:
             # As kube-apiserver's aggregator does: a backend may not send callers elsewhere.
             self.fail(exchange, 502, "attempted to redirect, which is not permitted")
@@ -411,7 +477,19 @@ class Upstreams:
 
     def _expire(self, exchange: _Exchange) -> None:
         self._detach(exchange)
+        pool = exchange.pool
+        name = pool.backend.name
+        self.timeouts[name] = self.timeouts.get(name, 0) + 1
         self.fail(exchange, 504, "did not answer in time")
+        if pool.answered_at < exchange.started and not exchange.probe:
+            # Nothing at all came back while this request waited: the tenant is hung, and
+            # each caller held for the whole deadline is an HPA worker every tenant needs.
+            self._mark_down(pool, "not answering in time")
+            while pool.waiters:
+                waiter = pool.waiters.popleft()
+                if not waiter.finished:
+                    self.fast_failed[name] = self.fast_failed.get(name, 0) + 1
+                    self.fail(waiter, 503, f"is unavailable ({pool.down_reason}); failing fast")
 
     def _finish_aborted(self, exchange: _Exchange) -> None:
         self._detach(exchange)
@@ -428,13 +506,25 @@ class Upstreams:
         if exchange.finished:
             return
         exchange.finished = True
+        self._unqueue(exchange)
+        pool = exchange.pool
+        if exchange.probe:
+            pool.probing = False
+            if isinstance(outcome, UpstreamResponse) or outcome.code == 502:
+                # It answered (even badly): reachable again.
+                pool.down_until = pool.cooldown_s = 0.0
+            elif outcome.code == 504:
+                self._mark_down(pool, "not answering in time")
+        exchange.done(outcome)
+
+    def _unqueue(self, exchange: _Exchange) -> None:
         if exchange.bucket is not None:
             exchange.bucket.discard(exchange)
+            exchange.bucket = None
         pool = exchange.pool
         pool.inflight -= 1
         if pool.retired and not pool.inflight:
             self._close_pool(pool)
-        exchange.done(outcome)
 
     # -- pools -------------------------------------------------------------------------------
 
@@ -473,15 +563,18 @@ class Upstreams:
         pool = self._pools.get(backend.name)
         return pool is not None and self._clock() < pool.down_until
 
-    def _mark_down(self, pool: _Pool) -> None:
+    def _mark_down(self, pool: _Pool, reason: str) -> None:
+        if self._clock() < pool.down_until:
+            return  # already down: concurrent failures are one failure
         pool.cooldown_s = min(
             max(pool.cooldown_s * 2, self._settings.down_cooldown_s),
             self._settings.down_cooldown_max_s,
         )
         pool.down_until = self._clock() + pool.cooldown_s
+        pool.down_reason = reason
         logger.warning(
-            "metrics server unreachable, failing fast",
-            extra={"tenant": pool.backend.name, "cooldown_s": pool.cooldown_s},
+            "metrics server down, failing fast",
+            extra={"tenant": pool.backend.name, "reason": reason, "cooldown_s": pool.cooldown_s},
         )
 
     def _schedule_sweep(self) -> None:
@@ -511,6 +604,21 @@ class Upstreams:
     def idle_connections(self) -> int:
         return sum(len(pool.idle) for pool in self._pools.values())
 
+    def pool_sizes(self) -> dict[str, tuple[int, int]]:
+        """(open connections, requests waiting for one) per backend, for the metrics."""
+        sizes: dict[str, tuple[int, int]] = {}
+        for pool in [*self._pools.values(), *self._retiring]:
+            connections, queued = sizes.get(pool.backend.name, (0, 0))
+            waiting = sum(not exchange.finished for exchange in pool.waiters)
+            sizes[pool.backend.name] = (connections + pool.opened - pool.dialing, queued + waiting)
+        return sizes
+
+    def abandon(self) -> None:
+        """Answer every request still in flight or queued with 503: the router stops."""
+        for slot in list(self._deadlines):
+            for exchange in list(self._deadlines.pop(slot)):
+                self._finish_aborted(exchange)
+
     async def close(self) -> None:
         """Abort every connection; called after the listener has drained."""
         for timer in (self._sweeper, self._reaper):
@@ -519,9 +627,7 @@ class Upstreams:
         self._sweeper = self._reaper = None
         for task in list(self._connecting):
             task.cancel()
-        for slot in list(self._deadlines):  # still in flight after the drain: cut
-            for exchange in list(self._deadlines.pop(slot)):
-                self._finish_aborted(exchange)
+        self.abandon()  # still in flight after the drain: cut
         for pool in [*self._pools.values(), *self._retiring]:
             pool.retired = True
             while pool.waiters:

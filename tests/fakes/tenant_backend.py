@@ -41,10 +41,15 @@ class TenantBackend:
     mode: str = (
         "ok"  # ok | hang | hang:<metric> | gzip | chunked | close | redirect | status:<code>
     )
+    delay_s: float = 0.0
+    """How long every answer takes (a slow scaler behind KEDA)."""
+    pad_bytes: int = 0
+    """Extra bytes in every answer's body (a tenant with very large answers)."""
     received: list[Received] = field(default_factory=list)
     port: int = 0
     hang_released: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
+    _site: web.TCPSite | None = None
 
     def context(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -62,7 +67,15 @@ class TenantBackend:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=self.context())
         await site.start()
+        self._site = site
         self.port = int(self._runner.addresses[0][1])
+
+    def stop_listening(self) -> None:
+        """New connections are refused; those already open keep being served (as when
+        one of a tenant's replicas goes away behind its Service)."""
+        assert self._site is not None
+        assert self._site._server is not None
+        self._site._server.close()  # closes the listening socket only
 
     async def stop(self) -> None:
         self.hang_released.set()
@@ -102,6 +115,8 @@ class TenantBackend:
             self.mode.startswith("hang:") and request.path.endswith("/" + self.mode[5:])
         ):
             await self.hang_released.wait()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.mode == "redirect":
             raise web.HTTPFound("https://example.invalid/elsewhere")
         if self.mode.startswith("status:"):
@@ -126,6 +141,7 @@ class TenantBackend:
                     "namespace": namespace,
                     "query": request.raw_path.partition("?")[2],
                 },
+                **({"padding": "x" * self.pad_bytes} if self.pad_bytes else {}),
             }
         ).encode()
         if self.mode == "gzip":

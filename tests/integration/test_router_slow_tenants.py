@@ -1,0 +1,165 @@
+"""Slow, partly gone and hung tenants: pools that grow to demand, failures that match
+reality, deadlines that fit the HPA, and shutdown with requests still queued."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from router.app import Router
+from tests.fakes.tenant_backend import TenantBackend
+from tests.router_harness import METRIC_PATH, Pki, RawResponse, raw_request, router_args
+from tests.router_harness import running_router as start_router
+
+USER = ("X-Remote-User", "system:serviceaccount:kube-system:horizontal-pod-autoscaler")
+
+
+def metric(ns: str, name: str = "s0-value") -> str:
+    return METRIC_PATH.format(ns=ns, metric=name)
+
+
+@pytest.fixture
+def aggregator(pki: Pki) -> ssl.SSLContext:
+    return pki.client_context(pki.aggregator())
+
+
+@pytest.fixture
+async def router(pki: Pki, tenancy_file: Callable[..., str]) -> AsyncIterator[Router]:
+    async with start_router(router_args(pki, tenancy_file())) as router:  # default flags
+        yield router
+
+
+async def burst(
+    router: Router, aggregator: ssl.SSLContext, ns: str, count: int
+) -> list[RawResponse]:
+    assert router.secure_port
+    port = router.secure_port
+    return list(
+        await asyncio.gather(
+            *(raw_request(port, aggregator, metric(ns), (USER,)) for _ in range(count))
+        )
+    )
+
+
+@pytest.mark.parametrize("count", [30, 64])
+async def test_a_burst_to_a_slow_tenant_gets_a_connection_per_waiting_request(
+    router: Router,
+    aggregator: ssl.SSLContext,
+    backends: dict[str, TenantBackend],
+    count: int,
+) -> None:
+    alpha = backends["alpha"]
+    alpha.delay_s = 1.0  # a slow scaler behind this tenant's KEDA
+    answers = await burst(router, aggregator, "alpha-ns", count)
+    assert [a.status for a in answers] == [200] * count
+    # Each waiting request got its own connection, up to --upstream-max-connections (32),
+    # instead of queueing behind a few busy ones for rounds.
+    assert len({r.connection for r in alpha.received}) == min(count, 32)
+
+
+async def test_a_failed_dial_fails_nothing_that_open_connections_can_serve(
+    router: Router, aggregator: ssl.SSLContext, backends: dict[str, TenantBackend]
+) -> None:
+    alpha = backends["alpha"]
+    alpha.delay_s = 0.3
+    assert [a.status for a in await burst(router, aggregator, "alpha-ns", 4)] == [200] * 4
+    kept = {r.connection for r in alpha.received}
+    assert len(kept) == 4
+    alpha.stop_listening()  # one replica gone: every new connection is refused
+    answers = await burst(router, aggregator, "alpha-ns", 12)
+    assert [a.status for a in answers] == [200] * 12, [a.body for a in answers]
+    assert {r.connection for r in alpha.received} == kept
+    # Not marked down: the next request is forwarded as usual.
+    answer = (await burst(router, aggregator, "alpha-ns", 1))[0]
+    assert answer.status == 200
+
+
+async def test_a_hung_tenant_is_answered_fast_after_one_deadline_and_probed_back(
+    pki: Pki,
+    tenancy_file: Callable[..., str],
+    aggregator: ssl.SSLContext,
+    backends: dict[str, TenantBackend],
+) -> None:
+    alpha = backends["alpha"]
+    async with start_router(router_args(pki, tenancy_file(), "--upstream-timeout=1s")) as router:
+        assert router.secure_port
+        alpha.mode = "hang"
+        first = await burst(router, aggregator, "alpha-ns", 3)
+        assert [a.status for a in first] == [504] * 3
+        forwarded = len(alpha.received)
+        # Nothing came back during a whole deadline: the next callers are not held.
+        later = await burst(router, aggregator, "alpha-ns", 5)
+        assert [a.status for a in later] == [503] * 5
+        assert "failing fast" in str(later[0].json()["message"])
+        assert len(alpha.received) == forwarded  # not forwarded at all
+        # The other tenant is untouched.
+        assert (await burst(router, aggregator, "beta-ns", 1))[0].status == 200
+        metrics = router.registry.get_sample_value
+        assert metrics("keda_tenancy_router_upstream_timeouts_total", {"tenant": "alpha"}) == 3
+        assert metrics("keda_tenancy_router_upstream_fast_failed_total", {"tenant": "alpha"}) == 5
+        # Back to health: once the cooldown is over one request probes, and it answers.
+        alpha.mode = "ok"
+        alpha.hang_released.set()
+        for _ in range(100):
+            answer = (await burst(router, aggregator, "alpha-ns", 1))[0]
+            if answer.status == 200:
+                break
+            assert answer.status == 503
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the tenant never came back")
+
+
+async def test_stop_answers_requests_still_queued_for_a_connection(
+    pki: Pki,
+    tenancy_file: Callable[..., str],
+    aggregator: ssl.SSLContext,
+    backends: dict[str, TenantBackend],
+) -> None:
+    alpha = backends["alpha"]
+    alpha.delay_s = 1.0
+    async with start_router(
+        router_args(pki, tenancy_file(), "--shutdown-grace-period=6s")
+    ) as router:
+        assert router.secure_port
+        port = router.secure_port
+        requests = [
+            asyncio.create_task(raw_request(port, aggregator, metric("alpha-ns"), (USER,)))
+            for _ in range(30)
+        ]
+        for _ in range(500):  # every request accepted by the router
+            if router.upstreams.in_flight().get("alpha", 0) == 30:
+                break
+            await asyncio.sleep(0.01)
+        # running_router stops the router here: the 30 are accepted, most still queued.
+    answers = await asyncio.gather(*requests)
+    assert [a.status for a in answers] == [200] * 30
+
+
+async def test_requests_still_waiting_when_the_grace_period_ends_are_answered_503(
+    pki: Pki,
+    tenancy_file: Callable[..., str],
+    aggregator: ssl.SSLContext,
+    backends: dict[str, TenantBackend],
+) -> None:
+    alpha = backends["alpha"]
+    alpha.mode = "hang"
+    async with start_router(
+        router_args(pki, tenancy_file(), "--shutdown-grace-period=2s", "--upstream-timeout=30s")
+    ) as router:
+        assert router.secure_port
+        port = router.secure_port
+        requests = [
+            asyncio.create_task(raw_request(port, aggregator, metric("alpha-ns"), (USER,)))
+            for _ in range(5)
+        ]
+        for _ in range(500):
+            if len(alpha.received) == 5:
+                break
+            await asyncio.sleep(0.01)
+    answers = await asyncio.gather(*requests)
+    assert [a.status for a in answers] == [503] * 5
+    assert "the router is stopping" in str(answers[0].json()["message"])
