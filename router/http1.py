@@ -29,7 +29,8 @@ _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])")
 # Every header line is `token:value\r\n`, the value free of control characters (tab
 # aside): no obs-fold, no bare CR or LF, no space before ':'. One pass checks them all.
 _HEADER_LINES = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
+# 100-599 (RFC 9110 15): anything else would reach the caller as an invalid status line.
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: [^\r\n]*)?")
 _HEADER = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*([^\r\n]*?)[ \t]*\r\n", re.M)
 # On `lowered` lines: one match per hop-by-hop header line, from its leading LF to its CR,
 # which is exactly that line's span (CRLF included) in the original lines.
@@ -189,6 +190,7 @@ class ResponseReader:
         "keep_alive",
         "leftover",
         "lines",
+        "redirect",
         "status",
     )
 
@@ -207,6 +209,8 @@ class ResponseReader:
         self.framed = False
         """`forward_lines` carry a Content-Length that frames `body`."""
         self.has_date = False
+        self.redirect = False
+        """A 3xx with a Location: kube-apiserver's aggregator refuses to pass it on."""
         self.keep_alive = True
         self.done = False
         self.leftover = b""
@@ -294,30 +298,48 @@ class ResponseReader:
             length, lengths = int(values[0]), len(values)
         chunked = False
         if b"\ntransfer-encoding:" in low:
-            if field_values(lines, low, b"transfer-encoding") != [b"chunked"]:
+            codings = field_values(lines, low, b"transfer-encoding")
+            if [coding.lower() for coding in codings] != [b"chunked"]:  # case-insensitive
                 raise ProtocolError("unsupported Transfer-Encoding in the response", 502)
             chunked = True
+        # 204 and 304 never have a body (RFC 9112 6.3), so no length goes downstream:
+        # a 204 may not carry one, a 304's would describe another representation.
+        bodiless = self.status in (204, 304) or self.status < 200
         # What goes downstream: the same lines minus hop-by-hop ones. One Content-Length
         # that frames the body we pass on unchanged may stay; any other is recomputed.
-        self.framed = lengths == 1 and not chunked
+        keep_length = lengths == 1 and not chunked and not bodiless
+        self.framed = keep_length or bodiless  # nothing to add for a response with no body
         parts, position = [], 0
+        listed: list[bytes] = []
         for hop in _HOP_BY_HOP.finditer(low):
             start, end = hop.span()
-            if hop[1] == b"connection" and b"close" in low[start:end]:
-                self.keep_alive = False
-            elif self.framed and hop[1] == b"content-length":
+            if hop[1] == b"connection":
+                tokens = [t.strip(b" \t") for t in low[start + 12 : end - 1].split(b",")]
+                if b"close" in tokens:
+                    self.keep_alive = False
+                listed += tokens
+            elif keep_length and hop[1] == b"content-length":
                 continue
             parts.append(lines[position:start])
             position = end
-        self.forward_lines = b"".join((*parts, lines[position:])) if position else lines
+        forward = b"".join((*parts, lines[position:])) if position else lines
+        listed = [t for t in listed if t and t not in (b"close", b"keep-alive")]
+        if listed:  # headers the Connection header names are hop-by-hop too (RFC 9110 7.6.1)
+            forward = b"".join(
+                line + b"\r\n"
+                for line in forward.split(b"\r\n")[:-1]
+                if line.partition(b":")[0].lower() not in listed
+            )
+        self.forward_lines = forward
         self.lines = lines
         self.has_date = b"\ndate:" in low
+        self.redirect = 300 <= self.status < 400 and bool(first_value(lines, low, b"location"))
         if 100 <= self.status < 200:  # interim (100 Continue): the real response follows
             if self.status == 101:
                 raise ProtocolError("the upstream switched protocols", 502)
             self.lines, self.forward_lines, self.status = b"", b"", 0
             return
-        if self.status in (204, 304):
+        if bodiless:
             self.done = True
         elif chunked:
             if length is not None:

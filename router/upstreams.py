@@ -70,10 +70,11 @@ class UpstreamSettings:
 class UpstreamResponse:
     """What a backend answered (a plain class: built once per request, on the hot path)."""
 
-    __slots__ = ("body", "framed", "has_date", "lines", "status")
+    __slots__ = ("body", "framed", "has_date", "lines", "redirect", "status")
 
     def __init__(self, reader: ResponseReader) -> None:
         self.status = reader.status
+        self.redirect = reader.redirect
         self.lines = reader.forward_lines  # as received, minus hop-by-hop headers
         self.body = reader.body
         self.framed = reader.framed  # `lines` hold the Content-Length of `body`
@@ -440,7 +441,7 @@ class Upstreams:
 
     def answered(self, exchange: _Exchange, response: UpstreamResponse) -> None:
         exchange.pool.answered_at = self._clock()
-        if 300 <= response.status < 400:
+        if response.redirect:
             # As kube-apiserver's aggregator does: a backend may not send callers elsewhere.
             self.fail(exchange, 502, "attempted to redirect, which is not permitted")
             return

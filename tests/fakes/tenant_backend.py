@@ -194,3 +194,59 @@ def _status(code: int, message: str) -> web.Response:
             }
         ),
     )
+
+
+class ScriptedBackend:
+    """A metrics server that answers with exactly the bytes a test scripts: broken or odd
+    HTTP that a real server library would never send. Real mTLS, as TenantBackend.
+
+    Each request (on any connection) takes the next script: chunks written one after the
+    other, each flushed before the next; with no script left it answers a plain 200.
+    """
+
+    GOOD = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{"good": "yes"}'
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+        self.scripts: list[list[bytes | float]] = []
+        self.connections = 0
+        self.requests = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                self.requests += 1
+                for chunk in self.scripts.pop(0) if self.scripts else [self.GOOD]:
+                    if isinstance(chunk, float):  # a pause between writes
+                        await asyncio.sleep(chunk)
+                        continue
+                    writer.write(chunk)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
