@@ -7,6 +7,7 @@ variables (`KEDA_TENANCY_ROUTER_<FLAG>`) supply in-cluster defaults for any flag
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -116,6 +117,10 @@ class RouterConfig:
                 max_concurrent=_at_least_one(
                     args.upstream_max_concurrent, "--upstream-max-concurrent"
                 ),
+                max_response_bytes=_at_least_one(
+                    parse_bytes(args.upstream_max_response_bytes),
+                    "--upstream-max-response-bytes",
+                ),
             ),
             tenancy=tenancy,
             tenancy_file=tenancy_file,
@@ -127,6 +132,18 @@ class RouterConfig:
             log_level=args.log_level,
             log_format=args.log_format,
         )
+
+
+_BYTE_UNITS = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "k": 1000, "M": 10**6}
+
+
+def parse_bytes(text: str) -> int:
+    """A size as Kubernetes quantities spell it: `1048576`, `512Ki`, `1Mi`."""
+    match = re.fullmatch(r"([0-9]+)([A-Za-z]*)", text.strip())
+    number, unit = match.groups() if match else ("", "")
+    if not number or unit not in _BYTE_UNITS:
+        raise ConfigError(f"invalid size {text!r} (examples: 262144, 256Ki, 1Mi)")
+    return int(number) * _BYTE_UNITS[unit]
 
 
 def _positive(text: str, flag: str) -> float:
@@ -238,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=64,
         help="requests in flight per tenant before 429",
+    )
+    upstream.add_argument(
+        "--upstream-max-response-bytes",
+        default="1Mi",
+        help="largest answer passed on (502 past it); a tenant may have 8 such answers "
+        "in the router's memory at once",
     )
     upstream.add_argument(
         "--default-upstream",

@@ -391,6 +391,25 @@ _STATUS_LINES = {
 }
 
 
+def encode_head(
+    status: int, lines: bytes, length: int, *, close: bool, date: bool, framed: bool
+) -> bytes:
+    """The head of `encode_response`, for a body written separately (a large one, not
+    copied once more into one buffer with its head)."""
+    status_line = _STATUS_LINES.get(status)
+    if status_line is None:
+        status_line = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "").encode())
+    return b"".join(
+        (
+            status_line,
+            _DATE.line() if date else b"",
+            lines,
+            b"" if framed else b"Content-Length: %d\r\n" % length,
+            b"Connection: close\r\n\r\n" if close else b"\r\n",
+        )
+    )
+
+
 def encode_response(
     status: int,
     lines: bytes,

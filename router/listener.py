@@ -21,7 +21,13 @@ import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
-from router.http1 import MAX_HEAD_BYTES, ProtocolError, RequestHead, encode_response
+from router.http1 import (
+    MAX_HEAD_BYTES,
+    ProtocolError,
+    RequestHead,
+    encode_head,
+    encode_response,
+)
 from router.http1 import parse_request_head as parse_head
 from tenancy_common.client_verification import verify_result
 
@@ -38,6 +44,8 @@ CLOSING_TIMEOUT_S = 5.0
 UNVERIFIED_TIMEOUT_S = 10.0
 """How long a connection without a trusted client certificate may stay open: it gets one
 answer (401) and is closed, so nothing it sends is ever queued or answered again."""
+LARGE_BODY_BYTES = 64 * 1024
+"""Bodies above this are written after their head rather than copied into one buffer."""
 MAX_UNVERIFIED_CONNECTIONS = 256
 """Connections without a trusted client certificate open at once (about 25 KiB each);
 beyond it new ones are closed at once. The aggregator always presents a certificate."""
@@ -188,7 +196,15 @@ class ClientConnection(asyncio.Protocol):
         if transport is None:  # the client went away meanwhile
             return
         close = close or not self._keep_alive or self._listener.draining
-        transport.write(encode_response(status, lines, body, close=close, date=date, framed=framed))
+        if len(body) > LARGE_BODY_BYTES:
+            transport.write(
+                encode_head(status, lines, len(body), close=close, date=date, framed=framed)
+            )
+            transport.write(body)
+        else:
+            transport.write(
+                encode_response(status, lines, body, close=close, date=date, framed=framed)
+            )
         self._busy = False
         if close:
             self._keep_alive = False

@@ -65,6 +65,11 @@ class UpstreamSettings:
     fail fast for this long, doubling up to the max while probes keep failing."""
     down_cooldown_max_s: float = 5.0
     max_response_bytes: int = 1024 * 1024
+    """Largest answer passed on (502 past it): an ExternalMetricValueList item is about
+    200 bytes, so this is thousands of items."""
+    buffered_answers_per_tenant: int = 8
+    """Answers of `max_response_bytes` one tenant may have in the router's memory at once,
+    summed over its requests in flight (502 for the one that goes past it)."""
 
 
 class UpstreamResponse:
@@ -117,7 +122,7 @@ class _Exchange:
 class _Connection(asyncio.Protocol):
     """One kept-alive TLS connection to a backend, carrying one exchange at a time."""
 
-    __slots__ = ("exchange", "fresh", "idle_since", "pool", "reader", "transport")
+    __slots__ = ("counted", "exchange", "fresh", "idle_since", "pool", "reader", "transport")
 
     def __init__(self, pool: _Pool) -> None:
         self.pool = pool
@@ -126,6 +131,7 @@ class _Connection(asyncio.Protocol):
         self.reader: ResponseReader | None = None
         self.idle_since = 0.0
         self.fresh = True
+        self.counted = 0  # bytes of the answer being read, counted in pool.buffered
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is not an asyncio.Transport subclass, but has its methods.
@@ -149,8 +155,23 @@ class _Connection(asyncio.Protocol):
             self.abort()
             self.pool.owner.fail(exchange, 502, f"sent an invalid response: {exc}")
             return
+        size = len(reader.body)
+        if size != self.counted:
+            pool = self.pool
+            pool.buffered += size - self.counted
+            self.counted = size
+            if pool.buffered > pool.max_buffered:
+                # The tenant's answers in flight are too large together: this one goes.
+                self.abort()
+                pool.owner.fail(exchange, 502, "sent answers too large together")
+                return
         if complete:
             self._complete(exchange, reader)
+
+    def _uncount(self) -> None:
+        if self.counted:
+            self.pool.buffered -= self.counted
+            self.counted = 0
 
     def eof_received(self) -> bool | None:
         exchange, reader = self.exchange, self.reader
@@ -160,6 +181,7 @@ class _Connection(asyncio.Protocol):
 
     def _complete(self, exchange: _Exchange, reader: ResponseReader) -> None:
         self.exchange = self.reader = None
+        self._uncount()  # handed on: from here it is bounded by the client connection
         if self.fresh:
             self.fresh = False
             self.pool.keep_session(self.transport)
@@ -173,6 +195,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._uncount()
         exchange, reader = self.exchange, self.reader
         self.exchange = self.reader = None
         self.pool.owner.lost(self, exchange, reader is not None and reader.started)
@@ -202,6 +225,8 @@ class _Pool:
         port = "" if self.port == 443 else f":{self.port}"
         self.host_header = f"{host}{port}\r\n".encode("ascii")
         self.max_response_bytes = settings.max_response_bytes
+        self.max_buffered = settings.max_response_bytes * settings.buffered_answers_per_tenant
+        self.buffered = 0  # bytes of answers being read, all connections together
         self.max_connections = settings.max_connections
         self.max_concurrent = settings.max_concurrent
         self.idle: list[_Connection] = []

@@ -12,7 +12,7 @@ import pytest
 
 from router.app import Router
 from tests.fakes.tenant_backend import ScriptedBackend
-from tests.router_harness import METRIC_PATH, Pki, router_args, running_router
+from tests.router_harness import METRIC_PATH, Pki, raw_request, router_args, running_router
 
 USER = b"X-Remote-User: system:serviceaccount:kube-system:horizontal-pod-autoscaler\r\n"
 REQUEST = (
@@ -160,3 +160,27 @@ async def test_bytes_after_a_response_discard_the_connection(
     [(second, _, answer)] = await exchange(router, pki)
     assert (second, json.loads(answer)) == (200, {"good": "yes"}), answer
     assert scripted.connections == 2
+
+
+async def test_a_tenants_answers_in_flight_together_are_bounded(
+    pki: Pki, tenancy_file: Callable[..., str], scripted: ScriptedBackend
+) -> None:
+    # Answers each within the limit, but sent slowly on many connections at once, would
+    # pin 16 x 600 KB; a tenant may hold 8 x 1 MiB of the router's memory at a time.
+    size, part = 1_000_000, 600_000
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size
+    scripted.scripts = [[head + b"x" * part, 1.0, b"x" * (size - part)] for _ in range(16)]
+    async with running_router(router_args(pki, tenancy_file(alpha=scripted.url))) as router:
+        assert router.secure_port
+        port = router.secure_port
+        context = pki.client_context(pki.aggregator())
+        target = METRIC_PATH.format(ns="alpha-ns", metric="m")
+        answers = await asyncio.gather(
+            *(raw_request(port, context, target, (("X-Remote-User", "u"),)) for _ in range(16))
+        )
+    statuses = sorted(a.status for a in answers)
+    assert 502 in statuses, statuses
+    refused = next(a for a in answers if a.status == 502)
+    assert "too large together" in str(refused.json()["message"])
+    assert statuses.count(200) >= 8  # the rest went through whole
+    assert all(len(a.body) == size for a in answers if a.status == 200)

@@ -184,3 +184,25 @@ async def metrics_text(health: int) -> str:
         session.get(f"http://127.0.0.1:{health}/metrics") as response,
     ):
         return await response.text()
+
+
+async def test_one_tenants_huge_answers_stay_bounded_and_cost_the_others_nothing(
+    router_process: RouterProcess, pki: Pki, backends: dict[str, TenantBackend]
+) -> None:
+    port = router_process.secure
+    aggregator = pki.client_context(pki.aggregator())
+    alpha, beta = (
+        METRIC_PATH.format(ns="alpha-ns", metric="m"),
+        METRIC_PATH.format(ns="beta-ns", metric="m"),
+    )
+    assert (await raw_request(port, aggregator, alpha, USER)).status == 200
+    before = rss_mb(router_process.pid)
+    backends["alpha"].pad_bytes = 12 << 20  # far beyond any ExternalMetricValueList
+    huge = await asyncio.gather(*(raw_request(port, aggregator, alpha, USER) for _ in range(8)))
+    peak = rss_mb(router_process.pid)
+    answer = await raw_request(port, aggregator, beta, USER)
+    print(f"RSS {before:.0f} -> {peak:.0f} MB; alpha {sorted({a.status for a in huge})}")
+    assert {a.status for a in huge} == {502}
+    assert "too large" in str(huge[0].json()["message"])
+    assert answer.status == 200
+    assert peak - before < 40

@@ -215,3 +215,33 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_default_deadlines_fit_the_hpa_and_sizes_parse_like_quantities() -> None:
+    config = RouterConfig.from_args(
+        ["--tls-cert-file=/c", "--tls-private-key-file=/k", "--tenant-label-key=k"], {}
+    )
+    # A hung tenant must give an HPA worker back well within the controller's 15 s sync.
+    assert config.upstream.timeout_s <= 5
+    assert config.upstream.connect_timeout_s < config.upstream.timeout_s
+    assert config.upstream.max_response_bytes == 1 << 20
+    config = RouterConfig.from_args(
+        [
+            "--tls-cert-file=/c",
+            "--tls-private-key-file=/k",
+            "--tenant-label-key=k",
+            "--upstream-max-response-bytes=256Ki",
+        ],
+        {},
+    )
+    assert config.upstream.max_response_bytes == 256 << 10
+    with pytest.raises(SystemExit):
+        RouterConfig.from_args(
+            [
+                "--tls-cert-file=/c",
+                "--tls-private-key-file=/k",
+                "--tenant-label-key=k",
+                "--upstream-max-response-bytes=lots",
+            ],
+            {},
+        )
