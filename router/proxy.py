@@ -22,7 +22,7 @@ from router.requestheader import RequestHeaderAuth
 from router.status import StatusError
 from router.tenants import TenantDirectory
 from router.upstreams import Outcome, Upstreams
-from tenancy_common.client_verification import verify_result
+from tenancy_common.client_verification import peer_intermediates, verify_result
 
 access_log = logging.getLogger("router.access")
 
@@ -117,6 +117,7 @@ class ProxyHandler:
                         tls.getpeercert(binary_form=True),
                         datetime.datetime.fromtimestamp(now, datetime.UTC),
                         verify_result(tls),
+                        peer_intermediates(tls),
                     )
                 except StatusError as error:
                     refusal = error

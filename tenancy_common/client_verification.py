@@ -4,7 +4,8 @@ kube-apiserver answers an untrusted client certificate with `401 Unauthorized`; 
 `ssl` would instead abort the TLS handshake, leaving the caller a bare alert. To answer
 like Kubernetes, the listener lets OpenSSL verify the chain as usual (trust store,
 client-auth purpose, validity, intermediates sent by the client) but not abort on
-failure, and the request path reads OpenSSL's verdict with `SSL_get_verify_result`.
+failure, and the request path reads OpenSSL's verdict with `SSL_get_verify_result`, and
+the intermediates the client sent with `SSL_get_peer_cert_chain`.
 
 Python exposes neither hook (nor SSL_MODE_RELEASE_BUFFERS, set here too), so they go through ctypes to the libssl that `_ssl` is
 linked against. Every pointer is checked against a value it must have before use; if
@@ -52,6 +53,14 @@ def _load_libssl() -> ctypes.CDLL | None:
         lib.X509_verify_cert_error_string.restype = ctypes.c_char_p
         lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
         lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        lib.SSL_get_peer_cert_chain.argtypes = [ctypes.c_void_p]
+        lib.SSL_get_peer_cert_chain.restype = ctypes.c_void_p
+        lib.OPENSSL_sk_num.argtypes = [ctypes.c_void_p]
+        lib.OPENSSL_sk_num.restype = ctypes.c_int
+        lib.OPENSSL_sk_value.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.OPENSSL_sk_value.restype = ctypes.c_void_p
+        lib.i2d_X509.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.i2d_X509.restype = ctypes.c_int
     except (OSError, AttributeError):  # pragma: no cover - a Python without a linked libssl
         return None
     return lib
@@ -103,21 +112,27 @@ def release_idle_buffers(context: ssl.SSLContext) -> bool:
     return bool(mode & _SSL_MODE_RELEASE_BUFFERS)
 
 
+def _ssl_pointer(tls: ssl.SSLObject) -> int | None:
+    """The SSL* of a connection, checked to belong to its current context (the SNI
+    callback may swap it)."""
+    native = getattr(tls, "_sslobj", None)
+    if _libssl is None or native is None:
+        return None
+    pointer = ctypes.c_void_p.from_address(
+        id(native) + _HEAD + ctypes.sizeof(ctypes.c_void_p)
+    ).value
+    if not pointer or _libssl.SSL_get_SSL_CTX(pointer) != _context_pointer_unchecked(tls.context):
+        return None
+    return pointer
+
+
 def verify_result(tls: ssl.SSLObject) -> tuple[int, str]:
     """OpenSSL's verdict on the peer's certificate chain: (code, reason); 0 is trusted.
 
     Returns a failure when the verdict cannot be read, so callers fail closed.
     """
-    if _libssl is None:
-        return -1, "verification result unavailable"
-    native = getattr(tls, "_sslobj", None)
-    if native is None:
-        return -1, "verification result unavailable"
-    pointer = ctypes.c_void_p.from_address(
-        id(native) + _HEAD + ctypes.sizeof(ctypes.c_void_p)
-    ).value
-    # The SSL* must belong to this connection's current context (the SNI callback may swap it).
-    if not pointer or _libssl.SSL_get_SSL_CTX(pointer) != _context_pointer_unchecked(tls.context):
+    pointer = _ssl_pointer(tls)
+    if pointer is None or _libssl is None:
         return -1, "verification result unavailable"
     code = int(_libssl.SSL_get_verify_result(pointer))
     reason = _libssl.X509_verify_cert_error_string(code) or b"unknown"
@@ -126,3 +141,27 @@ def verify_result(tls: ssl.SSLObject) -> tuple[int, str]:
 
 def _context_pointer_unchecked(context: ssl.SSLContext) -> int | None:
     return ctypes.c_void_p.from_address(id(context) + _HEAD).value
+
+
+def peer_intermediates(tls: ssl.SSLObject) -> list[bytes]:
+    """DER of the certificates the client sent after its own (its intermediates), in the
+    order sent; empty when it sent none or they cannot be read (callers then find no
+    path through them, and refuse)."""
+    pointer = _ssl_pointer(tls)
+    if pointer is None or _libssl is None:
+        return []
+    stack = _libssl.SSL_get_peer_cert_chain(pointer)  # server side: without the leaf
+    if not stack:
+        return []
+    chain = []
+    for index in range(_libssl.OPENSSL_sk_num(stack)):
+        x509 = _libssl.OPENSSL_sk_value(stack, index)
+        size = _libssl.i2d_X509(x509, None)
+        if not x509 or size <= 0:
+            return []
+        buffer = ctypes.create_string_buffer(size)
+        cursor = ctypes.c_void_p(ctypes.addressof(buffer))  # i2d_X509 advances it
+        if _libssl.i2d_X509(x509, ctypes.byref(cursor)) != size:
+            return []
+        chain.append(buffer.raw)
+    return chain

@@ -83,6 +83,10 @@ def server_context(cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes | None)
         context.verify_mode = ssl.CERT_OPTIONAL
         # OpenSSL still verifies the chain; its verdict is read per request (401, not an alert).
         defer_client_verification(context)
+        # A session resumed from a ticket has lost the client's intermediates, which the
+        # per-request check needs: no tickets (the in-memory session cache keeps them).
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
     release_idle_buffers(context)
     return context
 

@@ -6,6 +6,7 @@ import ssl
 
 from tenancy_common.client_verification import (
     defer_client_verification,
+    peer_intermediates,
     release_idle_buffers,
     verify_result,
 )
@@ -18,6 +19,7 @@ def test_unreadable_verdicts_are_failures() -> None:
     code, reason = verify_result(NotTls())  # type: ignore[arg-type]
     assert code != 0
     assert "unavailable" in reason
+    assert peer_intermediates(NotTls()) == []  # type: ignore[arg-type]
 
 
 def test_a_fresh_connection_reports_trusted_only_when_nothing_failed() -> None:
