@@ -20,7 +20,9 @@ generator's workers start spread evenly over the namespaces and each walks them 
 so with 1,000 tenants consecutive requests mostly go to different tenants. Certificates are
 RSA 2048 unless --key-type ec; every cell is warmed first by passes over all tenants at its
 own concurrency. Ends with the router's RSS with 10,000 namespaces, from a static file and
-listed and watched from a (fake) API server.
+listed and watched from a (fake) API server. Then (bench/slow.py) a backend that takes
+50 ms and 1 s per answer, through the router and NGINX at its best at c=16 and c=64, and
+the router's RSS while clients without a certificate pipeline requests and never read.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import slow  # noqa: E402
 from tests.pki import CertificateAuthority as _CertificateAuthority  # noqa: E402
 
 CONFIGS = ("direct", "router", "nginx-talk", "nginx-best")
@@ -496,6 +499,11 @@ def main() -> int:
     parser.add_argument("--tenants", default="3,1000")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument(
+        "--parts",
+        default="fast,slow,abuse",
+        help="fast: the fast-backend table; slow: 50 ms and 1 s backends; abuse: RSS under abuse",
+    )
+    parser.add_argument(
         "--key-type",
         choices=("rsa", "ec"),
         default="rsa",
@@ -505,6 +513,9 @@ def main() -> int:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     tenant_counts = [int(t) for t in args.tenants.split(",")]
     configs = args.configs.split(",")
+    parts = args.parts.split(",")
+    if "fast" not in parts:
+        tenant_counts = []
     workdir = Path(tempfile.mkdtemp(prefix="keda-tenancy-bench-"))
     pki = Pki(workdir, args.key_type)
     backend_port = free_port()
@@ -589,16 +600,95 @@ def main() -> int:
                         rss[
                             f"{tenants} tenants, {namespace_count(tenants)} namespaces in a static tenancy file, after every cell"
                         ] = memory(pids[0])
-        if "router" in configs and max(tenant_counts) >= 1000:
+        if "router" in configs and tenant_counts and max(tenant_counts) >= 1000:
             many = max(tenant_counts)
             rss[
                 f"{many} tenants, 10000 namespaces listed and watched from the API, after warm passes at c=16"
             ] = cluster_rss(pki, workdir, backend_port, many, 10_000)
+        slow_table = run_slow(pki, workdir, configs, args.seconds) if "slow" in parts else {}
+        if "abuse" in parts and "router" in configs:
+            port = free_port()
+            with router_process(pki, workdir, port, backend_port, 3, 3) as process:
+                names = [f"t{i}--ns0" for i in range(3)]
+                measure(pki, port, names, 1, 0, [process.pid], False, passes=3)
+                rss["abuse"] = slow.abuse_line(
+                    pki,
+                    process.pid,
+                    port,
+                    lambda: measure(pki, port, names, 1, 3, [process.pid], False),
+                )
     finally:
         dns.close()
         backend.stop()
     report(table, rss, configs, tenant_counts, concurrencies)
+    report_slow(slow_table)
     return 0
+
+
+def run_slow(
+    pki: Pki, workdir: Path, configs: list[str], seconds: float
+) -> dict[tuple[str, float, int], tuple[Result, int]]:
+    """Router and NGINX at its best before one tenant whose answers take 50 ms and 1 s."""
+    table: dict[tuple[str, float, int], tuple[Result, int]] = {}
+    for delay_s in slow.DELAYS_S:
+        backend_port = free_port()
+        with slow.slow_backend(pki, backend_port, delay_s, METRIC_BODY):
+            wait_port(backend_port)
+            for config in [c for c in ("router", "nginx-best") if c in configs]:
+                port = free_port()
+                with contextlib.ExitStack() as stack:
+                    if config == "router":
+                        process = stack.enter_context(
+                            router_process(pki, workdir, port, backend_port, 1, 1)
+                        )
+                        pids = [process.pid]
+                    else:
+                        proxy = Nginx(
+                            f"slow-{delay_s}",
+                            workdir,
+                            nginx_best_block(pki, port, backend_port, 1),
+                            0,
+                        )
+                        stack.callback(proxy.stop)
+                        wait_port(port)
+                        pids = proxy.pids()
+                    for concurrency in (16, 64):
+                        result = measure(
+                            pki, port, ["t0--ns0"], concurrency, max(seconds, 4), pids, False
+                        )
+                        table[(config, delay_s, concurrency)] = (
+                            result,
+                            slow.upstream_connections(backend_port),
+                        )
+                        print(
+                            f"slow {delay_s * 1000:5.0f} ms {config:11s} c={concurrency:<3d} "
+                            f"{result.rps:8.1f} req/s  p99 {result.p99_ms:8.1f} ms  "
+                            f"upstream connections {table[(config, delay_s, concurrency)][1]}  "
+                            f"errors {result.errors}",
+                            flush=True,
+                        )
+    return table
+
+
+def report_slow(table: dict[tuple[str, float, int], tuple[Result, int]]) -> None:
+    if not table:
+        return
+    print("\nslow backend, one tenant (router / NGINX at its best):")
+    for delay_s in slow.DELAYS_S:
+        for concurrency in (16, 64):
+            router, best = (table.get((c, delay_s, concurrency)) for c in ("router", "nginx-best"))
+            if router is None:
+                continue
+            line = (
+                f"  {delay_s * 1000:5.0f} ms c={concurrency:<3d} router {router[0].rps:7.1f} req/s "
+                f"p99 {router[0].p99_ms:7.1f} ms {router[1]} connections"
+            )
+            if best is not None and best[0].rps:
+                line += (
+                    f" | NGINX best {best[0].rps:7.1f} req/s p99 {best[0].p99_ms:7.1f} ms "
+                    f"{best[1]} connections | {router[0].rps / best[0].rps:4.2f}x"
+                )
+            print(line)
 
 
 def report(
@@ -632,7 +722,10 @@ def report(
                     f"router {many} tenants / {few} tenants at c={concurrency}: {b.rps / a.rps:5.2f}x"
                 )
     for what, used in rss.items():
-        print(f"router RSS, {what}: {used} (target: <= 150 MB with 10,000 namespaces)")
+        if what == "abuse":
+            print(used)
+        else:
+            print(f"router RSS, {what}: {used} (target: <= 150 MB with 10,000 namespaces)")
 
 
 if __name__ == "__main__":

@@ -248,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--upstream-connect-timeout", default="3s", help="TCP+TLS connect timeout (503 past it)"
     )
     upstream.add_argument(
-        "--upstream-max-connections", type=int, default=32, help="kept-alive connections per tenant"
+        "--upstream-max-connections",
+        type=int,
+        default=64,
+        help="connections per tenant (as many as --upstream-max-concurrent: no admitted request waits for another)",
     )
     upstream.add_argument(
         "--upstream-max-concurrent",

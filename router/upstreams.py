@@ -51,7 +51,7 @@ class UpstreamSettings:
     timeout_s: float = 5.0
     """Whole-request deadline, well below the HPA controller's 15 s sync period (see README)."""
     connect_timeout_s: float = 3.0
-    max_connections: int = 32
+    max_connections: int = 64
     """Keep-alive pool size per backend; requests beyond it wait for a free connection."""
     max_concurrent: int = 64
     """Requests in flight per backend before new ones get 429."""
