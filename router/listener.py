@@ -46,6 +46,9 @@ UNVERIFIED_TIMEOUT_S = 10.0
 answer (401) and is closed, so nothing it sends is ever queued or answered again."""
 LARGE_BODY_BYTES = 64 * 1024
 """Bodies above this are written after their head rather than copied into one buffer."""
+UNVERIFIED_HEAD_BYTES = 16 * 1024
+"""Largest request head read from a connection without a trusted client certificate: its
+answer is a 401 whatever the head says, so a larger one only costs memory (431)."""
 MAX_UNVERIFIED_CONNECTIONS = 256
 """Connections without a trusted client certificate open at once (about 25 KiB each);
 beyond it new ones are closed at once. The aggregator always presents a certificate."""
@@ -161,7 +164,10 @@ class ClientConnection(asyncio.Protocol):
             ):
                 end = self._buffer.find(b"\r\n\r\n")
                 if end < 0:
-                    if len(self._buffer) > MAX_HEAD_BYTES:
+                    if len(self._buffer) > (
+                        UNVERIFIED_HEAD_BYTES if self.unverified else MAX_HEAD_BYTES
+                    ):
+                        self._keep_alive = False
                         self._busy = True
                         self._listener.handler.malformed(
                             self, ProtocolError("request head too large", 431)

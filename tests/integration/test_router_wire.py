@@ -192,6 +192,31 @@ async def test_oversized_head_is_431(router: Router, pki: Pki) -> None:
         await connection.close()
 
 
+async def test_without_a_certificate_a_large_head_is_431_and_pipelined_requests_are_not_read(
+    router: Router, pki: Pki, backends: dict[str, TenantBackend]
+) -> None:
+    assert router.secure_port
+    for request_bytes, code in (
+        (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * (20 << 10) + b"\r\n", 431),
+        (get("alpha-ns") * 50, 401),  # one answer, then the connection is closed
+    ):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1",
+            router.secure_port,
+            ssl=pki.client_context(None),
+            server_hostname="localhost",
+        )
+        connection = Connection(reader, writer)
+        try:
+            connection.send(request_bytes)
+            status, headers, _ = await connection.response()
+            assert (status, headers[b"connection"]) == (code, b"close")
+            assert await connection.closed()
+        finally:
+            await connection.close()
+    assert not backends["alpha"].received
+
+
 async def test_one_kept_alive_upstream_connection_serves_sequential_requests(
     router: Router, pki: Pki, backends: dict[str, TenantBackend]
 ) -> None:
