@@ -16,7 +16,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -103,20 +102,20 @@ def upstream_connections(backend_port: int) -> int:
 
 
 def flood(port: int, context: ssl.SSLContext, stop: threading.Event) -> int:
-    """Pipeline `GET /` without a certificate and never read; reconnect when cut."""
+    """Pipeline `GET /` without a certificate and never read, until the router stops
+    reading or closes; then again on a new connection a second later (a handshake flood
+    is a CPU matter, not what this measures)."""
     request = b"GET / HTTP/1.1\r\n\r\n" * 4096
     sent = 0
     while not stop.is_set():
-        try:
-            with (
-                socket.create_connection(("127.0.0.1", port), timeout=2) as raw,
-                context.wrap_socket(raw, server_hostname="localhost") as tls,
-            ):
+        with contextlib.suppress(OSError, ssl.SSLError):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=2)
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.settimeout(1)  # a send that blocks this long: the router stopped reading
                 while not stop.is_set():
                     tls.sendall(request)
                     sent += len(request)
-        except (OSError, ssl.SSLError):
-            time.sleep(0.01)
+        stop.wait(1)
     return sent
 
 
@@ -137,7 +136,7 @@ def abuse_line(
     for thread in threads:
         thread.start()
     try:
-        time.sleep(1.0)
+        stop.wait(1.0)
         result: Result = measure_once()  # type: ignore[operator]
         peak = rss_mb(router_pid)
     finally:

@@ -215,7 +215,13 @@ class ClientConnection(asyncio.Protocol):
         if close:
             self._keep_alive = False
             self._buffer = b""
-            self.close()
+            if self.unverified:
+                # No TLS goodbye: while it waits for the client's close_notify, TLS keeps
+                # reading (and decrypting) whatever an untrusted client still sends. The
+                # answer is in the kernel's hands already, unless the client reads nothing.
+                transport.abort()
+            else:
+                self.close()
             self._listener.changed()
             return
         self._since = time.monotonic()

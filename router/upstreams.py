@@ -286,10 +286,11 @@ class Upstreams:
             if now < pool.down_until or pool.probing:
                 self._fast_fail(pool, done)
                 return
-            probe = pool.probing = True  # the cooldown is over: this one finds out
+            probe = True  # the cooldown is over: this one finds out
         if pool.inflight >= pool.max_concurrent:
             done(StatusError(429, f"too many requests in flight to {backend.name}"))
             return
+        pool.probing = probe or pool.probing
         pool.inflight += 1
         request = b"GET " + target + b" HTTP/1.1\r\nHost: " + pool.host_header + headers + b"\r\n"
         exchange = _Exchange(pool, request, done, now)

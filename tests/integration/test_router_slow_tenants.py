@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -53,7 +54,10 @@ async def test_a_burst_to_a_slow_tenant_gets_a_connection_per_waiting_request(
 ) -> None:
     alpha = backends["alpha"]
     alpha.delay_s = 1.0  # a slow scaler behind this tenant's KEDA
+    started = time.monotonic()
     answers = await burst(router, aggregator, "alpha-ns", count)
+    connections = len({r.connection for r in alpha.received})
+    print(f"{count} at 1 s: {time.monotonic() - started:.1f} s, {connections} connections")
     assert [a.status for a in answers] == [200] * count
     # Each waiting request got its own connection (up to --upstream-max-connections, 64),
     # instead of queueing behind a few busy ones for rounds.
@@ -67,14 +71,14 @@ async def test_a_failed_dial_fails_nothing_that_open_connections_can_serve(
     alpha.delay_s = 0.3
     assert [a.status for a in await burst(router, aggregator, "alpha-ns", 4)] == [200] * 4
     kept = {r.connection for r in alpha.received}
-    assert len(kept) == 4
     alpha.stop_listening()  # one replica gone: every new connection is refused
     answers = await burst(router, aggregator, "alpha-ns", 12)
+    after = (await burst(router, aggregator, "alpha-ns", 1))[0]
+    print(f"{len(kept)} kept; then {sorted(a.status for a in answers)}, next {after.status}")
+    assert len(kept) == 4
     assert [a.status for a in answers] == [200] * 12, [a.body for a in answers]
     assert {r.connection for r in alpha.received} == kept
-    # Not marked down: the next request is forwarded as usual.
-    answer = (await burst(router, aggregator, "alpha-ns", 1))[0]
-    assert answer.status == 200
+    assert after.status == 200  # not marked down: forwarded as usual
 
 
 async def test_a_hung_tenant_is_answered_fast_after_one_deadline_and_probed_back(
@@ -91,7 +95,11 @@ async def test_a_hung_tenant_is_answered_fast_after_one_deadline_and_probed_back
         assert [a.status for a in first] == [504] * 3
         forwarded = len(alpha.received)
         # Nothing came back during a whole deadline: the next callers are not held.
+        started = time.monotonic()
         later = await burst(router, aggregator, "alpha-ns", 5)
+        print(
+            f"after a deadline: {[a.status for a in later]} in {time.monotonic() - started:.2f} s"
+        )
         assert [a.status for a in later] == [503] * 5
         assert "failing fast" in str(later[0].json()["message"])
         assert len(alpha.received) == forwarded  # not forwarded at all
@@ -135,8 +143,12 @@ async def test_stop_answers_requests_still_queued_for_a_connection(
                 break
             await asyncio.sleep(0.01)
         # running_router stops the router here: the 30 are accepted, most still queued.
-    answers = await asyncio.gather(*requests)
-    assert [a.status for a in answers] == [200] * 30
+    answers = await asyncio.gather(*requests, return_exceptions=True)
+    statuses = [a.status if isinstance(a, RawResponse) else type(a).__name__ for a in answers]
+    print(
+        f"30 queued at SIGTERM: {statuses.count(200)} answered 200; {sorted(set(map(str, statuses)))}"
+    )
+    assert statuses == [200] * 30
 
 
 async def test_requests_still_waiting_when_the_grace_period_ends_are_answered_503(
@@ -160,6 +172,9 @@ async def test_requests_still_waiting_when_the_grace_period_ends_are_answered_50
             if len(alpha.received) == 5:
                 break
             await asyncio.sleep(0.01)
-    answers = await asyncio.gather(*requests)
-    assert [a.status for a in answers] == [503] * 5
+    answers = await asyncio.gather(*requests, return_exceptions=True)
+    statuses = [a.status if isinstance(a, RawResponse) else type(a).__name__ for a in answers]
+    print(f"waiting at the end of the grace period: {statuses}")
+    assert statuses == [503] * 5
+    assert isinstance(answers[0], RawResponse)
     assert "the router is stopping" in str(answers[0].json()["message"])
