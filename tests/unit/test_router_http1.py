@@ -131,6 +131,9 @@ def test_extra_bytes_after_a_response_are_left_over() -> None:
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
         b"SPDY/3 200 OK\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",  # over the limit below
+        b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n",  # status codes are 100-599
+        b"HTTP/1.1 600 Beyond\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
     ],
 )
 def test_bad_upstream_responses_are_502(response: bytes) -> None:
@@ -163,12 +166,22 @@ def test_bad_upstream_responses_are_502(response: bytes) -> None:
             b"",
             False,
         ),
+        (  # transfer codings are case-insensitive
+            b"Transfer-Encoding: Chunked\r\nX: y\r\n",
+            b"X: y\r\n",
+            False,
+        ),
+        (  # what the Connection header names is hop-by-hop too, in any case
+            b"Connection: X-Hop, close\r\nx-hop: 1\r\nX-Kept: 2\r\nContent-Length: 2\r\n",
+            b"X-Kept: 2\r\nContent-Length: 2\r\n",
+            True,
+        ),
     ],
 )
 def test_hop_by_hop_response_headers_are_dropped(
     head: bytes, forwarded: bytes, framed: bool
 ) -> None:
-    body = b"2\r\nok\r\n0\r\n\r\n" if b"chunked" in head else b"ok"
+    body = b"2\r\nok\r\n0\r\n\r\n" if b"chunked" in head.lower() else b"ok"
     reader = _read(b"HTTP/1.1 200 OK\r\n" + head + b"\r\n" + body)
     assert bytes(reader.body) == b"ok"
     assert (reader.forward_lines, reader.framed) == (forwarded, framed)
@@ -190,3 +203,43 @@ def test_encoded_response_is_framed_by_us() -> None:
     )
     assert upstream.lower().count(b"date:") == 1
     assert upstream.lower().count(b"content-length:") == 1
+
+
+@pytest.mark.parametrize(
+    ("response", "status", "forwarded", "redirect"),
+    [
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX: y\r\n\r\n", 204, b"X: y\r\n", False),
+        (
+            b'HTTP/1.1 304 Not Modified\r\nETag: "1"\r\nContent-Length: 9\r\n\r\n',
+            304,
+            b'ETag: "1"\r\n',
+            False,
+        ),
+        (
+            b"HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n",
+            302,
+            b"Location: /x\r\nContent-Length: 0\r\n",
+            True,
+        ),
+        (
+            b"HTTP/1.1 300 Multiple\r\nContent-Length: 0\r\n\r\n",
+            300,
+            b"Content-Length: 0\r\n",
+            False,
+        ),
+    ],
+)
+def test_bodiless_and_redirecting_responses(
+    response: bytes, status: int, forwarded: bytes, redirect: bool
+) -> None:
+    reader = ResponseReader(1 << 20)
+    assert reader.feed(response)
+    assert (reader.status, reader.forward_lines, reader.redirect) == (status, forwarded, redirect)
+    assert reader.body == b""
+    assert not reader.leftover
+    if status in (204, 304):  # no length added downstream either
+        assert reader.framed
+        assert (
+            b"content-length"
+            not in encode_response(status, reader.forward_lines, b"", framed=reader.framed).lower()
+        )
