@@ -251,7 +251,7 @@ class ClientConnection(asyncio.Protocol):
                 self.abort()
         elif self.unverified:
             if now - self._since > UNVERIFIED_TIMEOUT_S:
-                self.close()
+                self.abort()  # no TLS goodbye for it either (see respond)
         elif not self._busy:
             limit = HEAD_TIMEOUT_S if self._buffer else IDLE_TIMEOUT_S
             if now - self._since > limit:
