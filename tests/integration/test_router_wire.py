@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from router import listener
 from router.app import Router
 from tests.fakes.tenant_backend import TenantBackend
 from tests.pki import Issued
@@ -215,6 +216,33 @@ async def test_without_a_certificate_a_large_head_is_431_and_pipelined_requests_
         finally:
             await connection.close()
     assert not backends["alpha"].received
+
+
+async def test_clients_that_stall_or_idle_without_a_certificate_are_cut(
+    router: Router, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sweep's limits, shortened: a client that reads none of its answers, and one
+    # without a certificate that sends nothing.
+    monkeypatch.setattr(listener, "STALLED_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(listener, "UNVERIFIED_TIMEOUT_S", 1.0)
+    assert router.secure_port
+    stalled = await Connection.open(router, pki)
+    discovery = b"GET /apis HTTP/1.1\r\nHost: x\r\n" + USER + b"\r\n"
+    for _ in range(64):  # far more answers than the socket buffers hold, none read
+        stalled.send(discovery * 256)
+    _, idle_writer = await asyncio.open_connection(
+        "127.0.0.1", router.secure_port, ssl=pki.client_context(None), server_hostname="localhost"
+    )
+    try:
+        await eventually(lambda: open_connections(router) == 2)
+        await eventually(lambda: open_connections(router) == 0, timeout_s=10)
+    finally:
+        stalled.writer.transport.abort()
+        idle_writer.transport.abort()
+
+
+def open_connections(router: Router) -> int:
+    return int(router.registry.get_sample_value("keda_tenancy_router_open_connections") or 0)
 
 
 async def test_one_kept_alive_upstream_connection_serves_sequential_requests(
