@@ -136,8 +136,17 @@ async def test_a_pipelining_client_that_never_reads_cannot_grow_the_router_or_ho
     )
     assert answer.status == 200
     assert after - before < 40
+    # And SIGTERM still stops it, within the grace period, while the flood goes on.
+    floods = [
+        asyncio.create_task(flood_without_reading(port, flooder, request_bytes, 1 << 30))
+        for _ in range(4)
+    ]
+    await asyncio.sleep(1)
     router_process.process.send_signal(signal.SIGTERM)
+    stopping = time.monotonic()
     assert await asyncio.wait_for(router_process.process.wait(), 30) == 0
+    print(f"stopped {time.monotonic() - stopping:.1f} s after SIGTERM")
+    await asyncio.gather(*floods)
 
 
 async def test_idle_connections_without_a_certificate_are_capped(
