@@ -493,7 +493,11 @@ class CertsController:
         for item in namespaces.get("items", []):
             namespace = item["metadata"]["name"]
             match = spec.namespace_pattern.fullmatch(namespace)
-            if match is None or item.get("status", {}).get("phase") == "Terminating":
+            if (
+                match is None
+                or namespace == self._spec.namespace
+                or item.get("status", {}).get("phase") == "Terminating"
+            ):
                 continue
             try:
                 await self._tenant(spec, match["tenant"], namespace, authorities, now)

@@ -186,6 +186,10 @@ def reissue_reason(
         return "other-authority"
     if common_name(cert) != request.common_name or set(dns_names(cert)) != set(request.dns_names):
         return "names-changed"
+    # Shortened validity (e.g. a new duration value): reissue now rather than in months.
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    if lifetime > request.validity + BACKDATE + datetime.timedelta(minutes=1):
+        return "validity-changed"
     if cert.not_valid_after_utc - now <= request.renew_before:
         return "renewal-due"
     return None

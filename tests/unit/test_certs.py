@@ -88,6 +88,15 @@ def test_a_leaf_is_reissued_when_missing_foreign_or_for_other_names(ca: Authorit
         renew_before=SERVING.renew_before,
     )
     assert reissue_reason(data, renamed, ca, NOW) == "names-changed"
+    shorter = LeafRequest(
+        common_name=SERVING.common_name,
+        dns_names=SERVING.dns_names,
+        server=True,
+        validity=10 * DAY,
+        renew_before=5 * DAY,
+    )
+    assert reissue_reason(data, shorter, ca, NOW) == "validity-changed"
+    assert reissue_reason(issue(ca, shorter, NOW), shorter, ca, NOW) is None
     second = issue(ca, SERVING, NOW)
     assert reissue_reason({**data, "tls.key": second["tls.key"]}, SERVING, ca, NOW) == (
         "key-mismatch"
