@@ -379,3 +379,37 @@ def test_a_second_run_changes_nothing_and_renewal_keeps_the_cas(trust: Trust) ->
     # The renewed identity still chains to the same client CA the tenant trusts.
     cert, key = _pair(trust, "router-client-renewed", new_client)
     assert status_with(trust, cert, key, IDENTITY) == 200
+
+
+def test_the_webhook_ca_bundle_survives_a_gitops_reapply(trust: Trust) -> None:
+    """keda-tenancy-certs owns caBundle under its own field manager; applying the chart again
+    (server-side, as Argo CD or Flux do; the chart has no caBundle) leaves it in place."""
+    name = f"keda-tenancy-{TENANT}-admission"
+
+    def live() -> dict[str, Any]:
+        done = trust.stack.kubectl(
+            "get", "validatingwebhookconfiguration", name, "-o", "json", "--show-managed-fields"
+        )
+        return dict(json.loads(done.stdout))
+
+    internal = trust.secret(TENANT_NS, "keda-tenancy-internal-ca")["tls.crt"]
+    before = live()
+    bundles = {base64.b64decode(h["clientConfig"]["caBundle"]) for h in before["webhooks"]}
+    assert bundles == {internal}
+    managers = {
+        entry["manager"]
+        for entry in before["metadata"]["managedFields"]
+        if "caBundle" in json.dumps(entry.get("fieldsV1", {}))
+    }
+    assert managers == {"keda-tenancy-certs"}
+    apply_docs(trust.stack, trust.tenant_docs)
+    after = live()
+    assert [h["clientConfig"].get("caBundle") for h in after["webhooks"]] == [
+        h["clientConfig"]["caBundle"] for h in before["webhooks"]
+    ]
+    # And the next keda-tenancy-certs pass has nothing to do there.
+    done = trust.run_certs()
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stderr + done.stdout
+    assert "no grant in keda-alpha" in log  # the log is there, and says so for the others
+    assert "set the caBundle" not in log
