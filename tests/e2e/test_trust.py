@@ -41,7 +41,7 @@ from tests.deploy.charts import (
     find,
     find_helm,
 )
-from tests.e2e.stack import ROOT, Process, Stack, free_port, wait_for
+from tests.e2e.stack import ROOT, Process, Stack, free_port, running_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -413,3 +413,64 @@ def test_the_webhook_ca_bundle_survives_a_gitops_reapply(trust: Trust) -> None:
     log = done.stderr + done.stdout
     assert "no grant in keda-alpha" in log  # the log is there, and says so for the others
     assert "set the caBundle" not in log
+
+
+@pytest.fixture(scope="module")
+def bare_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A control plane of its own: this test installs the chart's APIService, which the session
+    stack's router owns."""
+    with running_stack(tmp_path_factory.mktemp("bare")) as stack:
+        stack.start_control_plane()
+        yield stack
+
+
+def test_the_apiservice_ca_bundle_is_set_once_and_survives_a_gitops_reapply(
+    bare_cluster: Stack, tmp_path: Path
+) -> None:
+    stack = bare_cluster
+    helm = Helm(find_helm())
+    docs = helm.template(ROUTER_CHART, release=ROUTER_RELEASE, namespace=ROUTER_NAMESPACE)
+    stack.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ROUTER_NAMESPACE}})
+    apply_docs(stack, docs)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(find(docs, "ConfigMap", CERTS_SA)["data"]["spec.yaml"])
+    made = Trust(
+        stack=stack,
+        dir=tmp_path,
+        router_docs=docs,
+        tenant_docs=[],
+        spec_file=spec,
+        certs_kubeconfig=token_kubeconfig(stack, ROUTER_NAMESPACE, CERTS_SA, tmp_path / "kc"),
+    )
+    done = made.run_certs()
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def apiservice() -> dict[str, Any]:
+        out = stack.kubectl(
+            "get", "apiservice", "v1beta1.external.metrics.k8s.io", "-o", "json",
+            "--show-managed-fields",
+        )  # fmt: skip
+        return dict(json.loads(out.stdout))
+
+    ca = made.secret(ROUTER_NAMESPACE, f"{ROUTER_RELEASE}-apiservice-ca")["tls.crt"]
+    serving = made.secret(ROUTER_NAMESPACE, f"{ROUTER_RELEASE}-serving-tls")["tls.crt"]
+    first = apiservice()
+    assert base64.b64decode(first["spec"]["caBundle"]) == ca
+    assert _signed(serving, ca)
+    owners = {
+        e["manager"]
+        for e in first["metadata"]["managedFields"]
+        if "caBundle" in json.dumps(e.get("fieldsV1", {}))
+    }
+    assert owners == {"keda-tenancy-certs"}
+    # A GitOps sync applies the chart again: the same bytes, and the caBundle stays.
+    again = helm.template(ROUTER_CHART, release=ROUTER_RELEASE, namespace=ROUTER_NAMESPACE)
+    assert again == docs
+    apply_docs(stack, again)
+    assert apiservice()["spec"]["caBundle"] == first["spec"]["caBundle"]
+    # keda-tenancy-certs' second pass: nothing to write.
+    versions = made.secret_versions(ROUTER_NAMESPACE)
+    done = made.run_certs()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert made.secret_versions(ROUTER_NAMESPACE) == versions
+    assert "set the caBundle" not in done.stderr + done.stdout
