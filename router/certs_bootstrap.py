@@ -258,8 +258,9 @@ class CertsMetrics:
         prefix = "keda_tenancy_certs_"
         self.expiry = Gauge(
             prefix + "certificate_expiry_timestamp_seconds",
-            "Expiry (Unix time) of each certificate kept, by namespace and Secret.",
-            ["namespace", "secret"],
+            "Expiry (Unix time) of each certificate kept, by the Secret's namespace and name.",
+            # Not "namespace": Prometheus' target label of that name would rename it.
+            ["secret_namespace", "secret"],
             registry=registry,
         )
         self.issued = Counter(

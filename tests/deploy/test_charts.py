@@ -18,7 +18,7 @@ from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from reloader.config import ReloaderConfig
-from router.certs_bootstrap import TENANT_AUTHORITY, CertsConfig, Spec
+from router.certs_bootstrap import TENANT_AUTHORITY, CertsConfig, CertsMetrics, Spec
 from router.config import RouterConfig
 from tests.deploy.charts import (
     REPO,
@@ -372,6 +372,10 @@ def test_router_certs_controller_runs_with_least_privilege(router_docs: list[Doc
     service = find(router_docs, "Service", ROUTER_RELEASE)
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert not service["spec"]["selector"].items() <= labels.items()
+    # Its own Service exposes only the health port, whose /metrics the ServiceMonitor scrapes.
+    own = find(router_docs, "Service", name)
+    assert own["spec"]["selector"].items() <= labels.items()
+    assert [p["targetPort"] for p in own["spec"]["ports"]] == ["health"]
 
 
 def test_router_cert_manager_keeps_the_client_identity_in_its_own_namespace(helm: Helm) -> None:
@@ -724,6 +728,21 @@ def test_tenant_cloud_identity_per_component(
 
 def test_router_prometheus_rule_alerts_30_days_before_expiry(helm: Helm) -> None:
     assert not of_kind(render_router(helm, {}), "PrometheusRule")
+    with_monitor = {"prometheusRule": {"enabled": True}, "serviceMonitor": {"enabled": True}}
+    docs = render_router(helm, with_monitor)
+    (rule,) = of_kind(docs, "PrometheusRule")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    certs = alerts["KedaTenancyCertificateExpiresSoon"]
+    assert "keda_tenancy_certs_certificate_expiry_timestamp_seconds" in certs["expr"]
+    assert "- time() < 30 * 86400" in certs["expr"]
+    # Both metrics are scraped: the router's Service and keda-tenancy-certs' own.
+    monitored = {
+        json.dumps(m["spec"]["selector"]["matchLabels"], sort_keys=True)
+        for m in of_kind(docs, "ServiceMonitor")
+    }
+    services = {json.dumps(s["spec"]["selector"], sort_keys=True) for s in of_kind(docs, "Service")}
+    assert monitored == services
+    assert len(monitored) == 2
     for values in ({"prometheusRule": {"enabled": True}}, ROUTER_VALUE_SETS["everything-on"]):
         (rule,) = of_kind(render_router(helm, values), "PrometheusRule")
         alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
@@ -737,6 +756,11 @@ def test_router_prometheus_rule_alerts_30_days_before_expiry(helm: Helm) -> None
     RouterMetrics(registry).cert_expiry.labels("serving").set(1)
     assert registry.get_sample_value(
         "keda_tenancy_router_certificate_expiry_timestamp_seconds", {"certificate": "serving"}
+    )
+    CertsMetrics(registry).expiry.labels("keda-a", "kedaorg-certs").set(1)
+    assert registry.get_sample_value(
+        "keda_tenancy_certs_certificate_expiry_timestamp_seconds",
+        {"secret_namespace": "keda-a", "secret": "kedaorg-certs"},
     )
 
 

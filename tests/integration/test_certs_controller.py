@@ -132,7 +132,7 @@ async def test_first_pass_makes_every_certificate_where_it_belongs(
     assert (
         registry.get_sample_value(
             "keda_tenancy_certs_certificate_expiry_timestamp_seconds",
-            {"namespace": "keda-alpha", "secret": "keda-metrics-apiserver-tls"},
+            {"secret_namespace": "keda-alpha", "secret": "keda-metrics-apiserver-tls"},
         )
         == (START + datetime.timedelta(days=2)).timestamp()
     )
