@@ -70,7 +70,11 @@ def optional_crds(stack: Stack) -> None:
 
 VALUE_SETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "label-rule-process-mode": (
-        {"networkPolicy": {"enabled": True}, "prometheusRule": {"enabled": True}},
+        {
+            "networkPolicy": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+            "serviceMonitor": {"enabled": True},
+        },
         {},
     ),
     "hnc-rule-deployment-mode": (
