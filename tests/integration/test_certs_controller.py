@@ -4,6 +4,7 @@ leaves and keeps the CAs, and that it never touches a namespace that did not gra
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import json
@@ -17,7 +18,14 @@ from cryptography.hazmat.primitives import serialization
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
-from router.certs_bootstrap import FIELD_MANAGER, CertsController, CertsMetrics, Spec
+from router.certs_bootstrap import (
+    FIELD_MANAGER,
+    CertsConfig,
+    CertsController,
+    CertsMetrics,
+    Spec,
+    run,
+)
 from tenancy_common.kube import make_api_client
 from tests.fakes.cert_objects_api import CertObjectsAPI
 from tests.unit.test_certs import SPEC
@@ -196,3 +204,52 @@ async def test_a_concurrent_writer_is_a_conflict_and_the_next_pass_converges(
     assert raised.value.status == 409
     await certs.reconcile()
     assert cert(fake_api.data(*key)).not_valid_after_utc > START + datetime.timedelta(days=90)
+
+
+async def test_the_loop_resyncs_heals_a_deleted_ca_and_stops_on_request(
+    fake_api: CertObjectsAPI, tmp_path: Path
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps(fake_api.kubeconfig()))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps(SPEC))
+    config = CertsConfig.from_args(
+        [
+            f"--spec-file={spec}",
+            f"--kubeconfig={kubeconfig}",
+            "--resync-interval=50ms",
+            "--health-bind-address=127.0.0.1",
+            "--health-port=0",
+        ],
+        {},
+    )
+    stop = asyncio.Event()
+    registry = CollectorRegistry()
+    task = asyncio.create_task(run(config, stop, registry))
+    serving = ("secrets", "keda-tenancy-system", "r-serving-tls")
+
+    async def until(check: Callable[[], bool]) -> None:
+        async with asyncio.timeout(10):
+            while not check():
+                await asyncio.sleep(0.02)
+
+    await until(lambda: serving in fake_api.objects)
+    old_leaf = fake_api.data(*serving)["tls.crt"]
+    # Someone deletes the APIService CA: the next pass makes a new one, reissues the leaf from
+    # it and points the caBundle at it.
+    del fake_api.objects[("secrets", "keda-tenancy-system", "r-apiservice-ca")]
+    await until(lambda: fake_api.data(*serving)["tls.crt"] != old_leaf)
+    new_ca = fake_api.data("secrets", "keda-tenancy-system", "r-apiservice-ca")["tls.crt"]
+    await until(
+        lambda: (
+            fake_api.apiservices["v1beta1.external.metrics.k8s.io"]["spec"]["caBundle"] == new_ca
+        )
+    )
+    assert issued_by(cert(fake_api.data(*serving)), cert({"tls.crt": new_ca}))
+    assert (
+        registry.get_sample_value("keda_tenancy_certs_issued_total", {"reason": "other-authority"})
+        == 1
+    )
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
