@@ -94,9 +94,10 @@ async def test_first_pass_makes_every_certificate_where_it_belongs(
 ) -> None:
     certs, _, registry = controller
     await certs.reconcile()
-    data: Callable[[str, str], dict[str, str]] = lambda ns, name: fake_api.data(  # noqa: E731
-        "secrets", ns, name
-    )
+
+    def data(namespace: str, name: str) -> dict[str, str]:
+        return fake_api.data("secrets", namespace, name)
+
     system = "keda-tenancy-system"
     cas = {name: cert(data(system, f"r-{name}-ca")) for name in ("apiservice", "client", "tenant")}
     assert len({c.public_bytes(serialization.Encoding.DER) for c in cas.values()}) == 3
