@@ -7,7 +7,7 @@ in install order, wired together the way the README installs them).
 
 from __future__ import annotations
 
-import base64
+import functools
 import os
 import shutil
 import subprocess
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.pki import CertificateAuthority
 
 REPO = Path(__file__).resolve().parents[2]
 CHARTS = REPO / "deploy" / "charts"
@@ -145,18 +147,11 @@ class Helm:
 # --- what the README installs -------------------------------------------------------------
 
 
-def router_ca_values(router_docs: Sequence[Doc], release: str = ROUTER_RELEASE) -> dict[str, Any]:
-    """Tenant values carrying the router's chart-generated CA, as `helm template` (no lookup)
-    must be given it; a real `helm install` looks the Secret up instead."""
-    secret = find(router_docs, "Secret", f"{release}-ca")
-    return {
-        "certificates": {
-            "routerCA": {
-                "caCert": base64.b64decode(secret["data"]["tls.crt"]).decode(),
-                "caKey": base64.b64decode(secret["data"]["tls.key"]).decode(),
-            }
-        }
-    }
+@functools.cache
+def router_client_ca_pem() -> str:
+    """A public CA certificate standing in for the router client CA that cert-manager issues at
+    run time: with cert-manager, a tenant release is given it as router.clientCA (no key)."""
+    return CertificateAuthority("keda-tenancy router client CA").cert_pem.decode()
 
 
 def tenant_namespace(tenant: str) -> str:
@@ -179,8 +174,9 @@ def render_installation(
     router_values: Mapping[str, Any] | None = None,
     tenant_values: Mapping[str, Any] | Callable[[str], Mapping[str, Any]] | None = None,
 ) -> Installation:
-    """The router release and one tenant release per tenant (in keda-<tenant>), wired up:
-    without cert-manager, each tenant is given the router's generated CA."""
+    """The router release and one tenant release per tenant (in keda-<tenant>), wired up: with
+    cert-manager, each tenant is given the router client CA's public certificate; without it,
+    nothing (the router's keda-tenancy-certs fills the tenant's Secrets at run time)."""
     router = helm.template(
         ROUTER_CHART, release=ROUTER_RELEASE, namespace=ROUTER_NAMESPACE, values=router_values
     )
@@ -190,9 +186,13 @@ def render_installation(
         given = tenant_values(tenant) if callable(tenant_values) else tenant_values
         values = deep_merge({"tenant": tenant}, dict(given or {}))
         if cert_manager:
-            values = deep_merge({"certificates": {"certManager": {"enabled": True}}}, values)
-        else:
-            values = deep_merge(router_ca_values(router), values)
+            values = deep_merge(
+                {
+                    "certificates": {"certManager": {"enabled": True}},
+                    "router": {"clientCA": router_client_ca_pem()},
+                },
+                values,
+            )
         rendered[tenant] = helm.template(
             TENANT_CHART, release="keda", namespace=tenant_namespace(tenant), values=values
         )

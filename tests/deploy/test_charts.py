@@ -4,7 +4,8 @@ the schema, and the rendered flags parsed by the binaries they are meant for."""
 
 from __future__ import annotations
 
-import base64
+import datetime
+import json
 import os
 import subprocess
 from collections import Counter
@@ -12,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from prometheus_client import CollectorRegistry
 
 from reloader.config import ReloaderConfig
+from router.certs_bootstrap import TENANT_AUTHORITY, CertsConfig, CertsMetrics, Spec
 from router.config import RouterConfig
 from tests.deploy.charts import (
+    REPO,
     ROUTER_CHART,
     ROUTER_NAMESPACE,
     ROUTER_RELEASE,
@@ -35,7 +38,7 @@ from tests.deploy.charts import (
     key,
     of_kind,
     render_installation,
-    router_ca_values,
+    router_client_ca_pem,
     tenant_namespace,
     walk,
 )
@@ -75,9 +78,19 @@ ROUTER_VALUE_SETS: dict[str, dict[str, Any]] = {
                 "defaultUpstream": "https://keda-operator-metrics-apiserver.keda.svc:443",
             },
             "certificates": {
-                "certManager": {"issuerRef": {"kind": "ClusterIssuer", "name": "corp"}}
+                "certManager": {
+                    "apiServiceIssuerRef": {"kind": "ClusterIssuer", "name": "corp"},
+                    "tenantServingIssuerRef": {"kind": "ClusterIssuer", "name": "corp-tenants"},
+                }
+            },
+            "tenancy": {
+                "tenants": {
+                    "tenant-x": {"upstream": "https://keda-metrics.platform-x.svc:8443"},
+                    "tenant-y": {"upstream": "https://10.1.2.3:6443"},
+                }
             },
             "serviceMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
             "networkPolicy": {"enabled": True, "apiServerCidrs": ["10.0.0.1/32"]},
             "rbac": {"useBuiltinAuthReaderRole": True},
         },
@@ -152,8 +165,8 @@ def render_router(helm: Helm, values: dict[str, Any]) -> list[Doc]:
 
 def tenant_values(name: str, tenant: str, router_docs: list[Doc]) -> dict[str, Any]:
     values = deep_merge({"tenant": tenant}, _for_tenant(TENANT_VALUE_SETS[name], tenant))
-    if not values.get("certificates", {}).get("certManager", {}).get("enabled"):
-        values = deep_merge(router_ca_values(router_docs), values)
+    if values.get("certificates", {}).get("certManager", {}).get("enabled"):
+        values = deep_merge({"router": {"clientCA": router_client_ca_pem()}}, values)
     return values
 
 
@@ -164,36 +177,6 @@ def render_tenant(helm: Helm, values: dict[str, Any]) -> list[Doc]:
 
 def load_cert(pem: str | bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else pem)
-
-
-def secret_pem(doc: Doc, item: str) -> bytes:
-    return base64.b64decode(doc["data"][item])
-
-
-def signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    if cert.issuer != ca.subject:
-        return False
-    key = ca.public_key()
-    if isinstance(key, rsa.RSAPublicKey):
-        assert cert.signature_hash_algorithm is not None
-        key.verify(
-            cert.signature,
-            cert.tbs_certificate_bytes,
-            padding.PKCS1v15(),
-            cert.signature_hash_algorithm,
-        )
-    else:
-        assert isinstance(key, ec.EllipticCurvePublicKey)
-        assert cert.signature_hash_algorithm is not None
-        key.verify(
-            cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
-        )
-    return True
-
-
-def dns_names(cert: x509.Certificate) -> list[str]:
-    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    return ext.value.get_values_for_type(x509.DNSName)
 
 
 def flag(args: list[str], name: str) -> str | None:
@@ -287,33 +270,146 @@ def test_router_apiservice_is_verified_never_insecure(helm: Helm, name: str) -> 
     service = find(docs, "Service", ROUTER_RELEASE)
     assert 443 in [p["port"] for p in service["spec"]["ports"]]
     annotations = apiservice["metadata"].get("annotations") or {}
+    # Never rendered: a render-time CA would change the caBundle on every GitOps sync.
+    assert "caBundle" not in spec
     if name in ("label-cert-manager", "everything-on"):
         namespace, _, certificate = annotations["cert-manager.io/inject-ca-from"].partition("/")
         assert namespace == ROUTER_NAMESPACE
         find(docs, "Certificate", certificate)
-        assert "caBundle" not in spec
     else:
+        # keda-tenancy-certs sets it, from the CA that signs the serving certificate.
         assert "cert-manager.io/inject-ca-from" not in annotations
-        ca = load_cert(base64.b64decode(spec["caBundle"]))
-        serving = load_cert(
-            secret_pem(find(docs, "Secret", f"{ROUTER_RELEASE}-serving-tls"), "tls.crt")
-        )
-        assert signed_by(serving, ca)
-        assert f"{ROUTER_RELEASE}.{ROUTER_NAMESPACE}.svc" in dns_names(serving)
+        certs = certs_spec(docs)
+        assert certs.apiservices == {"v1beta1.external.metrics.k8s.io": "apiService"}
+        (serving,) = [c for c in certs.certificates if c.secret == f"{ROUTER_RELEASE}-serving-tls"]
+        assert serving.authority == "apiService"
+        assert f"{ROUTER_RELEASE}.{ROUTER_NAMESPACE}.svc" in serving.request.dns_names
 
 
-def test_router_generated_certificates_chain_to_one_ca(router_docs: list[Doc]) -> None:
-    ca_secret = find(router_docs, "Secret", f"{ROUTER_RELEASE}-ca")
-    ca = load_cert(secret_pem(ca_secret, "tls.crt"))
-    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    client_secret = find(router_docs, "Secret", f"{ROUTER_RELEASE}-upstream-client-tls")
-    client = load_cert(secret_pem(client_secret, "tls.crt"))
-    assert signed_by(client, ca)
-    assert client.subject.rfc4514_string() == "CN=keda-tenancy-router"
-    usages = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert ExtendedKeyUsageOID.CLIENT_AUTH in usages
-    # The router verifies upstreams with the ca.crt next to its client certificate.
-    assert secret_pem(client_secret, "ca.crt") == secret_pem(ca_secret, "tls.crt")
+def certs_spec(docs: list[Doc]) -> Spec:
+    """The spec keda-tenancy-certs runs with, parsed by keda-tenancy-certs itself."""
+    config = find(docs, "ConfigMap", f"{ROUTER_RELEASE}-certs")
+    return Spec.parse(yaml.safe_load(config["data"]["spec.yaml"]))
+
+
+def test_router_default_certificates_are_three_separate_trusts_made_at_run_time(
+    router_docs: list[Doc],
+) -> None:
+    # No key, no certificate in the rendered output: helm template generates nothing.
+    assert not of_kind(router_docs, "Secret")
+    assert not [v for k, v in walk(router_docs) if k in ("tls.key", "caBundle")]
+    certs = certs_spec(router_docs)
+    assert certs.namespace == ROUTER_NAMESPACE
+    secrets = {name: a.secret for name, a in certs.authorities.items()}
+    assert secrets == {
+        "apiService": f"{ROUTER_RELEASE}-apiservice-ca",
+        "upstreamClient": f"{ROUTER_RELEASE}-upstream-client-ca",
+        "tenantServing": f"{ROUTER_RELEASE}-tenant-serving-ca",
+    }
+    by_secret = {c.secret: c for c in certs.certificates}
+    assert by_secret[f"{ROUTER_RELEASE}-serving-tls"].authority == "apiService"
+    client = by_secret[f"{ROUTER_RELEASE}-upstream-client-tls"]
+    assert client.authority == "upstreamClient"
+    assert client.request.common_name == "keda-tenancy-router"
+    assert client.request.client
+    assert not client.request.server
+    # Renewed well ahead of the PrometheusRule's 30 days, which is well ahead of expiry.
+    for certificate in certs.certificates:
+        assert certificate.request.renew_before >= datetime.timedelta(days=31)
+        assert certificate.request.validity > certificate.request.renew_before
+    # Tenants: the metrics server from tenantServing, KEDA's internal from the tenant's own CA,
+    # and only the client CA's public certificate.
+    assert certs.tenants is not None
+    match = certs.tenants.namespace_pattern.fullmatch("keda-tenant-a")
+    assert match is not None
+    assert match["tenant"] == "tenant-a"
+    tenant = {c.secret: c for c in certs.tenants.certificates}
+    serving = tenant["keda-metrics-apiserver-tls"].for_tenant("tenant-a", "keda-tenant-a")
+    assert serving.authority == "tenantServing"
+    assert serving.trust == {"ca.crt": "tenantServing", "client-ca.crt": "upstreamClient"}
+    assert "keda-operator-metrics-apiserver.keda-tenant-a.svc" in serving.request.dns_names
+    assert tenant["kedaorg-certs"].authority == TENANT_AUTHORITY
+    assert certs.tenants.webhook_configuration == "keda-tenancy-{tenant}-admission"
+    # The router verifies tenants with the tenantServing CA alone.
+    router = container(find(router_docs, "Deployment", ROUTER_RELEASE))
+    assert flag(router["args"], "upstream-ca-file") == "/etc/keda-tenancy/upstream-ca/ca.crt"
+    volumes = find(router_docs, "Deployment", ROUTER_RELEASE)["spec"]["template"]["spec"]["volumes"]
+    (upstream_ca,) = [v for v in volumes if v["name"] == "upstream-ca"]
+    assert upstream_ca["configMap"] == {
+        "name": f"{ROUTER_RELEASE}-trust",
+        "items": [{"key": "tenant-serving-ca.crt", "path": "ca.crt"}],
+    }
+    assert certs.trust_keys["tenant-serving-ca.crt"] == "tenantServing"
+
+
+def test_router_certs_controller_runs_with_least_privilege(router_docs: list[Doc]) -> None:
+    name = f"{ROUTER_RELEASE}-certs"
+    deployment = find(router_docs, "Deployment", name)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == name
+    certs = container(deployment)
+    assert certs["command"] == ["keda-tenancy-certs"]
+    config = CertsConfig.from_args(certs["args"], {})
+    mounts = {m["mountPath"] for m in certs["volumeMounts"]}
+    assert str(Path(config.spec_file).parent) in mounts
+    assert certs["securityContext"]["readOnlyRootFilesystem"] is True
+    role = find(router_docs, "Role", name)
+    assert role["metadata"]["namespace"] == ROUTER_NAMESPACE
+    named = [r for r in role["rules"] if r.get("resourceNames")]
+    assert all(set(r["verbs"]) <= {"get", "update"} for r in named)
+    assert not [r for r in role["rules"] if set(r["verbs"]) - {"get", "update", "create"}]
+    cluster = find(router_docs, "ClusterRole", name)
+    assert cluster["rules"] == [
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]},
+        {
+            "apiGroups": ["apiregistration.k8s.io"],
+            "resources": ["apiservices"],
+            "resourceNames": ["v1beta1.external.metrics.k8s.io"],
+            "verbs": ["get", "patch"],
+        },
+    ]
+    # Its pods are not the router's: the router Service never sends them traffic.
+    service = find(router_docs, "Service", ROUTER_RELEASE)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= labels.items()
+    # Its own Service exposes only the health port, whose /metrics the ServiceMonitor scrapes.
+    own = find(router_docs, "Service", name)
+    assert own["spec"]["selector"].items() <= labels.items()
+    assert [p["targetPort"] for p in own["spec"]["ports"]] == ["health"]
+
+
+def test_router_cert_manager_keeps_the_client_identity_in_its_own_namespace(helm: Helm) -> None:
+    docs = render_router(helm, ROUTER_VALUE_SETS["label-cert-manager"])
+    assert not of_kind(docs, "Secret")
+    certificates = {d["metadata"]["name"]: d for d in of_kind(docs, "Certificate")}
+    issuers = {d["metadata"]["name"]: d for d in of_kind(docs, "Issuer")}
+    (cluster_issuer,) = of_kind(docs, "ClusterIssuer")
+    assert cluster_issuer["metadata"]["name"] == f"{ROUTER_RELEASE}-tenant-serving"
+    client = certificates[f"{ROUTER_RELEASE}-upstream-client"]
+    assert client["spec"]["commonName"] == "keda-tenancy-router"
+    ref = client["spec"]["issuerRef"]
+    assert ref["kind"] == "Issuer"
+    # A namespaced Issuer in the router's namespace: no tenant can reference it.
+    issuer = issuers[ref["name"]]
+    assert issuer["metadata"]["namespace"] == ROUTER_NAMESPACE
+    ca = certificates[ref["name"]]
+    assert ca["spec"]["isCA"] is True
+    assert ca["metadata"]["namespace"] == ROUTER_NAMESPACE
+    assert issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
+    # Three different CA secrets behind the three issuers.
+    serving_ref = certificates[f"{ROUTER_RELEASE}-serving"]["spec"]["issuerRef"]
+    ca_secrets = {
+        issuers[serving_ref["name"]]["spec"]["ca"]["secretName"],
+        issuer["spec"]["ca"]["secretName"],
+        cluster_issuer["spec"]["ca"]["secretName"],
+    }
+    assert len(ca_secrets) == 3
+    # The router verifies tenants with a tenantServing-issued Secret's ca.crt, mounted alone.
+    trust = certificates[f"{ROUTER_RELEASE}-tenant-serving-trust"]
+    assert trust["spec"]["issuerRef"]["name"] == cluster_issuer["metadata"]["name"]
+    volumes = find(docs, "Deployment", ROUTER_RELEASE)["spec"]["template"]["spec"]["volumes"]
+    (upstream_ca,) = [v for v in volumes if v["name"] == "upstream-ca"]
+    assert upstream_ca["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
 
 
 def test_router_rbac_reads_namespaces_and_only_the_auth_configmap(router_docs: list[Doc]) -> None:
@@ -341,7 +437,7 @@ def test_router_builtin_auth_reader_role_and_optional_objects(helm: Helm) -> Non
     docs = render_router(helm, {"rbac": {"useBuiltinAuthReaderRole": True}})
     binding = find(docs, "RoleBinding", f"{ROUTER_RELEASE}-auth-reader")
     assert binding["roleRef"]["name"] == "extension-apiserver-authentication-reader"
-    assert not of_kind(docs, "Role")
+    assert [r["metadata"]["name"] for r in of_kind(docs, "Role")] == [f"{ROUTER_RELEASE}-certs"]
     docs = render_router(helm, ROUTER_VALUE_SETS["everything-on"])
     assert not of_kind(docs, "Role")
     assert not of_kind(docs, "RoleBinding")
@@ -449,56 +545,259 @@ def test_tenant_metrics_server_trusts_only_the_router(helm: Helm, router_docs: l
     adapter = find(docs, "Deployment", "keda-operator-metrics-apiserver")
     args = container(adapter)["args"]
     assert flag(args, "requestheader-allowed-names") == "keda-tenancy-router"
-    assert flag(args, "requestheader-client-ca-file") == "/apiserver-certs/ca.crt"
-    assert flag(args, "client-ca-file") == "/certs/ca.crt"
+    # The router client CA's public certificate, which keda-tenancy-certs stores next to the
+    # serving certificate; direct client certificates too: never this tenant's internal CA.
+    assert flag(args, "requestheader-client-ca-file") == "/apiserver-certs/client-ca.crt"
+    assert flag(args, "client-ca-file") == "/apiserver-certs/client-ca.crt"
     assert flag(args, "metrics-service-address") == (
         "keda-operator.keda-tenant-a.svc.cluster.local:9666"
     )
     env = {e["name"]: e.get("value") for e in container(adapter)["env"]}
     assert env["WATCH_NAMESPACE"] == "keda-tenant-a"
+    volumes = {v["name"]: v for v in adapter["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["apiserver-certs"]["secret"]["secretName"] == "keda-metrics-apiserver-tls"
 
-    router_ca = load_cert(
-        secret_pem(find(router_docs, "Secret", f"{ROUTER_RELEASE}-ca"), "tls.crt")
-    )
-    serving_secret = find(docs, "Secret", "keda-metrics-apiserver-tls")
-    serving = load_cert(secret_pem(serving_secret, "tls.crt"))
-    # The router verifies this certificate with its CA, for the name its template yields...
-    assert signed_by(serving, router_ca)
-    assert "keda-operator-metrics-apiserver.keda-tenant-a.svc" in dns_names(serving)
-    # ... and this server checks the router's client certificate against the same CA.
-    assert load_cert(secret_pem(serving_secret, "ca.crt")) == router_ca
-    router_client = load_cert(
-        secret_pem(find(router_docs, "Secret", f"{ROUTER_RELEASE}-upstream-client-tls"), "tls.crt")
-    )
-    assert signed_by(router_client, router_ca)
-    # KEDA's internal CA is the tenant's own, not the router's.
-    internal = find(docs, "Secret", "kedaorg-certs")
-    internal_ca = load_cert(secret_pem(internal, "ca.crt"))
-    assert internal_ca != router_ca
-    internal_cert = load_cert(secret_pem(internal, "tls.crt"))
-    assert signed_by(internal_cert, internal_ca)
-    assert "keda-operator.keda-tenant-a.svc.cluster.local" in dns_names(internal_cert)
+    # Nothing generated at render time, no key of anyone's in the release.
+    assert not of_kind(docs, "Secret")
+    assert not [v for k, v in walk(docs) if k in ("tls.key", "caKey", "caBundle")]
+    # What keda-tenancy-certs writes here is the router chart's spec for this namespace.
+    certs = certs_spec(router_docs)
+    assert certs.tenants is not None
+    assert certs.tenants.namespace_pattern.fullmatch("keda-tenant-a")
+    kept = {c.secret for c in certs.tenants.certificates} | {certs.tenants.authority.secret}
+    # The release grants it exactly those Secrets, here only.
+    certs_sa = {"kind": "ServiceAccount", "name": f"{ROUTER_RELEASE}-certs"}
+    certs_sa["namespace"] = ROUTER_NAMESPACE
+    role = find(docs, "Role", "keda-tenancy-certs")
+    assert role["metadata"]["namespace"] == "keda-tenant-a"
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": sorted(kept, key=role["rules"][1]["resourceNames"].index),
+            "verbs": ["get", "update"],
+        },
+    ]
+    assert set(role["rules"][1]["resourceNames"]) == kept
+    binding = find(docs, "RoleBinding", "keda-tenancy-certs")
+    assert binding["subjects"] == [certs_sa]
+    webhook_role = find(docs, "ClusterRole", "keda-tenancy-tenant-a-certs")
+    assert webhook_role["rules"] == [
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["validatingwebhookconfigurations"],
+            "resourceNames": ["keda-tenancy-tenant-a-admission"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    assert find(docs, "ClusterRoleBinding", "keda-tenancy-tenant-a-certs")["subjects"] == [certs_sa]
     webhook = find(docs, "ValidatingWebhookConfiguration", "keda-tenancy-tenant-a-admission")
     for hook in webhook["webhooks"]:
-        assert base64.b64decode(hook["clientConfig"]["caBundle"]) == secret_pem(internal, "ca.crt")
+        assert "caBundle" not in hook["clientConfig"]
 
 
-def test_tenant_cert_manager_uses_the_router_issuer(helm: Helm) -> None:
-    docs = render_tenant(
-        helm, deep_merge({"tenant": "tenant-a"}, TENANT_VALUE_SETS["cert-manager"])
+def test_tenant_cert_manager_uses_the_router_tenant_serving_issuer(helm: Helm) -> None:
+    values = deep_merge(
+        {"tenant": "tenant-a", "router": {"clientCA": router_client_ca_pem()}},
+        TENANT_VALUE_SETS["cert-manager"],
     )
+    docs = render_tenant(helm, values)
     assert not of_kind(docs, "Secret")
+    assert not of_kind(docs, "Role") or not [
+        d for d in of_kind(docs, "Role") if d["metadata"]["name"] == "keda-tenancy-certs"
+    ]
     certificate = find(docs, "Certificate", "keda-metrics-apiserver")
-    assert certificate["spec"]["issuerRef"]["name"] == f"{ROUTER_RELEASE}-ca"
+    assert certificate["spec"]["issuerRef"]["name"] == f"{ROUTER_RELEASE}-tenant-serving"
     assert certificate["spec"]["issuerRef"]["kind"] == "ClusterIssuer"
     router = render_router(helm, ROUTER_VALUE_SETS["label-cert-manager"])
-    find(router, "ClusterIssuer", f"{ROUTER_RELEASE}-ca")
+    find(router, "ClusterIssuer", f"{ROUTER_RELEASE}-tenant-serving")
+    # The router client CA: its public certificate as a value, in a ConfigMap.
+    args = container(find(docs, "Deployment", "keda-operator-metrics-apiserver"))["args"]
+    assert flag(args, "requestheader-client-ca-file") == "/router-client-ca/ca.crt"
+    assert flag(args, "client-ca-file") == "/router-client-ca/ca.crt"
+    ca = find(docs, "ConfigMap", "keda-tenancy-router-client-ca")
+    assert load_cert(ca["data"]["ca.crt"]) == load_cert(router_client_ca_pem())
     webhook = find(docs, "ValidatingWebhookConfiguration", "keda-tenancy-tenant-a-admission")
     assert webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
         "keda-tenant-a/kedaorg-certs"
     )
     assert find(docs, "ResourceQuota", "keda-tenancy")
     assert find(docs, "LimitRange", "keda-tenancy")
+    # Without the client CA there is nothing to verify the router with: refused.
+    values["router"]["clientCA"] = ""
+    with pytest.raises(HelmFailed, match=r"router\.clientCA"):
+        render_tenant(helm, values)
+
+
+# --- GitOps: the same values render the same bytes --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("chart", "name"),
+    [("router", n) for n in sorted(ROUTER_VALUE_SETS)]
+    + [("tenant", n) for n in sorted(TENANT_VALUE_SETS)],
+)
+def test_two_helm_template_runs_are_identical(
+    helm: Helm, router_docs: list[Doc], chart: str, name: str
+) -> None:
+    if chart == "router":
+        values = ROUTER_VALUE_SETS[name]
+        path, release, namespace = ROUTER_CHART, ROUTER_RELEASE, ROUTER_NAMESPACE
+    else:
+        values = tenant_values(name, "tenant-a", router_docs)
+        path, release, namespace = TENANT_CHART, "keda", "keda-tenant-a"
+    runs = [
+        helm.template_raw(path, release=release, namespace=namespace, values=values)
+        for _ in range(2)
+    ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    assert runs[0].stdout == runs[1].stdout
+
+
+# --- the smaller items --------------------------------------------------------------------------
+
+
+def test_tenant_webhook_covers_every_tenant_selector(helm: Helm, router_docs: list[Doc]) -> None:
+    selectors = [
+        {"matchLabels": {"keda-tenancy.io/tenant": "tenant-a"}},
+        {"matchLabels": {"capsule.clastix.io/tenant": "tenant-a"}},
+        {"matchExpressions": [{"key": "tenant-a.tree.hnc.x-k8s.io/depth", "operator": "Exists"}]},
+    ]
+    values = deep_merge(
+        tenant_values("label-process", "tenant-a", router_docs),
+        {
+            "tenancy": {
+                "labelKeys": ["keda-tenancy.io/tenant", "capsule.clastix.io/tenant"],
+                "hnc": {"roots": ["tenant-a"]},
+            }
+        },
+    )
+    docs = render_tenant(helm, values)
+    webhook = find(docs, "ValidatingWebhookConfiguration", "keda-tenancy-tenant-a-admission")
+    hooks = webhook["webhooks"]
+    names = [h["name"] for h in hooks]
+    assert len(set(names)) == len(names)
+    for resource in ("scaledobjects", "scaledjobs", "triggerauthentications", "cloudeventsources"):
+        covering = [
+            h["namespaceSelector"] for h in hooks if h["rules"][0]["resources"] == [resource]
+        ]
+        assert covering == selectors, resource
+    # Explicit selectors: every one of them too.
+    values = deep_merge(values, {"tenantNamespaceSelectors": selectors[1:]})
+    webhook = find(
+        render_tenant(helm, values),
+        "ValidatingWebhookConfiguration",
+        "keda-tenancy-tenant-a-admission",
+    )
+    assert {json.dumps(h["namespaceSelector"]) for h in webhook["webhooks"]} == {
+        json.dumps(s) for s in selectors[1:]
+    }
+
+
+IDENTITY_EXAMPLES = sorted((REPO / "deploy" / "examples").glob("identity-*.yaml"))
+
+
+@pytest.mark.parametrize("example", IDENTITY_EXAMPLES, ids=lambda p: p.stem)
+def test_tenant_cloud_identity_per_component(
+    helm: Helm, router_docs: list[Doc], example: Path
+) -> None:
+    given = yaml.safe_load(example.read_text())
+    values = deep_merge(tenant_values("label-process", "tenant-a", router_docs), given)
+    docs = render_tenant(helm, values)
+    components = {
+        "operator": ("keda-operator", "keda-operator"),
+        "metricsServer": ("keda-metrics-server", "keda-operator-metrics-apiserver"),
+        "webhooks": ("keda-webhook", "keda-admission-webhooks"),
+    }
+    assert given["serviceAccounts"]["operator"]["annotations"], "the operator runs the scalers"
+    for key_name, (account, deployment) in components.items():
+        sa = find(docs, "ServiceAccount", account)
+        wanted = given.get("serviceAccounts", {}).get(key_name, {})
+        assert (sa["metadata"].get("annotations") or {}) == wanted.get("annotations", {})
+        assert wanted.get("labels", {}).items() <= sa["metadata"]["labels"].items()
+        pod = find(docs, "Deployment", deployment)["spec"]["template"]
+        assert pod["spec"]["serviceAccountName"] == account
+        pod_labels = given.get("podLabels", {}).get(key_name, {})
+        assert pod_labels.items() <= pod["metadata"]["labels"].items()
+    # Another tenant's release with default values carries none of it.
+    other = render_tenant(helm, tenant_values("label-process", "tenant-b", router_docs))
+    assert not find(other, "ServiceAccount", "keda-operator")["metadata"].get("annotations")
+
+
+def test_router_prometheus_rule_alerts_30_days_before_expiry(helm: Helm) -> None:
+    assert not of_kind(render_router(helm, {}), "PrometheusRule")
+    with_monitor = {"prometheusRule": {"enabled": True}, "serviceMonitor": {"enabled": True}}
+    docs = render_router(helm, with_monitor)
+    (rule,) = of_kind(docs, "PrometheusRule")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    certs = alerts["KedaTenancyCertificateExpiresSoon"]
+    assert "keda_tenancy_certs_certificate_expiry_timestamp_seconds" in certs["expr"]
+    assert "- time() < 30 * 86400" in certs["expr"]
+    # Both metrics are scraped: the router's Service and keda-tenancy-certs' own.
+    monitored = {
+        json.dumps(m["spec"]["selector"]["matchLabels"], sort_keys=True)
+        for m in of_kind(docs, "ServiceMonitor")
+    }
+    services = {json.dumps(s["spec"]["selector"], sort_keys=True) for s in of_kind(docs, "Service")}
+    assert monitored == services
+    assert len(monitored) == 2
+    for values in ({"prometheusRule": {"enabled": True}}, ROUTER_VALUE_SETS["everything-on"]):
+        (rule,) = of_kind(render_router(helm, values), "PrometheusRule")
+        alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+        router = alerts["KedaTenancyRouterCertificateExpiresSoon"]
+        assert "keda_tenancy_router_certificate_expiry_timestamp_seconds" in router["expr"]
+        assert "- time() < 30 * 86400" in router["expr"]
+    # The metric the rule reads is the one the router exports.
+    from router.metrics import RouterMetrics  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+    RouterMetrics(registry).cert_expiry.labels("serving").set(1)
+    assert registry.get_sample_value(
+        "keda_tenancy_router_certificate_expiry_timestamp_seconds", {"certificate": "serving"}
+    )
+    CertsMetrics(registry).expiry.labels("keda-a", "kedaorg-certs").set(1)
+    assert registry.get_sample_value(
+        "keda_tenancy_certs_certificate_expiry_timestamp_seconds",
+        {"secret_namespace": "keda-a", "secret": "kedaorg-certs"},
+    )
+
+
+def test_router_network_policy_lets_default_and_override_upstreams_out(helm: Helm) -> None:
+    docs = render_router(helm, ROUTER_VALUE_SETS["everything-on"])
+    policy = find(docs, "NetworkPolicy", ROUTER_RELEASE)
+    egress = policy["spec"]["egress"]
+    namespaces = {
+        peer["namespaceSelector"]["matchLabels"].get("kubernetes.io/metadata.name")
+        for rule in egress
+        for peer in rule.get("to", [])
+        if "namespaceSelector" in peer and not peer.get("podSelector")
+    }
+    # defaultUpstream keda-operator-metrics-apiserver.keda.svc and tenant-x's Service override.
+    assert {"keda", "platform-x"} <= namespaces
+    ip_rules = [rule for rule in egress for peer in rule.get("to", []) if "ipBlock" in peer]
+    assert {
+        "to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}],
+        "ports": [{"port": 6443, "protocol": "TCP"}],
+    } in ip_rules
+    # Without overrides there is nothing extra, and the API server egress is by port (it
+    # follows control-plane address changes) unless CIDRs are given.
+    plain = find(
+        render_router(helm, {"networkPolicy": {"enabled": True}}), "NetworkPolicy", ROUTER_RELEASE
+    )
+    api = [r for r in plain["spec"]["egress"] if "to" not in r]
+    assert api == [{"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}]
+    assert len(plain["spec"]["egress"]) == 3
+
+
+def test_tenant_api_server_egress_is_not_frozen_at_install(
+    helm: Helm, router_docs: list[Doc]
+) -> None:
+    docs = render_tenant(helm, tenant_values("label-process", "tenant-a", router_docs))
+    policy = find(docs, "NetworkPolicy", "keda-operator")
+    api = [r for r in policy["spec"]["egress"] if "to" not in r]
+    assert api == [{"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}]
 
 
 def test_tenant_rbac_scope(helm: Helm, router_docs: list[Doc]) -> None:
@@ -615,6 +914,16 @@ ROUTER_REJECTED = {
     },
     "bad-duration": {"router": {"upstream": {"timeout": "30"}}},
     "typo": {"routr": {}},
+    "client-identity-from-a-cluster-issuer": {
+        "certificates": {
+            "certManager": {
+                "enabled": True,
+                "upstreamClientIssuerRef": {"kind": "ClusterIssuer", "name": "anyone"},
+            }
+        }
+    },
+    "renew-before-is-not-a-duration": {"certificates": {"renewBefore": "45 days"}},
+    "tenant-pattern-without-group": {"certificates": {"tenants": {"namespacePattern": "keda-.+"}}},
 }
 
 TENANT_REJECTED = {
@@ -633,7 +942,7 @@ TENANT_REJECTED = {
     },
     "hnc-roots-without-tenant": {"tenancy": {"hnc": {"roots": ["someone-else"]}}},
     "namespaces-scope-without-namespaces": {"rbac": {"scope": "namespaces"}},
-    "no-router-ca": {"certificates": {"routerCA": {"caCert": "", "caKey": ""}}},
+    "old-router-ca-values": {"certificates": {"routerCA": {"caCert": "", "caKey": ""}}},
 }
 
 

@@ -26,6 +26,7 @@ OPTIONAL_CRDS = {
     ],
     ("github.com/prometheus-operator/prometheus-operator", "PROMETHEUS_OPERATOR_VERSION"): [
         "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
+        "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
     ],
     ("github.com/cilium/cilium", "CILIUM_VERSION"): [
         "pkg/k8s/apis/cilium.io/client/crds/v2/ciliumclusterwidenetworkpolicies.yaml",
@@ -59,6 +60,7 @@ def optional_crds(stack: Stack) -> None:
             for kind in (
                 "certificates.cert-manager.io",
                 "servicemonitors.monitoring.coreos.com",
+                "prometheusrules.monitoring.coreos.com",
                 "ciliumclusterwidenetworkpolicies.cilium.io",
             )
         ),
@@ -67,7 +69,14 @@ def optional_crds(stack: Stack) -> None:
 
 
 VALUE_SETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "label-rule-process-mode": ({}, {}),
+    "label-rule-process-mode": (
+        {
+            "networkPolicy": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+            "serviceMonitor": {"enabled": True},
+        },
+        {},
+    ),
     "hnc-rule-deployment-mode": (
         {"tenancy": {"labelKeys": [], "hnc": {"rootLabel": "keda-tenancy.io/tenant-root"}}},
         {
@@ -76,7 +85,11 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         },
     ),
     "cert-manager-servicemonitor-cilium": (
-        {"certificates": {"certManager": {"enabled": True}}, "serviceMonitor": {"enabled": True}},
+        {
+            "certificates": {"certManager": {"enabled": True}},
+            "serviceMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+        },
         {"networkPolicy": {"flavor": "cilium"}},
     ),
 }

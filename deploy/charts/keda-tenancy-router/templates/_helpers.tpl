@@ -1,4 +1,4 @@
-{{/* Names, labels and the chart-generated certificates, computed once per render. */}}
+{{/* Names, labels, certificate names and issuers. */}}
 
 {{- define "router.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
@@ -51,21 +51,49 @@ app.kubernetes.io/part-of: keda-tenancy
 {{- end }}
 {{- end }}
 
-{{/* Secret names. The CA secret holds the CA's key: the tenant chart signs tenants' metrics-server
-certificates with it when cert-manager is off. */}}
-{{- define "router.caSecretName" -}}{{ include "router.fullname" . }}-ca{{- end }}
+{{/* Secret names. Each CA Secret holds its CA's key and stays in this namespace (the
+tenantServing CA's, with cert-manager, in its cluster resource namespace). */}}
+{{- define "router.apiServiceCASecretName" -}}{{ include "router.fullname" . }}-apiservice-ca{{- end }}
+{{- define "router.upstreamClientCASecretName" -}}{{ include "router.fullname" . }}-upstream-client-ca{{- end }}
+{{- define "router.tenantServingCASecretName" -}}{{ include "router.fullname" . }}-tenant-serving-ca{{- end }}
 {{- define "router.servingSecretName" -}}{{ include "router.fullname" . }}-serving-tls{{- end }}
 {{- define "router.clientSecretName" -}}{{ include "router.fullname" . }}-upstream-client-tls{{- end }}
 {{- define "router.servingCertificateName" -}}{{ include "router.fullname" . }}-serving{{- end }}
+{{/* Public CA certificates keda-tenancy-certs publishes (no keys). */}}
+{{- define "router.trustConfigMapName" -}}{{ include "router.fullname" . }}-trust{{- end }}
+{{/* cert-manager: a Secret whose ca.crt is the tenantServing CA, for the router to verify tenants. */}}
+{{- define "router.tenantServingTrustSecretName" -}}{{ include "router.fullname" . }}-tenant-serving-trust{{- end }}
+{{- define "router.certsName" -}}{{ include "router.fullname" . }}-certs{{- end }}
 
-{{/* The cert-manager issuer of the router's certificates, as an issuerRef mapping. */}}
-{{- define "router.issuerRef" -}}
-{{- if .Values.certificates.certManager.issuerRef }}
-{{- toYaml .Values.certificates.certManager.issuerRef }}
+{{/* cert-manager issuerRefs per trust, as mappings: the given one or the chart's own CA. */}}
+{{- define "router.apiServiceIssuerRef" -}}
+{{- with .Values.certificates.certManager.apiServiceIssuerRef }}
+{{- toYaml . }}
+{{- else }}
+group: cert-manager.io
+kind: Issuer
+name: {{ include "router.fullname" . }}-apiservice-ca
+{{- end }}
+{{- end }}
+{{- define "router.upstreamClientIssuerRef" -}}
+{{- with .Values.certificates.certManager.upstreamClientIssuerRef }}
+{{- if ne (default "Issuer" .kind) "Issuer" }}
+{{- fail "certificates.certManager.upstreamClientIssuerRef must be a namespaced Issuer: with a ClusterIssuer any namespace allowed to create Certificates could obtain the router's identity" }}
+{{- end }}
+{{- toYaml . }}
+{{- else }}
+group: cert-manager.io
+kind: Issuer
+name: {{ include "router.fullname" . }}-upstream-client-ca
+{{- end }}
+{{- end }}
+{{- define "router.tenantServingIssuerRef" -}}
+{{- with .Values.certificates.certManager.tenantServingIssuerRef }}
+{{- toYaml . }}
 {{- else }}
 group: cert-manager.io
 kind: ClusterIssuer
-name: {{ include "router.fullname" . }}-ca
+name: {{ include "router.fullname" . }}-tenant-serving
 {{- end }}
 {{- end }}
 
@@ -77,46 +105,39 @@ name: {{ include "router.fullname" . }}-ca
 {{- end }}
 
 {{/*
-The chart-generated CA and certificates (cert-manager off), as JSON {ca, caKey, servingCert,
-servingKey, clientCert, clientKey}, all PEM. Existing Secrets are reused (lookup), so upgrades
-keep the CA that tenants and the APIService trust; new ones are generated only on first install
-(or after the Secrets are deleted). Memoized on .Values so every template sees the same material.
+Egress peers for upstream URLs (router.defaultUpstream, per-tenant overrides): a Service name
+<svc>.<ns>.svc[.<domain>] becomes its namespace (any port: the Service's targetPort is not in
+the URL); an IP becomes that address on the URL's port; any other host can only be the URL's
+port to any address (NetworkPolicy has no host names). JSON list of NetworkPolicy egress rules.
 */}}
-{{- define "router.generatedTLS" -}}
-{{- if not (hasKey .Values "__generatedTLS") }}
-{{- $ns := .Release.Namespace }}
-{{- $out := dict }}
-{{- $caSecret := lookup "v1" "Secret" $ns (include "router.caSecretName" .) }}
-{{- $ca := dict }}
-{{- if and $caSecret $caSecret.data (index $caSecret.data "tls.crt") (index $caSecret.data "tls.key") }}
-{{- $ca = buildCustomCert (index $caSecret.data "tls.crt") (index $caSecret.data "tls.key") }}
+{{- define "router.upstreamEgress" -}}
+{{- $urls := list }}
+{{- with .Values.router.defaultUpstream }}{{ $urls = append $urls . }}{{ end }}
+{{- range $name, $spec := .Values.tenancy.tenants }}
+{{- if and $spec $spec.upstream }}{{ $urls = append $urls $spec.upstream }}{{ end }}
+{{- end }}
+{{- $rules := list }}
+{{- $namespaces := list }}
+{{- range $urls | uniq }}
+{{- $u := urlParse . }}
+{{- $host := $u.hostname }}
+{{- $port := 443 }}
+{{- if ne $u.host $u.hostname }}{{ $port = (last (splitList ":" $u.host)) | int }}{{ end }}
+{{- $parts := splitList "." $host }}
+{{- if and (ge (len $parts) 3) (eq (index $parts 2) "svc") }}
+{{- $namespaces = append $namespaces (index $parts 1) }}
+{{- else if regexMatch "^[0-9.]+$" $host }}
+{{- $rules = append $rules (dict "to" (list (dict "ipBlock" (dict "cidr" (printf "%s/32" $host)))) "ports" (list (dict "port" $port "protocol" "TCP"))) }}
+{{- else if contains ":" $host }}
+{{- $rules = append $rules (dict "to" (list (dict "ipBlock" (dict "cidr" (printf "%s/128" $host)))) "ports" (list (dict "port" $port "protocol" "TCP"))) }}
 {{- else }}
-{{- $ca = genCA .Values.certificates.ca.commonName (int .Values.certificates.ca.validityDays) }}
+{{- $rules = append $rules (dict "ports" (list (dict "port" $port "protocol" "TCP"))) }}
 {{- end }}
-{{- $_ := set $out "ca" $ca.Cert }}
-{{- $_ := set $out "caKey" $ca.Key }}
-{{- $serving := lookup "v1" "Secret" $ns (include "router.servingSecretName" .) }}
-{{- if and $caSecret $serving $serving.data (index $serving.data "tls.crt") }}
-{{- $_ := set $out "servingCert" (index $serving.data "tls.crt" | b64dec) }}
-{{- $_ := set $out "servingKey" (index $serving.data "tls.key" | b64dec) }}
-{{- else }}
-{{- $dns := include "router.serviceDnsNames" . | fromJsonArray }}
-{{- $cert := genSignedCert (include "router.fullname" .) nil $dns (int .Values.certificates.serving.validityDays) $ca }}
-{{- $_ := set $out "servingCert" $cert.Cert }}
-{{- $_ := set $out "servingKey" $cert.Key }}
 {{- end }}
-{{- $client := lookup "v1" "Secret" $ns (include "router.clientSecretName" .) }}
-{{- if and $caSecret $client $client.data (index $client.data "tls.crt") }}
-{{- $_ := set $out "clientCert" (index $client.data "tls.crt" | b64dec) }}
-{{- $_ := set $out "clientKey" (index $client.data "tls.key" | b64dec) }}
-{{- else }}
-{{- $cert := genSignedCert .Values.certificates.upstreamClient.commonName nil nil (int .Values.certificates.upstreamClient.validityDays) $ca }}
-{{- $_ := set $out "clientCert" $cert.Cert }}
-{{- $_ := set $out "clientKey" $cert.Key }}
+{{- range $namespaces | uniq }}
+{{- $rules = append $rules (dict "to" (list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .))))) }}
 {{- end }}
-{{- $_ := set .Values "__generatedTLS" $out }}
-{{- end }}
-{{- toJson (get .Values "__generatedTLS") }}
+{{- toJson $rules }}
 {{- end }}
 
 {{/* The tenancy rule as command-line flags (one per line, YAML list items). */}}

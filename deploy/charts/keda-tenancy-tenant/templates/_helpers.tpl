@@ -177,61 +177,6 @@ tenantNamespaceSelectors, else one per label key (value = tenant) plus the HNC t
 {{- list (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) (printf "%s.%s" $svc $ns) | toJson }}
 {{- end }}
 
-{{/*
-Chart-generated certificates (cert-manager off), JSON {internalCA, internalCert, internalKey,
-servingCert, servingKey, routerCA}: KEDA's internal CA and certificate (this tenant only) and the
-metrics server's serving certificate signed by the router's CA. Existing Secrets are reused.
-*/}}
-{{- define "tenant.generatedTLS" -}}
-{{- if not (hasKey .Values "__generatedTLS") }}
-{{- $ns := .Release.Namespace }}
-{{- $days := int .Values.certificates.validityDays }}
-{{- $out := dict }}
-{{- $internal := lookup "v1" "Secret" $ns .Values.certificates.secretName }}
-{{- if and $internal $internal.data (index $internal.data "ca.crt") (index $internal.data "tls.crt") }}
-{{- $_ := set $out "internalCA" (index $internal.data "ca.crt" | b64dec) }}
-{{- $_ := set $out "internalCert" (index $internal.data "tls.crt" | b64dec) }}
-{{- $_ := set $out "internalKey" (index $internal.data "tls.key" | b64dec) }}
-{{- else }}
-{{- $ca := genCA (printf "keda-tenancy %s internal CA" (include "tenant.name" .)) (mul $days 10 | int) }}
-{{- $cert := genSignedCert "keda-operator" nil (include "tenant.internalDnsNames" . | fromJsonArray) $days $ca }}
-{{- $_ := set $out "internalCA" $ca.Cert }}
-{{- $_ := set $out "internalCert" $cert.Cert }}
-{{- $_ := set $out "internalKey" $cert.Key }}
-{{- end }}
-{{- $routerCA := .Values.certificates.routerCA }}
-{{- $caCert := "" }}
-{{- $caKey := "" }}
-{{- if $routerCA.caCert }}
-{{- $caCert = $routerCA.caCert }}
-{{- $caKey = required "certificates.routerCA.caKey goes with certificates.routerCA.caCert" $routerCA.caKey }}
-{{- else }}
-{{- $secret := lookup "v1" "Secret" $routerCA.namespace $routerCA.secretName }}
-{{- if and $secret $secret.data }}
-{{- $caCert = index $secret.data "tls.crt" | b64dec }}
-{{- $caKey = index $secret.data "tls.key" | b64dec }}
-{{- end }}
-{{- end }}
-{{- if not $caCert }}
-{{- fail (printf "the router's CA Secret %s/%s was not found: install the router chart first, or set certificates.routerCA.caCert/caKey (helm template, GitOps), or use cert-manager" $routerCA.namespace $routerCA.secretName) }}
-{{- end }}
-{{- $_ := set $out "routerCA" $caCert }}
-{{- $serving := lookup "v1" "Secret" $ns "keda-metrics-apiserver-tls" }}
-{{- if and $serving $serving.data (index $serving.data "tls.crt") (eq (index $serving.data "ca.crt" | b64dec) $caCert) }}
-{{- $_ := set $out "servingCert" (index $serving.data "tls.crt" | b64dec) }}
-{{- $_ := set $out "servingKey" (index $serving.data "tls.key" | b64dec) }}
-{{- else }}
-{{- $signer := buildCustomCert ($caCert | b64enc) ($caKey | b64enc) }}
-{{- $dns := include "tenant.metricsServerDnsNames" . | fromJsonArray }}
-{{- $cert := genSignedCert (first $dns) nil $dns $days $signer }}
-{{- $_ := set $out "servingCert" $cert.Cert }}
-{{- $_ := set $out "servingKey" $cert.Key }}
-{{- end }}
-{{- $_ := set .Values "__generatedTLS" $out }}
-{{- end }}
-{{- toJson (get .Values "__generatedTLS") }}
-{{- end }}
-
 {{/* A LabelSelector over namespace labels, rewritten for Cilium's namespace-label identities. */}}
 {{- define "tenant.ciliumNamespaceSelector" -}}
 {{- $out := dict }}
@@ -252,20 +197,17 @@ metrics server's serving certificate signed by the router's CA. Existing Secrets
 {{- toJson $out }}
 {{- end }}
 
-{{/* kube-apiserver CIDRs for egress: configured, else the default/kubernetes EndpointSlice. */}}
+{{/* kube-apiserver CIDRs for egress: only those configured (never looked up: a lookup freezes
+the addresses of the day of install, and renders differently under `helm template`). */}}
 {{- define "tenant.apiServerCidrs" -}}
-{{- $out := .Values.networkPolicy.apiServerCidrs }}
-{{- if not $out }}
-{{- $slice := lookup "discovery.k8s.io/v1" "EndpointSlice" "default" "kubernetes" }}
-{{- if $slice }}
-{{- range $slice.endpoints }}
-{{- range .addresses }}
-{{- $out = append $out (ternary (printf "%s/128" .) (printf "%s/32" .) (contains ":" .)) }}
+{{- toJson .Values.networkPolicy.apiServerCidrs }}
 {{- end }}
+
+{{/* Extra ServiceAccount metadata and pod labels of one component: (dict "ctx" $ "key" "operator"). */}}
+{{- define "tenant.podLabels" -}}
+{{- with index .ctx.Values.podLabels .key }}
+{{ toYaml . }}
 {{- end }}
-{{- end }}
-{{- end }}
-{{- toJson $out }}
 {{- end }}
 
 {{/* NetworkPolicy egress rules to the kube-apiserver and DNS: (dict "np" .Values.networkPolicy "cidrs" list). */}}

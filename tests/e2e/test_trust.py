@@ -1,0 +1,476 @@
+"""Separate trust, against the real kube-apiserver and a real KEDA metrics adapter.
+
+The router and tenant charts are rendered with default values and applied (the router without
+its APIService: the session stack owns that one). keda-tenancy-certs runs as the chart's
+ServiceAccount (a TokenRequest token) under the RBAC the charts render, and makes every
+certificate; the tenant's KEDA metrics adapter runs with the flags the tenant chart renders,
+as the chart's keda-metrics-server ServiceAccount, from the Secrets keda-tenancy-certs wrote.
+Then: the router's client certificate is accepted, and every certificate a tenant could
+obtain with CN keda-tenancy-router is refused with 401.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from router.certs_pki import Authority, LeafRequest, issue, new_authority
+from tests.deploy.charts import (
+    ROUTER_CHART,
+    ROUTER_NAMESPACE,
+    ROUTER_RELEASE,
+    TENANT_CHART,
+    Doc,
+    Helm,
+    container,
+    find,
+    find_helm,
+)
+from tests.e2e.stack import ROOT, Process, Stack, free_port, running_stack, wait_for
+
+pytestmark = pytest.mark.e2e
+
+TENANT = "gamma"  # none of the session stack's namespaces belong to it
+TENANT_NS = f"keda-{TENANT}"
+METRICS_HOST = f"keda-operator-metrics-apiserver.{TENANT_NS}.svc"
+CERTS_SA = f"{ROUTER_RELEASE}-certs"
+IDENTITY = {"X-Remote-User": "alice", "X-Remote-Group": "system:authenticated"}
+DISCOVERY = "/apis/external.metrics.k8s.io/v1beta1"
+
+
+@dataclass
+class Trust:
+    stack: Stack
+    dir: Path
+    router_docs: list[Doc]
+    tenant_docs: list[Doc]
+    spec_file: Path
+    certs_kubeconfig: Path
+    adapter_port: int = 0
+    adapter: Process | None = None
+
+    def secret(self, namespace: str, name: str) -> dict[str, bytes]:
+        done = self.stack.kubectl("get", "secret", name, "-n", namespace, "-o", "json")
+        data = json.loads(done.stdout).get("data") or {}
+        return {k: base64.b64decode(v) for k, v in data.items()}
+
+    def secret_versions(self, namespace: str) -> dict[str, str]:
+        done = self.stack.kubectl("get", "secrets", "-n", namespace, "-o", "json")
+        return {
+            item["metadata"]["name"]: item["metadata"]["resourceVersion"]
+            for item in json.loads(done.stdout)["items"]
+        }
+
+    def run_certs(self, spec_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "router.certs_bootstrap",
+                f"--spec-file={spec_file or self.spec_file}",
+                f"--kubeconfig={self.certs_kubeconfig}",
+                "--once",
+                "--log-level=debug",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+            check=False,
+        )
+
+    def write(self, name: str, data: bytes) -> Path:
+        path = self.dir / name
+        path.write_bytes(data)
+        return path
+
+
+def token_kubeconfig(stack: Stack, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig with a TokenRequest token of the ServiceAccount: what its pod would get."""
+    token = stack.kubectl("create", "token", account, "-n", namespace, "--duration=2h")
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "e2e",
+                        "cluster": {
+                            "server": f"https://127.0.0.1:{stack.apiserver_port}",
+                            "certificate-authority": str(stack.certs / "cluster-ca.crt"),
+                        },
+                    }
+                ],
+                "users": [{"name": account, "user": {"token": token.stdout.strip()}}],
+                "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": account}}],
+                "current-context": "e2e",
+            }
+        )
+    )
+    return path
+
+
+def apply_docs(stack: Stack, docs: list[Doc]) -> None:
+    stack.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=helm",
+        "-f",
+        "-",
+        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}),
+    )
+
+
+@pytest.fixture(scope="module")
+def trust(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trust]:
+    workdir = tmp_path_factory.mktemp("trust")
+    helm = Helm(find_helm())
+    router_docs = helm.template(
+        ROUTER_CHART,
+        release=ROUTER_RELEASE,
+        namespace=ROUTER_NAMESPACE,
+        values={"apiService": {"create": False}},
+    )
+    tenant_docs = helm.template(
+        TENANT_CHART, release="keda", namespace=TENANT_NS, values={"tenant": TENANT}
+    )
+    stack.apply(
+        *(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+            for ns in (ROUTER_NAMESPACE, TENANT_NS)
+        )
+    )
+    apply_docs(stack, [d for d in router_docs if d["kind"] != "APIService"])
+    apply_docs(stack, tenant_docs)
+    spec = find(router_docs, "ConfigMap", CERTS_SA)["data"]["spec.yaml"]
+    spec_file = workdir / "spec.yaml"
+    spec_file.write_text(spec)
+    made = Trust(
+        stack=stack,
+        dir=workdir,
+        router_docs=router_docs,
+        tenant_docs=tenant_docs,
+        spec_file=spec_file,
+        certs_kubeconfig=token_kubeconfig(
+            stack, ROUTER_NAMESPACE, CERTS_SA, workdir / "certs.kubeconfig"
+        ),
+    )
+    done = made.run_certs()
+    assert done.returncode == 0, done.stderr[-3000:]
+    start_adapter(made)
+    yield made
+    if made.adapter is not None:
+        made.adapter.stop()
+
+
+def start_adapter(trust: Trust) -> None:
+    """KEDA's metrics adapter with the tenant chart's flags, env and ServiceAccount; the files
+    are the Secrets' contents, where the chart mounts them (paths remapped to this directory)."""
+    stack = trust.stack
+    deployment = find(trust.tenant_docs, "Deployment", "keda-operator-metrics-apiserver")
+    pod = deployment["spec"]["template"]["spec"]
+    adapter = container(deployment)
+    mounts = {m["name"]: m["mountPath"] for m in adapter["volumeMounts"]}
+    remap: dict[str, str] = {}
+    for volume in pod["volumes"]:
+        secret = volume.get("secret", {}).get("secretName")
+        if secret is None:
+            continue
+        local = trust.dir / volume["name"]
+        local.mkdir(exist_ok=True)
+        for key, value in trust.secret(TENANT_NS, secret).items():
+            (local / key).write_bytes(value)
+        remap[mounts[volume["name"]]] = str(local)
+    kubeconfig = token_kubeconfig(
+        stack, TENANT_NS, pod["serviceAccountName"], trust.dir / "adapter.kubeconfig"
+    )
+    trust.adapter_port = free_port()
+    args = []
+    for rendered in adapter["args"]:
+        arg = rendered
+        for mount, local in remap.items():
+            arg = arg.replace(f"={mount}/", f"={local}/").replace(f"={mount}", f"={local}")
+        if arg.startswith("--secure-port="):
+            arg = f"--secure-port={trust.adapter_port}"
+        elif arg.startswith("--port="):
+            arg = f"--port={free_port()}"
+        elif arg.startswith("--metrics-service-address="):
+            arg = f"--metrics-service-address=127.0.0.1:{free_port()}"  # no operator needed
+        args.append(arg)
+    env = {e["name"]: e["value"] for e in adapter["env"] if "value" in e}
+    env |= {"POD_NAMESPACE": TENANT_NS, "KUBERNETES_SERVICE_HOST": ""}
+    trust.adapter = stack.run(
+        f"trust-adapter-{TENANT}",
+        [
+            str(stack.bin / "keda-adapter"),
+            *args,
+            "--bind-address=127.0.0.1",
+            # The pod's in-cluster identity, as a kubeconfig: the chart's ServiceAccount.
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            f"--lister-kubeconfig={kubeconfig}",
+        ],
+        env={"PATH": "/usr/bin:/bin", "KUBECONFIG": str(kubeconfig), **env},
+    )
+    wait_for(lambda: _port_open(trust.adapter_port), "tenant metrics adapter listening", 120, 0.5)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def status_with(trust: Trust, cert: Path, key: Path, headers: dict[str, str]) -> int:
+    """HTTP status of GET DISCOVERY with this client certificate, the server verified the way
+    the router verifies it (tenantServing CA, the tenant's Service name)."""
+    ca = trust.write(
+        "router-upstream-ca.crt",
+        _configmap(trust, f"{ROUTER_RELEASE}-trust")["tenant-serving-ca.crt"].encode(),
+    )
+    context = ssl.create_default_context(cafile=str(ca))
+    context.load_cert_chain(str(cert), str(key))
+    request = f"GET {DISCOVERY} HTTP/1.1\r\nHost: {METRICS_HOST}\r\nConnection: close\r\n"
+    request += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    with (
+        socket.create_connection(("127.0.0.1", trust.adapter_port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname=METRICS_HOST) as tls,
+    ):
+        tls.sendall(request.encode())
+        response = b""
+        while chunk := tls.recv(65536):
+            response += chunk
+    return int(response.split(b" ", 2)[1])
+
+
+def _configmap(trust: Trust, name: str) -> dict[str, str]:
+    done = trust.stack.kubectl("get", "configmap", name, "-n", ROUTER_NAMESPACE, "-o", "json")
+    return dict(json.loads(done.stdout)["data"])
+
+
+def _pair(trust: Trust, name: str, data: dict[str, bytes]) -> tuple[Path, Path]:
+    return trust.write(f"{name}.crt", data["tls.crt"]), trust.write(f"{name}.key", data["tls.key"])
+
+
+def _signed(pem: bytes, ca_pem: bytes) -> bool:
+    cert = x509.load_pem_x509_certificate(pem)
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+# --- the tests --------------------------------------------------------------------------------
+
+
+def test_keda_tenancy_certs_makes_three_separate_trusts(trust: Trust) -> None:
+    names = {
+        "apiService": f"{ROUTER_RELEASE}-apiservice-ca",
+        "upstreamClient": f"{ROUTER_RELEASE}-upstream-client-ca",
+        "tenantServing": f"{ROUTER_RELEASE}-tenant-serving-ca",
+    }
+    cas = {k: trust.secret(ROUTER_NAMESPACE, v)["tls.crt"] for k, v in names.items()}
+    assert len(set(cas.values())) == 3
+    serving = trust.secret(ROUTER_NAMESPACE, f"{ROUTER_RELEASE}-serving-tls")["tls.crt"]
+    client = trust.secret(ROUTER_NAMESPACE, f"{ROUTER_RELEASE}-upstream-client-tls")["tls.crt"]
+    metrics = trust.secret(TENANT_NS, "keda-metrics-apiserver-tls")
+    for pem, owner in ((serving, "apiService"), (client, "upstreamClient")):
+        assert [k for k, ca in cas.items() if _signed(pem, ca)] == [owner]
+    assert [k for k, ca in cas.items() if _signed(metrics["tls.crt"], ca)] == ["tenantServing"]
+    # The tenant namespace holds public CA certificates and its own keys only.
+    assert metrics["client-ca.crt"] == cas["upstreamClient"]
+    assert metrics["ca.crt"] == cas["tenantServing"]
+    router_keys = {trust.secret(ROUTER_NAMESPACE, v)["tls.key"] for v in names.values()} | {
+        trust.secret(ROUTER_NAMESPACE, f"{ROUTER_RELEASE}-upstream-client-tls")["tls.key"]
+    }
+    for name in trust.secret_versions(TENANT_NS):
+        assert not set(trust.secret(TENANT_NS, name).values()) & router_keys, name
+    # The published trust ConfigMap has certificates, never keys.
+    published = _configmap(trust, f"{ROUTER_RELEASE}-trust")
+    assert published["upstream-client-ca.crt"].encode() == cas["upstreamClient"]
+    assert not [v for v in published.values() if "PRIVATE KEY" in v]
+    # The stack's own tenants did not grant it anything: nothing was written there.
+    for namespace in ("keda-alpha", "keda-beta"):
+        assert not [n for n in trust.secret_versions(namespace) if n.startswith("keda-tenancy")]
+
+
+def test_the_router_identity_is_accepted(trust: Trust) -> None:
+    cert, key = _pair(
+        trust,
+        "router-client",
+        trust.secret(ROUTER_NAMESPACE, f"{ROUTER_RELEASE}-upstream-client-tls"),
+    )
+    assert status_with(trust, cert, key, IDENTITY) == 200
+
+
+def test_a_certificate_a_tenant_could_obtain_as_the_router_is_refused_401(trust: Trust) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    as_router = LeafRequest(common_name="keda-tenancy-router", client=True, server=True)
+    internal = Authority.from_data(trust.secret(TENANT_NS, "keda-tenancy-internal-ca"))
+    # What cert-manager's tenantServing ClusterIssuer would sign for any namespace.
+    tenant_serving = Authority.from_data(
+        trust.secret(ROUTER_NAMESPACE, f"{ROUTER_RELEASE}-tenant-serving-ca")
+    )
+    self_signed = Authority.from_data(
+        new_authority("keda-tenancy-router", datetime.timedelta(days=1), now)
+    )
+    candidates = {
+        # The tenant's own internal CA, whose key is in its namespace.
+        "internal-ca": issue(internal, as_router, now),
+        # The issuer every tenant may use for serving certificates.
+        "tenant-serving-ca": issue(tenant_serving, as_router, now),
+        # The Secrets the tenant holds, as they are.
+        "metrics-server-serving": trust.secret(TENANT_NS, "keda-metrics-apiserver-tls"),
+        "keda-internal-leaf": trust.secret(TENANT_NS, "kedaorg-certs"),
+        # Anyone's own CA with the router's name.
+        "self-made-ca": issue(self_signed, as_router, now),
+    }
+    refused = {
+        name: status_with(trust, *_pair(trust, f"tenant-{name}", data), IDENTITY)
+        for name, data in candidates.items()
+    }
+    assert refused == dict.fromkeys(candidates, 401)
+
+
+def test_a_second_run_changes_nothing_and_renewal_keeps_the_cas(trust: Trust) -> None:
+    before = {ns: trust.secret_versions(ns) for ns in (ROUTER_NAMESPACE, TENANT_NS)}
+    done = trust.run_certs()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {ns: trust.secret_versions(ns) for ns in before} == before
+    # Renewal due (renewBefore just under the validity): leaves are reissued, the CAs stay.
+    spec: dict[str, Any] = yaml.safe_load(trust.spec_file.read_text())
+    for certificate in [*spec["certificates"], *spec["tenants"]["certificates"]]:
+        certificate["validity"] = "1h"
+        certificate["renewBefore"] = "59m59s"
+    due = trust.write("spec-due.yaml", yaml.safe_dump(spec).encode())
+    old_client = trust.secret(ROUTER_NAMESPACE, f"{ROUTER_RELEASE}-upstream-client-tls")
+    # First run: the shorter validity reissues every leaf; two seconds on, all are due.
+    done = trust.run_certs(due)
+    assert done.returncode == 0, done.stderr[-3000:]
+    time.sleep(2)
+    done = trust.run_certs(due)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = {ns: trust.secret_versions(ns) for ns in before}
+    for ns, versions in before.items():
+        for name, version in versions.items():
+            changed = after[ns][name] != version
+            assert changed == name.endswith(("-tls", "kedaorg-certs")), (ns, name)
+    new_client = trust.secret(ROUTER_NAMESPACE, f"{ROUTER_RELEASE}-upstream-client-tls")
+    assert new_client["tls.crt"] != old_client["tls.crt"]
+    # The renewed identity still chains to the same client CA the tenant trusts.
+    cert, key = _pair(trust, "router-client-renewed", new_client)
+    assert status_with(trust, cert, key, IDENTITY) == 200
+
+
+def test_the_webhook_ca_bundle_survives_a_gitops_reapply(trust: Trust) -> None:
+    """keda-tenancy-certs owns caBundle under its own field manager; applying the chart again
+    (server-side, as Argo CD or Flux do; the chart has no caBundle) leaves it in place."""
+    name = f"keda-tenancy-{TENANT}-admission"
+
+    def live() -> dict[str, Any]:
+        done = trust.stack.kubectl(
+            "get", "validatingwebhookconfiguration", name, "-o", "json", "--show-managed-fields"
+        )
+        return dict(json.loads(done.stdout))
+
+    internal = trust.secret(TENANT_NS, "keda-tenancy-internal-ca")["tls.crt"]
+    before = live()
+    bundles = {base64.b64decode(h["clientConfig"]["caBundle"]) for h in before["webhooks"]}
+    assert bundles == {internal}
+    managers = {
+        entry["manager"]
+        for entry in before["metadata"]["managedFields"]
+        if "caBundle" in json.dumps(entry.get("fieldsV1", {}))
+    }
+    assert managers == {"keda-tenancy-certs"}
+    apply_docs(trust.stack, trust.tenant_docs)
+    after = live()
+    assert [h["clientConfig"].get("caBundle") for h in after["webhooks"]] == [
+        h["clientConfig"]["caBundle"] for h in before["webhooks"]
+    ]
+    # And the next keda-tenancy-certs pass has nothing to do there.
+    done = trust.run_certs()
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stderr + done.stdout
+    assert "no grant in keda-alpha" in log  # the log is there, and says so for the others
+    assert "set the caBundle" not in log
+
+
+@pytest.fixture(scope="module")
+def bare_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A control plane of its own: this test installs the chart's APIService, which the session
+    stack's router owns."""
+    with running_stack(tmp_path_factory.mktemp("bare")) as stack:
+        stack.start_control_plane()
+        yield stack
+
+
+def test_the_apiservice_ca_bundle_is_set_once_and_survives_a_gitops_reapply(
+    bare_cluster: Stack, tmp_path: Path
+) -> None:
+    stack = bare_cluster
+    helm = Helm(find_helm())
+    docs = helm.template(ROUTER_CHART, release=ROUTER_RELEASE, namespace=ROUTER_NAMESPACE)
+    stack.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ROUTER_NAMESPACE}})
+    apply_docs(stack, docs)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(find(docs, "ConfigMap", CERTS_SA)["data"]["spec.yaml"])
+    made = Trust(
+        stack=stack,
+        dir=tmp_path,
+        router_docs=docs,
+        tenant_docs=[],
+        spec_file=spec,
+        certs_kubeconfig=token_kubeconfig(stack, ROUTER_NAMESPACE, CERTS_SA, tmp_path / "kc"),
+    )
+    done = made.run_certs()
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def apiservice() -> dict[str, Any]:
+        out = stack.kubectl(
+            "get", "apiservice", "v1beta1.external.metrics.k8s.io", "-o", "json",
+            "--show-managed-fields",
+        )  # fmt: skip
+        return dict(json.loads(out.stdout))
+
+    ca = made.secret(ROUTER_NAMESPACE, f"{ROUTER_RELEASE}-apiservice-ca")["tls.crt"]
+    serving = made.secret(ROUTER_NAMESPACE, f"{ROUTER_RELEASE}-serving-tls")["tls.crt"]
+    first = apiservice()
+    assert base64.b64decode(first["spec"]["caBundle"]) == ca
+    assert _signed(serving, ca)
+    owners = {
+        e["manager"]
+        for e in first["metadata"]["managedFields"]
+        if "caBundle" in json.dumps(e.get("fieldsV1", {}))
+    }
+    assert owners == {"keda-tenancy-certs"}
+    # A GitOps sync applies the chart again: the same bytes, and the caBundle stays.
+    again = helm.template(ROUTER_CHART, release=ROUTER_RELEASE, namespace=ROUTER_NAMESPACE)
+    assert again == docs
+    apply_docs(stack, again)
+    assert apiservice()["spec"]["caBundle"] == first["spec"]["caBundle"]
+    # keda-tenancy-certs' second pass: nothing to write.
+    versions = made.secret_versions(ROUTER_NAMESPACE)
+    done = made.run_certs()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert made.secret_versions(ROUTER_NAMESPACE) == versions
+    assert "set the caBundle" not in done.stderr + done.stdout
