@@ -60,10 +60,19 @@ def digest_of(*parts: str | bytes) -> str:
     return h.hexdigest()[:16]
 
 
+def remove_unmounted(directory: Path) -> None:
+    """rmtree, but never through a mount (a RUN step's bind of /dev would be the machine's)."""
+    prefix = str(directory) + "/"
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    if held := [m for m in mounts if m.startswith(prefix)]:
+        raise RuntimeError(f"not removing {directory}: still mounted: {held}")
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def copy_tree(src: Path, dest: Path) -> None:
     """cp -a: ownership, modes, links as the packages made them."""
     if dest.exists():
-        shutil.rmtree(dest)
+        remove_unmounted(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cp", "-a", str(src), str(dest)], check=True)
 
@@ -110,7 +119,7 @@ class Bases:
             return done / "rootfs"
         tmp = done.with_suffix(".tmp")
         if tmp.exists():
-            shutil.rmtree(tmp)
+            remove_unmounted(tmp)
         tmp.mkdir(parents=True)
         self.log(f"mmdebstrap {SUITE} with {', '.join(PYTHON_PACKAGES)}")
         subprocess.run(

@@ -8,14 +8,13 @@ Archives are keyed by what goes into them (Dockerfile, the build context after
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e.images.bases import Bases, digest_of
+from tests.e2e.images.bases import Bases, digest_of, remove_unmounted
 from tests.e2e.images.dockerfile import Build, Image, context_files
 from tests.e2e.images.oci import write_archive
 
@@ -90,13 +89,13 @@ class Builder:
             started = time.monotonic()
             work = self.work / safe
             if work.exists():
-                shutil.rmtree(work)
+                remove_unmounted(work)
             work.mkdir(parents=True)
             try:
                 image = make(work)
                 write_archive(image.rootfs, image.config, [reference], archive)
             finally:
-                shutil.rmtree(work, ignore_errors=True)
+                remove_unmounted(work)
             log(
                 f"{reference}: built in {time.monotonic() - started:.1f}s ({archive.stat().st_size >> 20} MB)"
             )

@@ -159,20 +159,23 @@ def _chroot_mounts(rootfs: Path) -> Iterator[None]:
     resolv = rootfs / "etc/resolv.conf"
     saved = resolv.read_bytes() if resolv.is_file() and not resolv.is_symlink() else None
     try:
+        # /dev without its submounts (pts, shm), made private so that unmounting it later can
+        # never propagate to the machine's own /dev.
         for target, args in (
             (rootfs / "proc", ["-t", "proc", "proc"]),
-            (rootfs / "dev", ["--rbind", "/dev"]),
+            (rootfs / "dev", ["--bind", "/dev"]),
         ):
             target.mkdir(exist_ok=True)
             subprocess.run(["mount", *args, str(target)], check=True)
             mounted.append(target)
+            subprocess.run(["mount", "--make-private", str(target)], check=True)
         if resolv.is_symlink():
             resolv.unlink()
         shutil.copy("/etc/resolv.conf", resolv)
         yield
     finally:
         for target in reversed(mounted):
-            subprocess.run(["umount", "-R", "-l", str(target)], check=False)
+            subprocess.run(["umount", "-l", str(target)], check=False)
         if saved is None:
             resolv.unlink(missing_ok=True)
         else:
@@ -225,7 +228,7 @@ class Build:
     def _rootfs_of(self, name: str, stages: dict[str, Image], index: int) -> Image:
         target = self.workdir / f"stage-{index}"
         if target.exists():
-            shutil.rmtree(target)
+            raise UnsupportedDockerfile(f"{target} exists: the work directory must start empty")
         if name in stages:
             source = stages[name]
             subprocess.run(["cp", "-a", str(source.rootfs), str(target)], check=True)
