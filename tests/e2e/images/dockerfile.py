@@ -24,6 +24,10 @@ from pathlib import Path
 
 from tests.e2e.images.oci import ImageConfig
 
+HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+BUILD_CA_BUNDLE = "/.build-ca-certificates.crt"
+# How RUN's downloads find BUILD_CA_BUNDLE (pip, and anything using OpenSSL's defaults).
+BUILD_ENV = {"PIP_CERT": BUILD_CA_BUNDLE, "SSL_CERT_FILE": BUILD_CA_BUNDLE}
 SUPPORTED = {"ARG", "FROM", "ENV", "RUN", "WORKDIR", "COPY", "USER", "EXPOSE", "ENTRYPOINT", "CMD"}
 
 
@@ -172,8 +176,12 @@ def _chroot_mounts(rootfs: Path) -> Iterator[None]:
         if resolv.is_symlink():
             resolv.unlink()
         shutil.copy("/etc/resolv.conf", resolv)
+        # The machine's trust for the build's own downloads (a TLS-inspecting egress proxy has
+        # its CA there); only for RUN, never in the image.
+        shutil.copy(HOST_CA_BUNDLE, rootfs / BUILD_CA_BUNDLE.lstrip("/"))
         yield
     finally:
+        (rootfs / BUILD_CA_BUNDLE.lstrip("/")).unlink(missing_ok=True)
         for target in reversed(mounted):
             subprocess.run(["umount", "-l", str(target)], check=False)
         if saved is None:
@@ -292,7 +300,7 @@ class Build:
             self.log(f"RUN {value}")
             if config.user not in ("", "root", "0", "0:0"):
                 raise UnsupportedDockerfile(f"line {ins.line}: RUN as a non-root USER")
-            env = {"HOME": "/root", **config.env_dict()}
+            env = {"HOME": "/root", **BUILD_ENV, **config.env_dict()}
             with _chroot_mounts(image.rootfs):
                 subprocess.run(
                     [
