@@ -35,7 +35,7 @@ cluster-packages:
 	bash tests/e2e/cluster/packages.sh
 
 e2e-cluster: $(STAMP) binaries cluster-packages
-	$(PY) -m pytest tests/e2e/cluster -v --timeout=2400
+	$(PY) -m pytest tests/e2e/cluster -v -s --timeout=2400
 
 e2e: e2e-fast e2e-cluster
 

@@ -186,15 +186,25 @@ def test_05_the_hpa_scales_a_real_deployment(installed: Installed) -> None:
 
 
 def test_06_a_new_tenant_namespace_is_picked_up(installed: Installed) -> None:
-    installed.tenant_namespace("alpha", "alpha-new")
-    installed.scaled_app("alpha-new", 5)
-    wait_for(
-        lambda: installed.replicas("alpha-new")[0] is not None,
-        "KEDA made the HPA in alpha-new",
-        180,
-        1,
+    settled(installed)
+    started = time.monotonic()
+    with Poller(installed) as poller:  # the tenant's existing namespace meanwhile
+        installed.tenant_namespace("alpha", "alpha-new")
+        installed.scaled_app("alpha-new", 5)
+        wait_for(
+            lambda: installed.replicas("alpha-new")[0] is not None,
+            "KEDA made the HPA in alpha-new",
+            180,
+            1,
+        )
+        wait_for(lambda: installed.metric_value("alpha-new") == "5", "alpha-new served", 180, 1)
+        served_s = time.monotonic() - started
+    # Reported, not asserted: how a namespace change, as the chart runs KEDA, affects the
+    # tenant's other reads (the operator restarts with the new WATCH_NAMESPACE).
+    print(
+        f"\n[cluster] alpha-new served after {served_s:.1f}s; alpha-apps meanwhile: "
+        f"{poller.reads} reads, {len(poller.failures)} failed, slowest {poller.slowest_s:.1f}s"
     )
-    wait_for(lambda: installed.metric_value("alpha-new") == "5", "alpha-new served", 180, 1)
 
 
 def test_07_deleting_a_namespace_with_a_scaledobject_completes(installed: Installed) -> None:
@@ -237,9 +247,13 @@ class Poller:
         self.reads = 0
         self._stop = threading.Event()
 
+        self.slowest_s = 0.0
+
         def poll() -> None:
             while not self._stop.is_set():
+                started = time.monotonic()
                 code, body = installed.get_raw(metric_path(namespace))
+                self.slowest_s = max(self.slowest_s, time.monotonic() - started)
                 self.reads += 1
                 items = body.get("items") or [] if code == 200 else []
                 value = str(items[0]["value"]) if items else None
@@ -353,20 +367,23 @@ def test_10_a_tenant_down_does_not_stop_the_other(installed: Installed) -> None:
     wait_for(lambda: installed.metric_value(APPS["beta"]) == "42", "beta back", 180, 1)
 
 
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+    print("open")
+except OSError as exc:
+    print("closed", exc)
+"""
+
+
 def connects(cluster: Cluster, namespace: str, pod: str, host: str, port: int) -> bool:
-    """A TCP connect from `pod` (busybox nc); False on refusal or a 3 s timeout."""
+    """A TCP connect from `pod`; False on refusal or a 3 s timeout. (Debian's busybox nc has
+    no -z, and its wget segfaults in pods: the probe is Python.)"""
     done = cluster.kubectl(
-        "-n",
-        namespace,
-        "exec",
-        pod,
-        "--",
-        "sh",
-        "-c",
-        f"nc -z -w 3 {host} {port} && echo open",
-        check=False,
+        "-n", namespace, "exec", pod, "--", "python3", "-c", CONNECT, host, str(port), check=False
     )
-    return "open" in done.stdout
+    return done.stdout.startswith("open")
 
 
 def test_11_network_policy_keeps_tenants_apart(installed: Installed) -> None:
@@ -382,7 +399,7 @@ def test_11_network_policy_keeps_tenants_apart(installed: Installed) -> None:
                 "containers": [
                     {
                         "name": "prober",
-                        "image": installed.images.busybox.reference,
+                        "image": installed.images.python.reference,
                         "imagePullPolicy": "Never",
                         "command": ["sleep", "86400"],
                         "securityContext": {"runAsUser": 65532, "allowPrivilegeEscalation": False},
@@ -427,8 +444,8 @@ def test_11_network_policy_keeps_tenants_apart(installed: Installed) -> None:
         "-n", ROUTER_NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/component=router",
         "-o", "jsonpath={.items[0].metadata.name}",
     ).stdout  # fmt: skip
-    check = f"import socket; socket.create_connection(('{beta_metrics}', 6443), timeout=3); print('open')"
     done = cluster.kubectl(
-        "-n", ROUTER_NAMESPACE, "exec", router, "--", "python", "-c", check, check=False
-    )
-    assert "open" in done.stdout, done.stderr
+        "-n", ROUTER_NAMESPACE, "exec", router, "--", "python", "-c", CONNECT, beta_metrics, "6443",
+        check=False,
+    )  # fmt: skip
+    assert done.stdout.startswith("open"), done.stdout + done.stderr
