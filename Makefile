@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test check unit binaries demo e2e bench clean
+.PHONY: test check unit binaries demo demo-loopback e2e e2e-fast e2e-cluster cluster-packages bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,13 +25,29 @@ unit: $(STAMP)
 binaries:
 	bash tests/e2e/build/build.sh >/dev/null
 
-e2e: $(STAMP) binaries
-	$(PY) -m pytest tests/deploy tests/e2e -v --timeout=900
+# The charts and the process-level stack (etcd, kube-apiserver, KEDA, HPA on loopback): no root.
+e2e-fast: $(STAMP) binaries
+	$(PY) -m pytest tests/deploy tests/e2e --ignore=tests/e2e/cluster -v --timeout=900
+
+# The kubelet-backed cluster on this machine with both charts installed (root; Debian packages
+# installed when missing; images built into ~/.cache/keda-tenancy/images).
+cluster-packages:
+	bash tests/e2e/cluster/packages.sh
+
+e2e-cluster: $(STAMP) binaries cluster-packages
+	$(PY) -m pytest tests/e2e/cluster -v -s --timeout=2400
+
+e2e: e2e-fast e2e-cluster
 
 test: check unit e2e
 
-demo: $(STAMP) binaries
+# The charts installed on the kubelet-backed cluster; Ctrl-C tears it down.
+demo: $(STAMP) binaries cluster-packages
 	$(PY) -m tests.demo
+
+# The same tenants on the process-level stack (no root, no node).
+demo-loopback: $(STAMP) binaries
+	$(PY) -m tests.demo_loopback
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -5,7 +5,7 @@
 #   tests/e2e/build/build.sh [component ...]   (default: all)
 #
 # Components: etcd kube-apiserver kube-controller-manager kubectl keda keda-adapter helm, and for
-# the kubelet-backed cluster kubelet kube-scheduler kube-proxy coredns kube-router.
+# the kubelet-backed cluster kubelet kube-scheduler kube-proxy coredns kube-router keda-webhooks.
 # Progress goes to stderr; the last line of stdout is the bin directory.
 #
 # `go install pkg@version` refuses modules with replace directives (kubernetes and KEDA
@@ -123,7 +123,7 @@ go_install() {  # go_install NAME MODULE_PATH/CMD VERSION: modules without repla
 
 components=("$@")
 [ ${#components[@]} -gt 0 ] || components=(etcd kube-apiserver kube-controller-manager kubectl keda keda-adapter helm
-  kubelet kube-scheduler kube-proxy coredns kube-router)
+  kubelet kube-scheduler kube-proxy coredns kube-router keda-webhooks)
 for component in "${components[@]}"; do
   case $component in
     etcd) build etcd "$(etcd_wrapper)" . ;;
@@ -134,6 +134,7 @@ for component in "${components[@]}"; do
         "-ldflags=-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor" ;;
     keda) build keda "$(keda_wrapper)" github.com/kedacore/keda/v2/cmd/operator ;;
     keda-adapter) build keda-adapter "$(keda_wrapper)" github.com/kedacore/keda/v2/cmd/adapter ;;
+    keda-webhooks) build keda-webhooks "$(keda_wrapper)" github.com/kedacore/keda/v2/cmd/webhooks ;;
     helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" ;;
     coredns) go_install coredns github.com/coredns/coredns "$COREDNS_VERSION" ;;
     kube-router) go_install kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router "$KUBE_ROUTER_VERSION" ;;

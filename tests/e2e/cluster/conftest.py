@@ -1,0 +1,37 @@
+"""One cluster per session, with the router and two tenant charts installed; always torn down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.deploy.charts import versions
+from tests.e2e.cluster.cluster import Cluster, running_cluster
+from tests.e2e.cluster.install import Installed
+from tests.e2e.images.build import Builder, Images
+from tests.e2e.stack import build_binaries
+
+
+@pytest.fixture(scope="session")
+def images() -> Images:
+    if os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("the kubelet-backed cluster needs root, and CI must run it")
+        pytest.skip("the kubelet-backed cluster needs root")
+    return Builder(build_binaries(), versions()["KEDA_VERSION"]).all()
+
+
+@pytest.fixture(scope="session")
+def cluster(images: Images) -> Iterator[Cluster]:
+    with running_cluster(build_binaries(), images) as cluster:
+        yield cluster
+        print(f"\ncluster logs: {cluster.logs}")
+
+
+@pytest.fixture(scope="session")
+def installed(cluster: Cluster, images: Images) -> Installed:
+    installed = Installed(cluster, images)
+    installed.everything()
+    return installed

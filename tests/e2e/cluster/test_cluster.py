@@ -1,0 +1,451 @@
+"""The charts installed on a kubelet-backed node: the scenarios of tests/e2e/test_stack.py
+against running pods, plus NetworkPolicy isolation between tenants."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.deploy.charts import ROUTER_CHART, ROUTER_NAMESPACE, ROUTER_RELEASE
+from tests.e2e.cluster.cluster import Cluster
+from tests.e2e.cluster.install import (
+    APPS,
+    MAX_REPLICAS,
+    VALUES,
+    Installed,
+    deployment,
+    metric_path,
+    tenant_namespace,
+)
+from tests.e2e.cluster.network import DNS_SERVICE_IP
+from tests.e2e.stack import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def test_00_the_node_runs_pods_with_dns_and_services(cluster: Cluster) -> None:
+    """The foundation: a pod starts, resolves a Service name through CoreDNS, and reaches it;
+    names outside the cluster do not resolve (nothing is looked up off the machine)."""
+    python = cluster.images.python.reference
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "smoke"}},
+        deployment("smoke", "web", python, ["python3", "-m", "http.server", "8080"], port=8080),
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "smoke"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    )
+    cluster.kubectl("-n", "smoke", "rollout", "status", "deploy/web", "--timeout=120s")
+    probe = """
+import socket, urllib.request
+ip = socket.gethostbyname("web.smoke.svc.cluster.local")
+print(ip, urllib.request.urlopen("http://web.smoke.svc/", timeout=5).status)
+try:
+    socket.gethostbyname("example.org")
+    print("resolved")
+except OSError:
+    print("unresolved")
+"""
+
+    def in_pod() -> list[str]:
+        done = cluster.kubectl(
+            "-n", "smoke", "exec", "deploy/web", "--", "python3", "-c", probe, check=False
+        )
+        return done.stdout.split() if done.returncode == 0 else []
+
+    words = wait_for(in_pod, "the pod reaches the Service by name", 30, 1)
+    service_ip = cluster.kubectl(
+        "-n", "smoke", "get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"
+    ).stdout
+    assert words == [service_ip, "200", "unresolved"]
+    resolv = cluster.kubectl(
+        "-n", "smoke", "exec", "deploy/web", "--", "cat", "/etc/resolv.conf"
+    ).stdout
+    assert f"nameserver {DNS_SERVICE_IP}" in resolv
+    cluster.kubectl("delete", "namespace", "smoke", "--wait=false")
+
+
+def test_01_apiservice_available(installed: Installed) -> None:
+    assert installed.apiservice_available()
+    served = json.loads(
+        installed.cluster.kubectl("get", "--raw", "/apis/external.metrics.k8s.io/v1beta1").stdout
+    )
+    assert served["kind"] == "APIResourceList"
+
+
+def test_02_each_tenant_gets_its_own_value(installed: Installed) -> None:
+    for tenant, namespace in APPS.items():
+        wait_for(
+            lambda ns=namespace, v=VALUES[tenant]: installed.metric_value(ns) == str(v),
+            f"{tenant}'s metric through kube-apiserver",
+            180,
+            1,
+        )
+
+
+def pod_logs(installed: Installed, namespace: str, selector: str) -> str:
+    done = installed.cluster.kubectl(
+        "-n",
+        namespace,
+        "logs",
+        "-l",
+        selector,
+        "--all-containers",
+        "--tail=-1",
+        "--prefix",
+        check=False,
+    )
+    return done.stdout
+
+
+def test_03_isolation_and_unmapped_namespaces(installed: Installed) -> None:
+    probe = f"isolation-probe-{os.getpid()}"
+    for _ in range(3):
+        installed.get_raw(metric_path(APPS["alpha"], probe))
+    selector = "app.kubernetes.io/component=metrics-apiserver"
+    wait_for(
+        lambda: probe in pod_logs(installed, "keda-alpha", selector), "alpha's KEDA saw it", 30, 1
+    )
+    assert probe not in pod_logs(installed, "keda-beta", selector)
+    code, body = installed.get_raw(metric_path("kube-system"))
+    assert code == 404
+    assert "not served by any tenant" in str(body["message"])
+
+
+def test_04_identity_crosses_the_router_intact(installed: Installed) -> None:
+    namespace = APPS["alpha"]
+    installed.cluster.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "external-metrics-reader"},
+            "rules": [
+                {
+                    "apiGroups": ["external.metrics.k8s.io"],
+                    "resources": ["*"],
+                    "verbs": ["get", "list"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "metrics-readers", "namespace": namespace},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "external-metrics-reader",
+            },
+            "subjects": [
+                {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Group",
+                    "name": "metrics-readers",
+                }
+            ],
+        },
+    )
+    jane = installed.cluster.user_kubeconfig("jane", ("metrics-readers",))
+    bob = installed.cluster.user_kubeconfig("bob")
+    # kube-apiserver lets both through to the APIService (discovery is open to authenticated
+    # users); the tenant's KEDA, by delegated authorization of the identity the router
+    # forwarded, refuses bob and admits jane through her group.
+    code, body = installed.get_raw(metric_path(namespace), kubeconfig=bob)
+    assert code == 403, body
+    assert wait_for(
+        lambda: installed.get_raw(metric_path(namespace), kubeconfig=jane)[0] == 200,
+        "jane allowed",
+        60,
+        1,
+    )
+
+
+def test_05_the_hpa_scales_a_real_deployment(installed: Installed) -> None:
+    alpha, beta = APPS["alpha"], APPS["beta"]
+    wait_for(
+        lambda: installed.replicas(alpha) == (4, 4), "alpha: 4 desired and ready (7 / 2)", 240, 1
+    )
+    installed.set_value(alpha, 11)
+    try:
+        wait_for(lambda: installed.replicas(alpha) == (6, 6), "alpha: 6 (11 / 2)", 240, 1)
+    finally:
+        installed.set_value(alpha, VALUES["alpha"])
+    wait_for(
+        lambda: installed.replicas(beta) == (MAX_REPLICAS, MAX_REPLICAS),
+        f"beta capped at {MAX_REPLICAS} (42 / 2)",
+        240,
+        1,
+    )
+
+
+def test_06_a_new_tenant_namespace_is_picked_up(installed: Installed) -> None:
+    settled(installed)
+    started = time.monotonic()
+    with Poller(installed) as poller:  # the tenant's existing namespace meanwhile
+        installed.tenant_namespace("alpha", "alpha-new")
+        installed.scaled_app("alpha-new", 5)
+        wait_for(
+            lambda: installed.replicas("alpha-new")[0] is not None,
+            "KEDA made the HPA in alpha-new",
+            180,
+            1,
+        )
+        wait_for(lambda: installed.metric_value("alpha-new") == "5", "alpha-new served", 180, 1)
+        served_s = time.monotonic() - started
+    # Reported, not asserted: how a namespace change, as the chart runs KEDA, affects the
+    # tenant's other reads (the operator restarts with the new WATCH_NAMESPACE).
+    print(
+        f"\n[cluster] alpha-new served after {served_s:.1f}s; alpha-apps meanwhile: "
+        f"{poller.reads} reads, {len(poller.failures)} failed, slowest {poller.slowest_s:.1f}s"
+    )
+
+
+def test_07_deleting_a_namespace_with_a_scaledobject_completes(installed: Installed) -> None:
+    installed.tenant_namespace("alpha", "alpha-doomed")
+    installed.scaled_app("alpha-doomed", 3)
+    wait_for(
+        lambda: installed.replicas("alpha-doomed")[0] is not None, "HPA in alpha-doomed", 180, 1
+    )
+    installed.cluster.kubectl("delete", "namespace", "alpha-doomed", "--wait=false")
+    wait_for(
+        lambda: (
+            installed.cluster.kubectl("get", "namespace", "alpha-doomed", check=False).returncode
+            != 0
+        ),
+        "namespace gone (KEDA removed its finalizer)",
+        180,
+        1,
+    )
+
+
+def settled(installed: Installed, namespace: str = APPS["alpha"], expected: str = "7") -> None:
+    """Restarts the reloaders may still do after earlier namespace changes are over."""
+    streak = 0
+
+    def steady() -> bool:
+        nonlocal streak
+        streak = streak + 1 if installed.metric_value(namespace) == expected else 0
+        return streak >= 5
+
+    wait_for(steady, f"{namespace} steadily served", 180, 0.5)
+
+
+class Poller:
+    """Reads alpha's metric in a loop; every read that is not the value is a failure."""
+
+    def __init__(
+        self, installed: Installed, namespace: str = APPS["alpha"], expected: str = "7"
+    ) -> None:
+        self.failures: list[str] = []
+        self.reads = 0
+        self._stop = threading.Event()
+
+        self.slowest_s = 0.0
+
+        def poll() -> None:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                code, body = installed.get_raw(metric_path(namespace))
+                self.slowest_s = max(self.slowest_s, time.monotonic() - started)
+                self.reads += 1
+                items = body.get("items") or [] if code == 200 else []
+                value = str(items[0]["value"]) if items else None
+                if value != expected:
+                    self.failures.append(f"{code}: {str(body.get('message', ''))[:200]}")
+                time.sleep(0.2)
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+
+    def __enter__(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def router_rolled_out(installed: Installed) -> Iterator[None]:
+    yield
+    installed.cluster.kubectl(
+        "-n", ROUTER_NAMESPACE, "rollout", "status", f"deploy/{ROUTER_RELEASE}", "--timeout=180s"
+    )
+
+
+def test_08_router_rollout_restart_without_failed_reads(
+    installed: Installed, router_rolled_out: None
+) -> None:
+    settled(installed)
+    with Poller(installed) as poller:
+        time.sleep(1)
+        installed.cluster.kubectl(
+            "-n", ROUTER_NAMESPACE, "rollout", "restart", f"deploy/{ROUTER_RELEASE}"
+        )
+        installed.cluster.kubectl(
+            "-n",
+            ROUTER_NAMESPACE,
+            "rollout",
+            "status",
+            f"deploy/{ROUTER_RELEASE}",
+            "--timeout=180s",
+        )
+        time.sleep(3)
+    assert poller.reads > 10
+    assert not poller.failures, f"failed reads during the rollout: {poller.failures}"
+
+
+def test_09_certificate_rotation_without_failed_reads(
+    installed: Installed, router_rolled_out: None
+) -> None:
+    """deploy/README.md: delete the leaf Secrets and `helm upgrade`; the router reloads or rolls."""
+    settled(installed)
+    cluster = installed.cluster
+    serving = f"{ROUTER_RELEASE}-serving-tls"
+    before = cluster.kubectl(
+        "-n", ROUTER_NAMESPACE, "get", "secret", serving, "-o", "jsonpath={.data.tls\\.crt}"
+    ).stdout
+    with Poller(installed) as poller:
+        time.sleep(1)
+        cluster.kubectl(
+            "-n",
+            ROUTER_NAMESPACE,
+            "delete",
+            "secret",
+            serving,
+            f"{ROUTER_RELEASE}-upstream-client-tls",
+        )
+        cluster.helm(
+            "upgrade", ROUTER_RELEASE, str(ROUTER_CHART), "-n", ROUTER_NAMESPACE, *installed.router_args(),
+            "--wait", "--timeout=5m",
+        )  # fmt: skip
+        cluster.kubectl(
+            "-n",
+            ROUTER_NAMESPACE,
+            "rollout",
+            "status",
+            f"deploy/{ROUTER_RELEASE}",
+            "--timeout=180s",
+        )
+        time.sleep(15)  # more than the router's certificate reload interval (10 s)
+    after = cluster.kubectl(
+        "-n", ROUTER_NAMESPACE, "get", "secret", serving, "-o", "jsonpath={.data.tls\\.crt}"
+    ).stdout
+    assert after
+    assert after != before
+    assert not poller.failures, f"failed reads during rotation: {poller.failures}"
+    assert installed.apiservice_available()
+
+
+def test_10_a_tenant_down_does_not_stop_the_other(installed: Installed) -> None:
+    cluster = installed.cluster
+    settled(installed)
+    beta = tenant_namespace("beta")
+    cluster.kubectl("-n", beta, "scale", "deploy/keda-operator-metrics-apiserver", "--replicas=0")
+    try:
+        wait_for(
+            lambda: installed.get_raw(metric_path(APPS["beta"]))[0] == 503,
+            "beta answers 503",
+            120,
+            1,
+        )
+        time.sleep(12)  # several availability checks by the aggregator
+        assert installed.apiservice_available()
+        for _ in range(5):
+            assert installed.metric_value(APPS["alpha"]) == "7"
+    finally:
+        cluster.kubectl(
+            "-n", beta, "scale", "deploy/keda-operator-metrics-apiserver", "--replicas=1"
+        )
+    wait_for(lambda: installed.metric_value(APPS["beta"]) == "42", "beta back", 180, 1)
+
+
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+    print("open")
+except OSError as exc:
+    print("closed", exc)
+"""
+
+
+def connects(cluster: Cluster, namespace: str, pod: str, host: str, port: int) -> bool:
+    """A TCP connect from `pod`; False on refusal or a 3 s timeout. (Debian's busybox nc has
+    no -z, and its wget segfaults in pods: the probe is Python.)"""
+    done = cluster.kubectl(
+        "-n", namespace, "exec", pod, "--", "python3", "-c", CONNECT, host, str(port), check=False
+    )
+    return done.stdout.startswith("open")
+
+
+def test_11_network_policy_keeps_tenants_apart(installed: Installed) -> None:
+    cluster = installed.cluster
+    alpha_apps = APPS["alpha"]
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "prober", "namespace": alpha_apps},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [
+                    {
+                        "name": "prober",
+                        "image": installed.images.python.reference,
+                        "imagePullPolicy": "Never",
+                        "command": ["sleep", "86400"],
+                        "securityContext": {"runAsUser": 65532, "allowPrivilegeEscalation": False},
+                    }
+                ],
+            },
+        }
+    )
+    cluster.kubectl(
+        "-n", alpha_apps, "wait", "--for=condition=Ready", "pod/prober", "--timeout=120s"
+    )
+
+    def pod_ip(namespace: str, selector: str) -> str:
+        return cluster.kubectl(
+            "-n",
+            namespace,
+            "get",
+            "pods",
+            "-l",
+            selector,
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ).stdout
+
+    beta = tenant_namespace("beta")
+    beta_metrics = pod_ip(beta, "app.kubernetes.io/component=metrics-apiserver")
+    beta_operator = pod_ip(beta, "app.kubernetes.io/component=operator")
+    # The probe works: it reaches its own namespace's metric source by name.
+    assert wait_for(
+        lambda: connects(cluster, alpha_apps, "prober", "app-metric", 8080),
+        "prober -> own namespace",
+        30,
+        1,
+    )
+    assert not connects(cluster, alpha_apps, "prober", beta_metrics, 6443)
+    assert not connects(
+        cluster, alpha_apps, "prober", f"keda-operator-metrics-apiserver.{beta}.svc", 443
+    )
+    assert not connects(cluster, alpha_apps, "prober", beta_operator, 9666)
+    # The router can (as every read through it shows; here the raw connection).
+    router = cluster.kubectl(
+        "-n", ROUTER_NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/component=router",
+        "-o", "jsonpath={.items[0].metadata.name}",
+    ).stdout  # fmt: skip
+    done = cluster.kubectl(
+        "-n", ROUTER_NAMESPACE, "exec", router, "--", "python", "-c", CONNECT, beta_metrics, "6443",
+        check=False,
+    )  # fmt: skip
+    assert done.stdout.startswith("open"), done.stdout + done.stderr

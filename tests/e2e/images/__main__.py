@@ -1,0 +1,5 @@
+import sys
+
+from tests.e2e.images.build import main
+
+main(sys.argv[1:])
