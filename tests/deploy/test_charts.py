@@ -541,12 +541,14 @@ NO_CLUSTER_WIDE = {
 
 
 def cluster_grants(docs: list[Doc], service_account: str) -> list[dict[str, Any]]:
-    """Every rule a ClusterRoleBinding grants `service_account` (rendered roles only)."""
+    """Every rule a ClusterRoleBinding grants `service_account` (rendered roles; the built-in
+    system:auth-delegator grants TokenReviews and SubjectAccessReviews only)."""
     roles = {d["metadata"]["name"]: d for d in of_kind(docs, "ClusterRole")}
     return [
         rule
         for binding in of_kind(docs, "ClusterRoleBinding")
         if any(s["name"] == service_account for s in binding["subjects"])
+        and binding["roleRef"]["name"] != "system:auth-delegator"
         for rule in roles[binding["roleRef"]["name"]]["rules"]
     ]
 
