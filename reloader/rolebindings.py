@@ -7,9 +7,15 @@ watched by a running operator (`keep`), so the operator never loses access to a 
 it still watches. Deletes carry the uid we listed as a precondition: an object someone
 replaced in between is not ours to remove.
 
-The component running this holds `create`/`delete`/`list` on RoleBindings and `bind` on
-exactly the tenant operator's ClusterRole, so Kubernetes' escalation check stops it from
-granting anything else; it is never the operator's own ServiceAccount.
+The component running this holds `create`/`delete`/`list`/`patch` on RoleBindings and
+`bind` on exactly the tenant operator's ClusterRole, so Kubernetes' escalation check stops it
+from granting anything else; it is never the operator's own ServiceAccount.
+
+Each binding carries a finalizer. When a namespace is deleted, the namespace controller
+deletes its RoleBindings in no particular order with its ScaledObjects, whose KEDA finalizers
+KEDA can only remove while it may still update them there; without ours the namespace could
+stay Terminating for good. So ours is removed only once no KEDA object is left in a
+Terminating namespace (at once when the namespace is not terminating: our own delete).
 """
 
 from __future__ import annotations
@@ -21,7 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio.client import ApiClient, RbacAuthorizationV1Api
+from kubernetes_asyncio.client import (
+    ApiClient,
+    CoreV1Api,
+    CustomObjectsApi,
+    RbacAuthorizationV1Api,
+)
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -32,6 +43,15 @@ logger = logging.getLogger(__name__)
 OWNER_LABEL = "keda-tenancy.io/role-binding-of"
 """Value: the tenant. Marks the RoleBindings this manager created (and may delete)."""
 RBAC_GROUP = "rbac.authorization.k8s.io"
+FINALIZER = "keda-tenancy.io/operator-access"
+"""Holds a binding in a Terminating namespace until KEDA has removed its own finalizers."""
+KEDA_KINDS = (
+    # (group, version, plural): what KEDA puts finalizers on, and must update to remove them.
+    ("keda.sh", "v1alpha1", "scaledobjects"),
+    ("keda.sh", "v1alpha1", "scaledjobs"),
+    ("keda.sh", "v1alpha1", "triggerauthentications"),
+    ("eventing.keda.sh", "v1alpha1", "cloudeventsources"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +79,7 @@ class BindingSpec:
                     OWNER_LABEL: self.tenant,
                     "app.kubernetes.io/managed-by": "keda-tenancy-reloader",
                 },
+                "finalizers": [FINALIZER],
             },
             "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": self.cluster_role},
             "subjects": [
@@ -98,7 +119,7 @@ class BindingMetrics:
         )
         self.errors = Counter(
             prefix + "role_binding_errors",
-            "Failed RoleBinding operations, by operation (list, create, delete).",
+            "Failed RoleBinding operations, by operation (list, create, delete, release).",
             ["operation"],
             registry=registry,
         )
@@ -127,6 +148,8 @@ class RoleBindingError(Exception):
 class RoleBindingManager:
     def __init__(self, api: ApiClient, spec: BindingSpec, metrics: BindingMetrics) -> None:
         self._rbac = RbacAuthorizationV1Api(api)
+        self._core = CoreV1Api(api)
+        self._custom = CustomObjectsApi(api)
         self.spec = spec
         self._metrics = metrics
 
@@ -154,6 +177,12 @@ class RoleBindingManager:
         owned = await self.owned()
         result = ReconcileResult()
         for namespace, binding in sorted(owned.items()):
+            if _deleting(binding):
+                # Still in force until its finalizer goes; not made anew while it exists.
+                result.bound.discard(namespace)
+                wanted.discard(namespace)
+                await self._release(namespace, binding, result)
+                continue
             good = self.spec.grants(binding)
             if namespace in keep_set and good:
                 result.bound.add(namespace)
@@ -165,6 +194,7 @@ class RoleBindingManager:
                 )
             if await self._delete(namespace, binding, result):
                 result.deleted.append(namespace)
+                await self._release_after_delete(namespace, result)
         for namespace in sorted(wanted - result.bound):
             if await self._create(namespace, result):
                 result.created.append(namespace)
@@ -187,7 +217,9 @@ class RoleBindingManager:
         result = ReconcileResult()
         for namespace in sorted(set(namespaces)):
             binding = owned.get(namespace)
-            if binding is not None and self.spec.grants(binding):
+            if binding is not None and _deleting(binding):
+                result.failed[namespace] = "its RoleBinding is being deleted"
+            elif binding is not None and self.spec.grants(binding):
                 result.bound.add(namespace)
             elif binding is not None:
                 result.failed[namespace] = "a RoleBinding of ours there was changed"
@@ -248,6 +280,77 @@ class RoleBindingManager:
             )
             return False
         return True
+
+    async def _release_after_delete(self, namespace: str, result: ReconcileResult) -> None:
+        """Our own delete leaves the binding pending on our finalizer: release it now."""
+        owned = await self.owned()
+        binding = owned.get(namespace)
+        if binding is not None and _deleting(binding):
+            await self._release(namespace, binding, result)
+
+    async def _release(
+        self, namespace: str, binding: dict[str, Any], result: ReconcileResult
+    ) -> None:
+        """Remove our finalizer from a binding being deleted, once KEDA is done there."""
+        metadata = binding.get("metadata") or {}
+        finalizers = list(metadata.get("finalizers") or [])
+        if FINALIZER not in finalizers:
+            return
+        try:
+            if not await self._keda_done(namespace):
+                return
+            rest = [f for f in finalizers if f != FINALIZER]
+            patch = {
+                "metadata": {
+                    "finalizers": rest or None,
+                    "resourceVersion": metadata.get("resourceVersion"),
+                }
+            }
+            await read_json(
+                self._rbac.patch_namespaced_role_binding(  # type: ignore[call-arg] # _content_type is read from **kwargs
+                    self.spec.name,
+                    namespace,
+                    patch,
+                    _content_type="application/merge-patch+json",
+                    _preload_content=False,
+                )
+            )
+        except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
+            if isinstance(exc, ApiException) and exc.status in (404, 409):
+                return  # gone, or changed since we listed: the next pass sees it anew
+            self._metrics.errors.labels("release").inc()
+            result.failed[namespace] = f"cannot release RoleBinding: {_reason(exc)}"
+            return
+        logger.info("operator RoleBinding released", extra={"namespace": namespace})
+
+    async def _keda_done(self, namespace: str) -> bool:
+        """True unless the namespace is Terminating with KEDA objects still in it."""
+        try:
+            ns = await read_json(self._core.read_namespace(namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        if not (ns.get("metadata") or {}).get("deletionTimestamp"):
+            return True
+        for group, version, plural in KEDA_KINDS:
+            try:
+                listed = await read_json(
+                    self._custom.list_namespaced_custom_object(
+                        group, version, namespace, plural, limit=1, _preload_content=False
+                    )
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    continue  # that CRD is not installed
+                raise
+            if listed.get("items"):
+                return False
+        return True
+
+
+def _deleting(binding: dict[str, Any]) -> bool:
+    return bool((binding.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def _reason(exc: BaseException) -> str:

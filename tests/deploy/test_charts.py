@@ -587,7 +587,7 @@ def test_follow_scope_binds_through_a_component_that_is_not_the_operator(
     for rule in manager_rules:
         assert not set(rule["resources"]) & (NO_CLUSTER_WIDE - {"rolebindings"}), rule
         if "rolebindings" in rule["resources"]:
-            assert sorted(rule["verbs"]) == ["create", "delete", "list"]
+            assert sorted(rule["verbs"]) == ["create", "delete", "list", "patch"]
     for sa in ("keda-operator", "keda-metrics-server"):
         for rule in cluster_grants(docs, sa):
             assert not set(rule["resources"]) & NO_CLUSTER_WIDE, (sa, rule)

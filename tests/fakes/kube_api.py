@@ -97,6 +97,8 @@ class FakeKubeAPI:
     self_subject: tuple[str, str] = ("keda-alpha", "keda-operator")
     """The ServiceAccount (namespace, name) SelfSubjectAccessReviews are answered for."""
     pods: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    custom_objects: dict[tuple[str, str, str], list[Obj]] = field(default_factory=dict)
+    """(group, plural, namespace) -> objects, e.g. ScaledObjects left in a namespace."""
     operations: list[str] = field(default_factory=list)
     port: int = 0
     _rv: int = 1
@@ -126,6 +128,9 @@ class FakeKubeAPI:
         app.router.add_delete(
             rbac + "/namespaces/{ns}/rolebindings/{name}", self._delete_rolebinding
         )
+        app.router.add_patch(rbac + "/namespaces/{ns}/rolebindings/{name}", self._patch_rolebinding)
+        app.router.add_get("/api/v1/namespaces/{name}", self._get_namespace)
+        app.router.add_get("/apis/{group}/{version}/namespaces/{ns}/{plural}", self._list_custom)
         app.router.add_post(
             "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", self._access_review
         )
@@ -503,9 +508,59 @@ class FakeKubeAPI:
                 f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
                 f"{obj['metadata']['uid']}",
             )
-        del self.rolebindings[key]
+        self._delete_or_mark(key)
         self.operations.append(f"delete rolebinding {key[0]}")
         return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success"})
+
+    def _delete_or_mark(self, key: tuple[str, str]) -> None:
+        """As the API server deletes: an object with finalizers only gets a deletionTimestamp."""
+        obj = self.rolebindings[key]
+        if obj["metadata"].get("finalizers"):
+            obj["metadata"].setdefault("deletionTimestamp", "2026-01-01T00:00:00Z")
+            self._rv += 1
+            obj["metadata"]["resourceVersion"] = str(self._rv)
+        else:
+            del self.rolebindings[key]
+
+    def terminate_namespace(self, name: str) -> None:
+        """A namespace deleted: Terminating, and (the namespace controller) its RoleBindings
+        deleted, those with finalizers left pending on them."""
+        self.delete(name, terminating=True)
+        for key in [k for k in self.rolebindings if k[0] == name]:
+            self._delete_or_mark(key)
+
+    async def _patch_rolebinding(self, request: web.Request) -> web.Response:
+        """JSON merge patch; a resourceVersion in it must match; an object being deleted goes
+        once its last finalizer is removed."""
+        self.requests["patch rolebinding"] += 1
+        key = (request.match_info["ns"], request.match_info["name"])
+        obj = self.rolebindings.get(key)
+        if obj is None:
+            return _not_found("rolebindings.rbac.authorization.k8s.io", key[1])
+        patch = await request.json()
+        expected = (patch.get("metadata") or {}).pop("resourceVersion", None)
+        if expected is not None and expected != obj["metadata"]["resourceVersion"]:
+            return _status(409, "Conflict", "the object has been modified")
+        _merge_patch(obj, patch)
+        self._rv += 1
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        self.operations.append(f"patch rolebinding {key[0]}")
+        if obj["metadata"].get("deletionTimestamp") and not obj["metadata"].get("finalizers"):
+            del self.rolebindings[key]
+        return web.json_response(obj)
+
+    async def _get_namespace(self, request: web.Request) -> web.Response:
+        obj = self.namespaces.get(request.match_info["name"])
+        if obj is None:
+            return _not_found("namespaces", request.match_info["name"])
+        return web.json_response(obj)
+
+    async def _list_custom(self, request: web.Request) -> web.Response:
+        m = request.match_info
+        items = self.custom_objects.get((m["group"], m["plural"], m["ns"]), [])
+        return web.json_response(
+            {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items}
+        )
 
     async def _access_review(self, request: web.Request) -> web.Response:
         self.requests["selfsubjectaccessreview"] += 1

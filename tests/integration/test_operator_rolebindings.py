@@ -13,7 +13,13 @@ from prometheus_client import CollectorRegistry
 
 from reloader.binding_loop import BindingLoop
 from reloader.desired import Desired
-from reloader.rolebindings import OWNER_LABEL, BindingMetrics, BindingSpec, RoleBindingManager
+from reloader.rolebindings import (
+    FINALIZER,
+    OWNER_LABEL,
+    BindingMetrics,
+    BindingSpec,
+    RoleBindingManager,
+)
 from reloader.watched import PUBLISHED_ANNOTATION, WatchedConfigMap
 from tenancy_common.kube import make_api_client
 from tenancy_common.names import NamespaceName
@@ -127,6 +133,31 @@ async def test_an_edited_binding_is_replaced(rbac: FakeKubeAPI, kubeconfig: str)
         assert result.deleted == ["a1"]
         assert result.created == ["a1"]
         assert len(rbac.rolebindings[("a1", NAME)]["subjects"]) == 1
+    finally:
+        await api.close()
+
+
+async def test_in_a_terminating_namespace_the_binding_outlives_kedas_objects(
+    rbac: FakeKubeAPI, kubeconfig: str
+) -> None:
+    api = await make_api_client(kubeconfig)
+    try:
+        manager = RoleBindingManager(api, SPEC, BindingMetrics(CollectorRegistry()))
+        await manager.reconcile({"a1", "a2"})
+        assert rbac.rolebindings[("a1", NAME)]["metadata"]["finalizers"] == [FINALIZER]
+        # a1 is deleted with a ScaledObject in it whose KEDA finalizer is still to go.
+        rbac.custom_objects[("keda.sh", "scaledobjects", "a1")] = [{"metadata": {"name": "app"}}]
+        rbac.terminate_namespace("a1")
+        await manager.reconcile({"a1", "a2"})
+        assert ("a1", NAME) in rbac.rolebindings  # pending on our finalizer ...
+        assert rbac.allowed("a1", "keda.sh", "scaledobjects", "get")  # ... and in force
+        rbac.custom_objects[("keda.sh", "scaledobjects", "a1")] = []  # KEDA is done there
+        result = await manager.reconcile({"a1", "a2"})
+        assert ("a1", NAME) not in rbac.rolebindings
+        assert "a1" not in result.created  # not made anew in a Terminating namespace
+        # Our own delete (the namespace left the tenant) releases at once.
+        await manager.reconcile({"a1"} - {"a1"})
+        assert bound(rbac) == set()
     finally:
         await api.close()
 
