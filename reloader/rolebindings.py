@@ -204,8 +204,8 @@ class RoleBindingManager:
             logger.info(
                 "operator RoleBindings updated",
                 extra={
-                    "created": result.created,
-                    "deleted": result.deleted,
+                    "bound_in": result.created,
+                    "unbound_from": result.deleted,
                     "bindings": len(result.bound),
                 },
             )
@@ -227,7 +227,7 @@ class RoleBindingManager:
                 result.created.append(namespace)
                 result.bound.add(namespace)
         if result.created:
-            logger.info("operator RoleBindings created", extra={"created": result.created})
+            logger.info("operator RoleBindings created", extra={"bound_in": result.created})
         return result
 
     async def _create(self, namespace: str, result: ReconcileResult) -> bool:

@@ -214,14 +214,12 @@ def test_default_rbac_binds_no_operator_permission_cluster_wide(tenant: dict[str
     docs: list[Doc] = tenant["docs"]
     roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
     for binding in (d for d in docs if d["kind"] == "ClusterRoleBinding"):
-        if binding["subjects"][0]["name"] not in ("keda-operator", "keda-rolebinding-manager"):
+        if binding["subjects"][0]["name"] != "keda-operator":
             continue
         rules = roles[binding["roleRef"]["name"]]["rules"]
         resources = {r for rule in rules for r in rule["resources"]}
         assert resources <= {
             "namespaces",
-            "rolebindings",
-            "clusterroles",
             "clustertriggerauthentications",
             "clustertriggerauthentications/status",
             "clustercloudeventsources",

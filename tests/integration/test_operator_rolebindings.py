@@ -7,6 +7,8 @@ namespace only once the operator can read it, and publishes what its operator ru
 
 from __future__ import annotations
 
+import logging
+
 import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
@@ -42,6 +44,12 @@ SPEC = BindingSpec(
     subject_name="keda-operator",
     name=NAME,
 )
+
+
+@pytest.fixture(autouse=True)
+def every_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    """Emit every record, so a bad `extra` key fails here and not in a pod."""
+    caplog.set_level(logging.DEBUG)
 
 
 @pytest.fixture
