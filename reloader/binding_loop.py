@@ -19,6 +19,7 @@ from reloader.control import first
 from reloader.desired import Desired
 from reloader.rolebindings import RoleBindingError, RoleBindingManager
 from reloader.watched import WatchedSource, WatchedUnknownError
+from tenancy_common.names import NamespaceName
 from tenancy_common.namespace_cache import NamespaceCache
 
 logger = logging.getLogger(__name__)
@@ -86,12 +87,16 @@ class BindingLoop:
             watch_error = None
         except WatchedUnknownError as exc:
             watched, watch_error = None, str(exc)
+        # No binding can be made in a Terminating namespace; one that is there stays.
+        terminating = {
+            ns for ns in desired if (n := self._cache.get(NamespaceName(ns))) and n.terminating
+        }
         try:
             if watched is None:
                 keep = set(await self._manager.owned())
             else:
-                keep = self._still_watched(desired, watched)
-            result = await self._manager.reconcile(desired, keep)
+                keep = self._still_watched(desired, watched) | terminating
+            result = await self._manager.reconcile(desired - terminating, keep)
         except RoleBindingError as exc:
             self.last_error = str(exc)
             logger.error("cannot reconcile the operator's RoleBindings", extra={"error": str(exc)})

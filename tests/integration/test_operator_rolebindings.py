@@ -25,6 +25,7 @@ from reloader.rolebindings import (
 from reloader.watched import PUBLISHED_ANNOTATION, WatchedConfigMap
 from tenancy_common.kube import make_api_client
 from tenancy_common.names import NamespaceName
+from tenancy_common.namespace import Namespace
 from tenancy_common.namespace_cache import NamespaceCache
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.reloader_harness import ChildLog, eventually, label, reloader_args, running_reloader
@@ -235,6 +236,40 @@ async def test_binding_loop_keeps_desired_plus_watched_until_the_unbind_timeout(
         # Its pod's entry removed: the value is the union of the other pods', now none.
         await configmap.publish(None)
         assert "pod-1" not in rbac.configmaps[("keda-alpha", "watched")].get("data", {})
+    finally:
+        await api.close()
+
+
+async def test_no_binding_is_attempted_in_a_terminating_namespace(
+    rbac: FakeKubeAPI, kubeconfig: str
+) -> None:
+    rbac.configmaps[("keda-alpha", "watched")] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "watched", "namespace": "keda-alpha"},
+    }
+    cache = NamespaceCache()
+    cache.replace(
+        [Namespace(NamespaceName("a1"), terminating=True), Namespace(NamespaceName("a2"))]
+    )
+    api = await make_api_client(kubeconfig)
+    try:
+        manager = RoleBindingManager(api, SPEC, BindingMetrics(CollectorRegistry()))
+        configmap = WatchedConfigMap(api, "keda-alpha", "watched", key="pod-1")
+        await configmap.publish("a1,a2")
+        loop = BindingLoop(
+            manager=manager,
+            cache=cache,
+            desired=lambda: Desired((NamespaceName("a1"), NamespaceName("a2"))),
+            watched=configmap,
+            interval_s=10,
+            unbind_timeout_s=60,
+            clock=FakeClock(),
+        )
+        await loop.reconcile_once()
+        assert bound(rbac) == {"a2"}
+        assert rbac.requests["create rolebinding"] == 1
+        assert loop.readiness() is None
     finally:
         await api.close()
 
