@@ -524,6 +524,11 @@ def test_tenant_rbac_scope(helm: Helm, router_docs: list[Doc]) -> None:
     namespaced, cluster = bindings("name-pattern-no-webhooks-no-netpol")
     assert [d["metadata"]["namespace"] for d in namespaced] == ["tenant-a--one"]
     assert not cluster
+    # An explicit list is honoured by auto too.
+    listed = {"rbac": {"scope": "auto", "namespaces": ["x1"]}}
+    namespaced, cluster = bindings("label-process", listed)
+    assert [d["metadata"]["namespace"] for d in namespaced] == ["x1"]
+    assert not cluster
     assert bindings("name-pattern") == ([], [])
     namespaced, cluster = bindings("label-process", {"rbac": {"scope": "cluster"}})
     assert not namespaced

@@ -85,8 +85,9 @@ tenantNamespaceSelectors, else one per label key (value = tenant) plus the HNC t
 {{- define "tenant.rbacScope" -}}
 {{- $scope := .Values.rbac.scope }}
 {{- if eq $scope "auto" }}
-{{- /* RoleBindings that follow the namespaces, whatever the tenancy rule: hnc, namespaces,
-external and cluster are only ever chosen explicitly. */}}follow
+{{- /* RoleBindings that follow the namespaces, whatever the tenancy rule; an explicit
+rbac.namespaces list is honoured. hnc, external and cluster are only ever chosen explicitly. */}}
+{{- if .Values.rbac.namespaces }}namespaces{{ else }}follow{{ end }}
 {{- else }}
 {{- $scope }}
 {{- end }}
