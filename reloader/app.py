@@ -262,7 +262,7 @@ class Reloader:
             self.gate = BindingGate(manager, metrics, clock=self._clock)
         else:
             assert config.watched_configmap is not None
-            watched = WatchedConfigMap(api, *config.watched_configmap)
+            watched = WatchedConfigMap(api, *config.watched_configmap, prune_dead_pods=True)
         return BindingLoop(
             manager=manager,
             cache=self.cache,

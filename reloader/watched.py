@@ -3,7 +3,10 @@
 Process mode: each in-pod reloader publishes the value its operator runs with under its
 pod's name in one ConfigMap of its own namespace (it may only `patch` that one object), and
 removes its key when it stops; the manager reads the union of the values. A pod that died
-without removing its key leaves it behind; the manager's unbind timeout bounds that.
+without removing its key leaves it behind: with `prune_dead_pods` the manager ignores and
+removes entries whose pod no longer exists (a key is written by a running pod, so its Pod
+object exists first); the manager's unbind timeout bounds anything else, such as an operator
+that writes entries for other pods' names.
 Deployment mode: the union of WATCH_NAMESPACE over every pod of the operator's Deployment
 (terminating ones too) and its template, so a binding outlives the rollout's old pods.
 A value that cannot be read is `WatchedUnknownError`: the manager then removes nothing.
@@ -47,12 +50,22 @@ class PublishError(Exception):
 class WatchedConfigMap:
     """The one ConfigMap the in-pod reloader writes and the binding manager reads."""
 
-    def __init__(self, api: ApiClient, namespace: str, name: str, key: str = "") -> None:
-        """`key`: this pod's entry (its name); only needed to publish."""
+    def __init__(
+        self,
+        api: ApiClient,
+        namespace: str,
+        name: str,
+        key: str = "",
+        *,
+        prune_dead_pods: bool = False,
+    ) -> None:
+        """`key`: this pod's entry (its name); only needed to publish. `prune_dead_pods`: the
+        manager's side, which may list pods and patch this ConfigMap."""
         self._core = CoreV1Api(api)
         self.namespace = namespace
         self.name = name
         self.key = key
+        self._prune = prune_dead_pods
 
     async def publish(self, value: str | None) -> None:
         """Say this pod's operator runs with `value` (None: no operator here any more)."""
@@ -99,10 +112,35 @@ class WatchedConfigMap:
             raise WatchedUnknownError(
                 f"configmap {self.namespace}/{self.name} has not been published to yet"
             )
+        data = dict(obj.get("data") or {})
+        if self._prune and data:
+            dead = await self._dead_entries(data)
+            for key in dead:
+                del data[key]
         watched: set[str] = set()
-        for value in (obj.get("data") or {}).values():
+        for value in data.values():
             watched |= split(str(value))
         return frozenset(watched)
+
+    async def _dead_entries(self, data: dict[str, str]) -> list[str]:
+        """Keys whose pod is gone, removed from the ConfigMap (best effort)."""
+        try:
+            pods = await read_json(
+                self._core.list_namespaced_pod(self.namespace, _preload_content=False)
+            )
+        except _ERRORS as exc:
+            raise WatchedUnknownError(
+                f"cannot list pods in {self.namespace} to check watched entries: {exc}"
+            ) from exc
+        alive = {(p.get("metadata") or {}).get("name") for p in pods.get("items") or []}
+        dead = sorted(key for key in data if key not in alive)
+        if dead:
+            logger.info("removing watched entries of pods that are gone", extra={"pods": dead})
+            try:
+                await self._patch({"data": dict.fromkeys(dead)})
+            except _ERRORS as exc:
+                logger.warning("cannot remove stale watched entries", extra={"error": str(exc)})
+        return dead
 
 
 class DeploymentPods:

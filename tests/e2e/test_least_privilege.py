@@ -156,6 +156,21 @@ def tenant(stack: Stack, sources: dict[str, MetricSource]) -> Iterator[dict[str,
     keda = replace_flag(keda, "--health-probe-bind-address", f"127.0.0.1:{free_port()}")
     keda = replace_flag(keda, "--metrics-service-bind-address", f"127.0.0.1:{free_port()}")
     pod = "keda-operator-0"
+    # The Pod object this process stands in for (no kubelet here: it stays Pending). The
+    # manager trusts an entry in the watched ConfigMap only while its pod exists.
+    template = deployment(docs, "keda-operator")["spec"]["template"]
+    stack.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod,
+                "namespace": KEDA_NS,
+                "labels": template["metadata"]["labels"],
+            },
+            "spec": template["spec"],
+        }
+    )
     process = stack.run(
         f"operator-{TENANT}",
         [*argv[: split + 1], *keda],

@@ -364,6 +364,7 @@ async def test_bindings_mode_and_process_mode_together(
         "metadata": {"name": "watched", "namespace": "keda-alpha"},
     }
     rbac.relabel("a1", label("alpha"))
+    rbac.add_pod("keda-alpha", "op-1", {"app": "keda-operator"}, [])
     async with (
         running_reloader(bindings_args(kubeconfig)) as manager,
         running_reloader(access_args(kubeconfig, log.path), environ={"POD_NAME": "op-1"}),
@@ -384,6 +385,28 @@ async def test_bindings_mode_and_process_mode_together(
         assert create_a2 >= 0
         assert manager.binding_loop is not None
         assert manager.binding_loop.readiness() is None
+
+
+async def test_bindings_mode_ignores_and_removes_entries_of_pods_that_are_gone(
+    rbac: FakeKubeAPI, kubeconfig: str
+) -> None:
+    rbac.relabel("a1", label("alpha"))
+    rbac.add_pod("keda-alpha", "alive", {}, [])
+    rbac.add_rolebinding("a2", NAME, ROLE, **{OWNER_LABEL: "alpha"})  # a2 left the tenant
+    rbac.configmaps[("keda-alpha", "watched")] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "watched",
+            "namespace": "keda-alpha",
+            "annotations": {PUBLISHED_ANNOTATION: "true"},
+        },
+        # "killed" died without removing its entry, which still lists a2.
+        "data": {"alive": "a1", "killed": "a1,a2"},
+    }
+    async with running_reloader(bindings_args(kubeconfig)):
+        await eventually(lambda: bound(rbac) == {"a1"})
+        assert rbac.configmaps[("keda-alpha", "watched")]["data"] == {"alive": "a1"}
 
 
 def deployment_args(kubeconfig: str) -> list[str]:
