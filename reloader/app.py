@@ -11,19 +11,26 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 from prometheus_client import CollectorRegistry
 
+from reloader.access import BindingGate, Gate, SelfAccessGate
+from reloader.binding_loop import BindingLoop
 from reloader.child import ChildProcess, become_subreaper, reap_orphans
 from reloader.clock import Clock
 from reloader.config import ReloaderConfig
 from reloader.control import Controller
 from reloader.deployment import DeploymentPatcher
+from reloader.desired import Desired, desired_namespaces
 from reloader.metrics import ReloaderMetrics
+from reloader.publishing import PublishingTarget
+from reloader.rolebindings import BindingMetrics, BindingSpec, RoleBindingManager
 from reloader.targets import DeploymentTarget, ProcessTarget, Target
+from reloader.watched import DeploymentPods, WatchedConfigMap, WatchedSource
 from tenancy_common import health
 from tenancy_common.kube import make_api_client
 from tenancy_common.lifecycle import install_stop_signals, run_roots, wait_stopped
@@ -67,7 +74,11 @@ class Reloader:
             if config.mode == "process"
             else None
         )
+        self._environ = os.environ if environ is None else environ
         self.controller: Controller | None = None
+        self.gate: Gate | None = None
+        self.binding_loop: BindingLoop | None = None
+        self.publisher: PublishingTarget | None = None
         self.health_port: int | None = None
         self._stop_signal = signal.SIGTERM
 
@@ -101,7 +112,34 @@ class Reloader:
                 return "not started"
             return self.controller.readiness()
 
-        return {"namespaces": synced, "operator": operator}
+        def role_bindings() -> str | None:
+            if self.binding_loop is None:
+                return "not started"
+            return self.binding_loop.readiness()
+
+        checks: dict[str, health.ReadinessCheck] = {"namespaces": synced}
+        if self.config.mode != "bindings":
+            checks["operator"] = operator
+        if self.config.bindings is not None:
+            checks["role-bindings"] = role_bindings
+        return checks
+
+    def readiness_warnings(self) -> dict[str, health.ReadinessCheck]:
+        """Shown in /readyz without failing it: the operator's pod must stay in its Service
+        (the metrics server reaches it there) while one new namespace waits for access."""
+
+        def access() -> str | None:
+            waiting = self.gate.waiting if self.gate is not None else {}
+            if not waiting:
+                return None
+            return "waiting for the operator's access: " + "; ".join(
+                f"{ns}: {why}" for ns, why in sorted(waiting.items())
+            )
+
+        def published() -> str | None:
+            return self.publisher.last_error if self.publisher is not None else None
+
+        return {"namespace-access": access, "watched-published": published}
 
     # -- running -----------------------------------------------------------------------
 
@@ -115,6 +153,9 @@ class Reloader:
             return 1
         failed = False
         try:
+            if config.mode == "bindings":
+                return await self._run_bindings(api, stop)
+            self.binding_loop = self._binding_loop(api)
             self.controller = Controller(
                 target=self._target(api, stop),
                 cache=self.cache,
@@ -126,6 +167,7 @@ class Reloader:
                 metrics=self.metrics,
                 clock=self._clock,
                 resync_s=config.resync_period_s if config.mode == "deployment" else 0.0,
+                gate=self.gate,
             )
             self.controller.stop_signal = self._stop_signal
             logger.info(
@@ -144,6 +186,10 @@ class Reloader:
             }
             if self.child is not None and self._reap_orphans:
                 roots["reaper"] = self._reap(stop)
+            if self.publisher is not None:
+                roots["publish"] = self.publisher.run(stop)
+            if self.binding_loop is not None:
+                roots["bindings"] = self.binding_loop.run(stop)
             await run_roots(roots, stop)
         except Exception as exc:
             failed = True
@@ -162,9 +208,82 @@ class Reloader:
             logger.warning("stopping the operator after a failure")
             await self.child.stop(self._stop_signal)
 
+    async def _run_bindings(self, api: ApiClient, stop: asyncio.Event) -> int:
+        """Bindings mode: only the namespace watch and the RoleBinding loop (no operator)."""
+        config = self.config
+        assert config.watched_configmap is not None
+        self.binding_loop = self._binding_loop(api)
+        assert self.binding_loop is not None
+        logger.info(
+            "role binding manager starting",
+            extra={"tenant": config.tenant, "label_selector": config.label_selector},
+        )
+        await run_roots(
+            {
+                "health": self._serve_health(stop),
+                "namespaces": self._watch(api, stop),
+                "bindings": self.binding_loop.run(stop),
+            },
+            stop,
+        )
+        return 0
+
+    def _desired(self) -> Desired:
+        return desired_namespaces(
+            self.cache.snapshot(), rule=self.config.rule, tenant=self.config.tenant
+        )
+
+    def _binding_loop(self, api: ApiClient) -> BindingLoop | None:
+        """Deployment and bindings modes with --bind-*: the loop that keeps the operator's
+        RoleBindings on desired + still-watched (and, deployment mode, the gate that binds
+        a namespace before it is patched in)."""
+        config = self.config
+        settings = config.bindings
+        if settings is None or config.tenant is None:
+            return None
+        metrics = BindingMetrics(self.registry)
+        manager = RoleBindingManager(
+            api,
+            BindingSpec(
+                tenant=config.tenant,
+                cluster_role=settings.cluster_role,
+                subject_namespace=settings.subject[0],
+                subject_name=settings.subject[1],
+                name=settings.name,
+            ),
+            metrics,
+        )
+        if config.mode == "deployment":
+            assert config.target_deployment is not None
+            assert config.container is not None
+            watched: WatchedSource = DeploymentPods(
+                api, *config.target_deployment, config.container, config.target_env
+            )
+            self.gate = BindingGate(manager, metrics, clock=self._clock)
+        else:
+            assert config.watched_configmap is not None
+            watched = WatchedConfigMap(api, *config.watched_configmap, prune_dead_pods=True)
+        return BindingLoop(
+            manager=manager,
+            cache=self.cache,
+            desired=self._desired,
+            watched=watched,
+            interval_s=settings.interval_s,
+            unbind_timeout_s=settings.unbind_timeout_s,
+            clock=self._clock,
+        )
+
     def _target(self, api: ApiClient, stop: asyncio.Event) -> Target:
         if self.child is not None:
-            return ProcessTarget(self.child, self.metrics, stop)
+            target: Target = ProcessTarget(self.child, self.metrics, stop)
+            if self.config.check_operator_access:
+                self.gate = SelfAccessGate(api, BindingMetrics(self.registry), clock=self._clock)
+            if self.config.watched_configmap is not None:
+                key = self._environ.get("POD_NAME") or socket.gethostname()
+                configmap = WatchedConfigMap(api, *self.config.watched_configmap, key=key)
+                self.publisher = PublishingTarget(target, configmap, self.registry)
+                target = self.publisher
+            return target
         assert self.config.target_deployment is not None
         assert self.config.container is not None
         namespace, name = self.config.target_deployment
@@ -177,13 +296,20 @@ class Reloader:
         await self.controller.run(stop)
 
     async def _watch(self, api: ApiClient, stop: asyncio.Event) -> None:
-        assert self.controller is not None
+        controller, loop = self.controller, self.binding_loop
+
+        def changed() -> None:
+            if controller is not None:
+                controller.wake()
+            if loop is not None:
+                loop.wake()
+
         await watch_namespaces(
             api,
             self.cache,
             stop=stop,
             label_selector=self.config.label_selector,
-            on_change=self.controller.wake,
+            on_change=changed,
             settings=self._watch_settings,
             metrics=self._watch_metrics,
         )
@@ -192,7 +318,9 @@ class Reloader:
         def started(port: int) -> None:
             self.health_port = port
 
-        app = health.build_health_app(self.registry, self.readiness_checks())
+        app = health.build_health_app(
+            self.registry, self.readiness_checks(), self.readiness_warnings()
+        )
         await health.serve_until(
             app, self.config.health_bind_address, self.config.health_port, stop, started=started
         )

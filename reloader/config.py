@@ -20,7 +20,7 @@ from tenancy_common.tenancy import TenancyRule
 from tenancy_common.tenancy_config import ConfigError, add_tenancy_flags, tenancy_from_flags
 
 ENV_PREFIX = "KEDA_TENANCY_RELOADER_"
-MODES = ("process", "deployment")
+MODES = ("process", "deployment", "bindings")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,13 @@ class ReloaderConfig:
     health_port: int
     log_level: str
     log_format: str
+    bindings: BindingSettings | None = None
+    """Manage the operator's RoleBindings (deployment and bindings modes)."""
+    watched_configmap: tuple[str, str] | None = None
+    """(namespace, name): process mode publishes what the operator watches there; bindings
+    mode reads it."""
+    check_operator_access: bool = False
+    """Process mode: admit a namespace only once the operator may read it."""
 
     @classmethod
     def from_args(cls, argv: Sequence[str], environ: Mapping[str, str]) -> ReloaderConfig:
@@ -109,12 +116,28 @@ class ReloaderConfig:
                 raise ConfigError("--tenant or a non-empty --namespace-selector is required")
             validate_label_selector(selector)
 
+        grace_period_s = _duration("--grace-period", args.grace_period)
+        bindings = _binding_settings(args, tenant, schedule, grace_period_s)
+        watched = _object_ref("--watched-configmap", args.watched_configmap)
+        check_access = _boolean("--check-operator-access", args.check_operator_access)
         deployment: tuple[str, str] | None = None
-        if args.mode == "process":
+        if args.mode == "bindings":
+            if command:
+                raise ConfigError("bindings mode runs no command: drop what follows '--'")
+            if bindings is None or watched is None:
+                raise ConfigError(
+                    "bindings mode needs --bind-cluster-role, --bind-service-account and "
+                    "--watched-configmap"
+                )
+        elif args.mode == "process":
             if not command:
                 raise ConfigError("process mode needs the operator command after '--'")
             if args.target_deployment or args.container:
                 raise ConfigError("--target-deployment and --container are for --mode=deployment")
+            if bindings is not None:
+                # The operator's own pod must never be able to bind: that is what the
+                # separate bindings-mode Deployment is for.
+                raise ConfigError("--bind-* flags are for --mode=deployment or --mode=bindings")
         else:
             if command:
                 raise ConfigError("deployment mode runs no command: drop what follows '--'")
@@ -123,7 +146,11 @@ class ReloaderConfig:
                 raise ConfigError(
                     "deployment mode needs --target-deployment NAMESPACE/NAME and --container"
                 )
+            if watched is not None:
+                raise ConfigError("deployment mode reads what the operator watches from its pods")
             deployment = (namespace, name)
+        if args.mode != "process" and check_access:
+            raise ConfigError("--check-operator-access is for --mode=process")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.target_env):
             raise ConfigError(
                 f"--target-env {args.target_env!r} is not an environment variable name"
@@ -142,14 +169,78 @@ class ReloaderConfig:
             kubeconfig=args.kubeconfig or None,
             schedule=schedule,
             crash=crash,
-            grace_period_s=_duration("--grace-period", args.grace_period),
+            grace_period_s=grace_period_s,
             kill_wait_s=_duration("--kill-wait", args.kill_wait),
             resync_period_s=_duration("--resync-period", args.resync_period),
             health_bind_address=args.health_bind_address,
             health_port=args.health_port,
             log_level=args.log_level,
             log_format=args.log_format,
+            bindings=bindings,
+            watched_configmap=watched,
+            check_operator_access=check_access,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class BindingSettings:
+    cluster_role: str
+    """The tenant operator's ClusterRole, bound in each of its namespaces."""
+    subject: tuple[str, str]
+    """(namespace, name) of the operator's ServiceAccount."""
+    name: str
+    """Name of each RoleBinding."""
+    interval_s: float
+    """Reconcile at least this often (and after every namespace event)."""
+    unbind_timeout_s: float
+    """Longest a namespace that left keeps its binding while reported still watched."""
+
+
+def _binding_settings(
+    args: argparse.Namespace,
+    tenant: TenantName | None,
+    schedule: SchedulePolicy,
+    grace_period_s: float,
+) -> BindingSettings | None:
+    role = args.bind_cluster_role.strip()
+    subject = _object_ref("--bind-service-account", args.bind_service_account)
+    if not role and subject is None:
+        return None
+    if not role or subject is None:
+        raise ConfigError("--bind-cluster-role and --bind-service-account go together")
+    if tenant is None:
+        raise ConfigError("--bind-* flags need --tenant (bindings are labelled with it)")
+    name = args.binding_name.strip() or f"{role}-managed"
+    for flag, value in (("--bind-cluster-role", role), ("--binding-name", name)):
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", value):
+            raise ConfigError(f"{flag} {value!r} is not a valid object name")
+    # Long enough for an honest reloader to restart without a namespace: removal delay,
+    # the longest a restart waits, the old operator's grace period, then a margin.
+    grace = _duration("--unbind-grace", args.unbind_grace)
+    unbind_timeout_s = schedule.removal_delay_s + schedule.max_wait_s + grace_period_s + grace
+    return BindingSettings(
+        cluster_role=role,
+        subject=subject,
+        name=name,
+        interval_s=_duration("--bindings-interval", args.bindings_interval),
+        unbind_timeout_s=unbind_timeout_s,
+    )
+
+
+def _object_ref(flag: str, text: str) -> tuple[str, str] | None:
+    if not text.strip():
+        return None
+    namespace, _, name = text.strip().partition("/")
+    if not (is_dns1123_label(namespace) and name and "/" not in name):
+        raise ConfigError(f"{flag} wants NAMESPACE/NAME, not {text!r}")
+    return namespace, name
+
+
+def _boolean(flag: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", ""):
+        raise ConfigError(f"{flag} is true or false, not {text!r}")
+    return value in ("true", "1")
 
 
 def _duration(flag: str, text: str) -> float:
@@ -252,6 +343,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--resync-period",
         default="5m",
         help="deployment mode: re-check the Deployment this often, undoing drift (0: never)",
+    )
+
+    bind = parser.add_argument_group(
+        "operator access",
+        "RoleBindings that follow the tenant's namespaces (deployment and bindings modes), "
+        "and what the operator may read (process mode)",
+    )
+    bind.add_argument(
+        "--bind-cluster-role",
+        default="",
+        metavar="NAME",
+        help="bind this ClusterRole to the operator in each of the tenant's namespaces",
+    )
+    bind.add_argument(
+        "--bind-service-account",
+        default="",
+        metavar="NAMESPACE/NAME",
+        help="the operator's ServiceAccount, the subject of those RoleBindings",
+    )
+    bind.add_argument(
+        "--binding-name", default="", help="name of each RoleBinding (default: ROLE-managed)"
+    )
+    bind.add_argument(
+        "--bindings-interval", default="10s", help="reconcile the RoleBindings at least this often"
+    )
+    bind.add_argument(
+        "--unbind-grace",
+        default="5m",
+        help="how much longer than removal delay + max wait + grace period a namespace that "
+        "left keeps its binding while the operator is still reported to watch it",
+    )
+    bind.add_argument(
+        "--watched-configmap",
+        default="",
+        metavar="NAMESPACE/NAME",
+        help="process mode: publish the namespaces the operator runs with here; bindings "
+        "mode: read them from here",
+    )
+    bind.add_argument(
+        "--check-operator-access",
+        default="false",
+        metavar="BOOL",
+        help="process mode: add a namespace to the operator's list only once it may read "
+        "it there (SelfSubjectAccessReview); until then it waits and is retried",
     )
 
     timing = parser.add_argument_group("restarts")

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+from reloader.access import Gate
 from reloader.child import ChildStartError
 from reloader.clock import Clock, LoopClock
 from reloader.desired import (
@@ -31,7 +32,7 @@ from reloader.desired import (
 from reloader.metrics import ReloaderMetrics
 from reloader.schedule import CrashPolicy, RestartSchedule, SchedulePolicy
 from reloader.targets import ApplyError, Target
-from tenancy_common.names import TenantName
+from tenancy_common.names import NamespaceName, TenantName
 from tenancy_common.namespace_cache import NamespaceCache
 from tenancy_common.tenancy import TenancyRule
 
@@ -52,8 +53,11 @@ class Controller:
         metrics: ReloaderMetrics,
         clock: Clock | None = None,
         resync_s: float = 0.0,
+        gate: Gate | None = None,
     ) -> None:
+        """`gate`: which desired namespaces the operator may be given (None: all)."""
         self._target = target
+        self._gate = gate
         self._cache = cache
         self._rule = rule
         self._tenant = tenant
@@ -90,6 +94,14 @@ class Controller:
         self._metrics.namespaces.set(len(desired.names))
         return desired
 
+    async def admitted(self) -> Desired:
+        """The desired namespaces the gate lets the operator have now."""
+        desired = self.desired()
+        if self._gate is None:
+            return desired
+        admitted = await self._gate.admit(desired.names)
+        return Desired(tuple(NamespaceName(ns) for ns in admitted), desired.contested)
+
     def readiness(self) -> str | None:
         """None when the operator runs with the desired namespaces, else why not."""
         if self.gave_up:
@@ -113,10 +125,12 @@ class Controller:
         try:
             if not await first(self._cache.synced.wait(), stop):
                 return self.exit_code
-            await self._apply(self.desired(), "initial")
+            await self._apply(await self.admitted(), "initial")
             while not stop.is_set() and not self.gave_up:
                 self._wake.clear()
                 timeout = await self._step()
+                if self._gate is not None and (retry_s := self._gate.retry_in_s()) is not None:
+                    timeout = retry_s if timeout is None else min(timeout, retry_s)
                 if timeout == 0.0:
                     continue
                 code = await self._wait(stop, timeout)
@@ -129,7 +143,7 @@ class Controller:
     async def _step(self) -> float | None:
         """Act on whatever is due now; how long to sleep (0: act again at once, None: until an event)."""
         now = self._clock.now()
-        desired = self.desired()
+        desired = await self.admitted()
         if self._crash_restart_at is not None:
             if now < self._crash_restart_at:
                 return self._crash_restart_at - now

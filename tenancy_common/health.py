@@ -18,8 +18,14 @@ ReadinessCheck = Callable[[], str | None]
 
 
 def build_health_app(
-    registry: CollectorRegistry, checks: dict[str, ReadinessCheck]
+    registry: CollectorRegistry,
+    checks: dict[str, ReadinessCheck],
+    warnings: dict[str, ReadinessCheck] | None = None,
 ) -> web.Application:
+    """`warnings`: reported in /readyz's body like checks, without failing it (for a
+    condition that must not take a serving pod out of its Service)."""
+    notes = warnings or {}
+
     async def alive(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
@@ -30,7 +36,8 @@ def build_health_app(
         if failures:
             body = "\n".join(f"[-]{name} failed: {reason}" for name, reason in failures.items())
             return web.Response(status=503, text=body + "\nreadyz check failed\n")
-        return web.Response(text="ok")
+        warned = [f"[!]{name}: {reason}" for name, check in notes.items() if (reason := check())]
+        return web.Response(text="\n".join([*warned, "ok"]))
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(

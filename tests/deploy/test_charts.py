@@ -801,8 +801,9 @@ def test_tenant_api_server_egress_is_not_frozen_at_install(
 
 
 def test_tenant_rbac_scope(helm: Helm, router_docs: list[Doc]) -> None:
-    def bindings(name: str) -> tuple[list[Doc], list[Doc]]:
-        docs = render_tenant(helm, tenant_values(name, "tenant-a", router_docs))
+    def bindings(name: str, extra: dict[str, Any] | None = None) -> tuple[list[Doc], list[Doc]]:
+        values = deep_merge(tenant_values(name, "tenant-a", router_docs), extra or {})
+        docs = render_tenant(helm, values)
         operator_role = "keda-tenancy-tenant-a-operator"
         return (
             [d for d in of_kind(docs, "RoleBinding") if d["roleRef"]["name"] == operator_role],
@@ -813,16 +814,123 @@ def test_tenant_rbac_scope(helm: Helm, router_docs: list[Doc]) -> None:
             ],
         )
 
-    namespaced, cluster = bindings("hnc-process")
+    # The default, for every rule: RoleBindings made at run time (none rendered, none cluster-wide).
+    for name in ("label-process", "label-deployment", "hnc-process", "hnc-deployment-cilium"):
+        assert bindings(name) == ([], []), name
+    namespaced, cluster = bindings("hnc-process", {"rbac": {"scope": "hnc"}})
     assert [d["metadata"]["namespace"] for d in namespaced] == ["tenant-a"]
     assert not cluster
     namespaced, cluster = bindings("name-pattern-no-webhooks-no-netpol")
     assert [d["metadata"]["namespace"] for d in namespaced] == ["tenant-a--one"]
     assert not cluster
+    # An explicit list is honoured by auto too.
+    listed = {"rbac": {"scope": "auto", "namespaces": ["x1"]}}
+    namespaced, cluster = bindings("label-process", listed)
+    assert [d["metadata"]["namespace"] for d in namespaced] == ["x1"]
+    assert not cluster
     assert bindings("name-pattern") == ([], [])
-    namespaced, cluster = bindings("label-process")
+    namespaced, cluster = bindings("label-process", {"rbac": {"scope": "cluster"}})
     assert not namespaced
     assert len(cluster) == 1
+
+
+NO_CLUSTER_WIDE = {
+    "secrets",
+    "deployments/scale",
+    "statefulsets/scale",
+    "jobs",
+    "horizontalpodautoscalers",
+    "rolebindings",
+}
+
+
+def cluster_grants(docs: list[Doc], service_account: str) -> list[dict[str, Any]]:
+    """Every rule a ClusterRoleBinding grants `service_account` (rendered roles; the built-in
+    system:auth-delegator grants TokenReviews and SubjectAccessReviews only)."""
+    roles = {d["metadata"]["name"]: d for d in of_kind(docs, "ClusterRole")}
+    return [
+        rule
+        for binding in of_kind(docs, "ClusterRoleBinding")
+        if any(s["name"] == service_account for s in binding["subjects"])
+        and binding["roleRef"]["name"] != "system:auth-delegator"
+        for rule in roles[binding["roleRef"]["name"]]["rules"]
+    ]
+
+
+@pytest.mark.parametrize("name", ["label-process", "label-deployment", "hnc-process"])
+def test_follow_scope_binds_through_a_component_that_is_not_the_operator(
+    helm: Helm, router_docs: list[Doc], name: str
+) -> None:
+    docs = render_tenant(helm, tenant_values(name, "tenant-a", router_docs))
+    process = name.endswith("process")
+    manager_sa = "keda-rolebinding-manager" if process else "keda-namespace-reloader"
+    # The operator: cluster-wide only namespaces and the cluster-scoped KEDA kinds, never bind.
+    operator_rules = cluster_grants(docs, "keda-operator")
+    operator_resources = {r for rule in operator_rules for r in rule["resources"]}
+    assert operator_resources <= {
+        "namespaces",
+        "clustertriggerauthentications",
+        "clustertriggerauthentications/status",
+        "clustercloudeventsources",
+        "clustercloudeventsources/status",
+    }
+    assert not any(
+        "bind" in rule["verbs"] or "escalate" in rule["verbs"] for rule in operator_rules
+    )
+    # The manager: bind on exactly the operator's ClusterRole, RoleBindings, namespaces.
+    manager_rules = cluster_grants(docs, manager_sa)
+    bind = [rule for rule in manager_rules if "bind" in rule["verbs"]]
+    assert bind == [
+        {
+            "apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["clusterroles"],
+            "resourceNames": ["keda-tenancy-tenant-a-operator"],
+            "verbs": ["bind"],
+        }
+    ]
+    for rule in manager_rules:
+        assert not set(rule["resources"]) & (NO_CLUSTER_WIDE - {"rolebindings"}), rule
+        if "rolebindings" in rule["resources"]:
+            assert sorted(rule["verbs"]) == ["create", "delete", "list", "patch"]
+    for sa in ("keda-operator", "keda-metrics-server"):
+        for rule in cluster_grants(docs, sa):
+            assert not set(rule["resources"]) & NO_CLUSTER_WIDE, (sa, rule)
+    # Its flags are accepted by the reloader, and point at the operator.
+    if process:
+        manager = container(find(docs, "Deployment", "keda-rolebinding-manager"))
+        assert (
+            find(docs, "Deployment", "keda-rolebinding-manager")["spec"]["template"]["spec"][
+                "serviceAccountName"
+            ]
+            == manager_sa
+        )
+        config = ReloaderConfig.from_args(manager["args"], {})
+        assert config.mode == "bindings"
+        assert config.watched_configmap == ("keda-tenant-a", "keda-operator-watched")
+        operator = container(find(docs, "Deployment", "keda-operator"), "keda-operator")
+        operator_config = ReloaderConfig.from_args(operator["args"], {})
+        assert operator_config.check_operator_access
+        assert operator_config.watched_configmap == config.watched_configmap
+        assert operator_config.bindings is None
+        assert find(docs, "ConfigMap", "keda-operator-watched").get("data") is None
+        role = find(docs, "Role", "keda-operator")
+        assert {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["keda-operator-watched"],
+            "verbs": ["patch"],
+        } in role["rules"]
+    else:
+        assert not of_kind(
+            [d for d in docs if d["metadata"]["name"] == "keda-rolebinding-manager"], "Deployment"
+        )
+        config = ReloaderConfig.from_args(
+            container(find(docs, "Deployment", "keda-namespace-reloader"))["args"], {}
+        )
+    assert config.bindings is not None
+    assert config.bindings.cluster_role == "keda-tenancy-tenant-a-operator"
+    assert config.bindings.subject == ("keda-tenant-a", "keda-operator")
+    assert config.tenant == "tenant-a"
 
 
 def test_tenant_network_policies(helm: Helm, router_docs: list[Doc]) -> None:

@@ -6,6 +6,13 @@ stops matching arrives as DELETED, one that starts matching as ADDED, as kube-ap
 does), BOOKMARKs, timeoutSeconds, and `410 Gone` for compacted versions. Test knobs drop
 or silence open watches. Also ConfigMaps and Deployments (GET, strategic-merge PATCH of
 container env) for the router's and reloader's other reads and writes.
+
+RBAC, for the operator's RoleBindings: RoleBindings (cluster-wide LIST by label, create,
+delete with a uid precondition) with the API server's escalation check (a binding can only be
+created for a ClusterRole in `bindable`, as `bind` with resourceNames grants), and
+SelfSubjectAccessReviews answered for `self_subject` from the RoleBindings and `cluster_roles`
+rules, so access follows bindings the way the authorizer does. `operations` records writes in
+order.
 """
 
 from __future__ import annotations
@@ -82,6 +89,17 @@ class FakeKubeAPI:
     configmaps: dict[tuple[str, str], Obj] = field(default_factory=dict)
     deployments: dict[tuple[str, str], Obj] = field(default_factory=dict)
     requests: Counter[str] = field(default_factory=Counter)
+    rolebindings: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    cluster_roles: dict[str, list[Obj]] = field(default_factory=dict)
+    """ClusterRole name -> its rules."""
+    bindable: set[str] = field(default_factory=set)
+    """ClusterRoles the caller may bind (`bind` on resourceNames)."""
+    self_subject: tuple[str, str] = ("keda-alpha", "keda-operator")
+    """The ServiceAccount (namespace, name) SelfSubjectAccessReviews are answered for."""
+    pods: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    custom_objects: dict[tuple[str, str, str], list[Obj]] = field(default_factory=dict)
+    """(group, plural, namespace) -> objects, e.g. ScaledObjects left in a namespace."""
+    operations: list[str] = field(default_factory=list)
     port: int = 0
     _rv: int = 1
     _compacted: int = 0
@@ -101,6 +119,20 @@ class FakeKubeAPI:
         app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments/{name}", self._deployment)
         app.router.add_patch(
             "/apis/apps/v1/namespaces/{ns}/deployments/{name}", self._patch_deployment
+        )
+        app.router.add_patch("/api/v1/namespaces/{ns}/configmaps/{name}", self._patch_configmap)
+        app.router.add_get("/api/v1/namespaces/{ns}/pods", self._list_pods)
+        rbac = "/apis/rbac.authorization.k8s.io/v1"
+        app.router.add_get(rbac + "/rolebindings", self._list_rolebindings)
+        app.router.add_post(rbac + "/namespaces/{ns}/rolebindings", self._create_rolebinding)
+        app.router.add_delete(
+            rbac + "/namespaces/{ns}/rolebindings/{name}", self._delete_rolebinding
+        )
+        app.router.add_patch(rbac + "/namespaces/{ns}/rolebindings/{name}", self._patch_rolebinding)
+        app.router.add_get("/api/v1/namespaces/{name}", self._get_namespace)
+        app.router.add_get("/apis/{group}/{version}/namespaces/{ns}/{plural}", self._list_custom)
+        app.router.add_post(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", self._access_review
         )
         self._runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=0.2
@@ -327,6 +359,7 @@ class FakeKubeAPI:
 
     async def _patch_deployment(self, request: web.Request) -> web.Response:
         self.requests["patch deployment"] += 1
+        self.operations.append("patch deployment")
         key = (request.match_info["ns"], request.match_info["name"])
         obj = self.deployments.get(key)
         if obj is None:
@@ -352,6 +385,260 @@ class FakeKubeAPI:
             },
             "spec": {"replicas": replicas, "template": {"spec": {"containers": containers}}},
         }
+
+    # -- RBAC --------------------------------------------------------------------------
+
+    def add_rolebinding(self, namespace: str, name: str, role: str, **labels: str) -> Obj:
+        """A RoleBinding of `role` to `self_subject`, made by someone else (an admin)."""
+        self._rv += 1
+        obj = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": dict(labels),
+                "uid": f"uid-{namespace}-{name}-{self._rv}",
+                "resourceVersion": str(self._rv),
+            },
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role,
+            },
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "name": self.self_subject[1],
+                    "namespace": self.self_subject[0],
+                }
+            ],
+        }
+        self.rolebindings[(namespace, name)] = obj
+        return obj
+
+    def allowed(self, namespace: str, group: str, resource: str, verb: str) -> bool:
+        """What the authorizer says for `self_subject`: some RoleBinding in `namespace` binds
+        it to a ClusterRole with a rule that matches."""
+        sa_namespace, sa_name = self.self_subject
+        for (ns, _), binding in self.rolebindings.items():
+            if ns != namespace:
+                continue
+            subjects = binding.get("subjects") or []
+            if not any(
+                s.get("kind") == "ServiceAccount"
+                and s.get("name") == sa_name
+                and s.get("namespace") == sa_namespace
+                for s in subjects
+            ):
+                continue
+            for rule in self.cluster_roles.get(binding["roleRef"]["name"], []):
+                if (
+                    _matches_any(group, rule.get("apiGroups"))
+                    and _matches_any(resource, rule.get("resources"))
+                    and _matches_any(verb, rule.get("verbs"))
+                ):
+                    return True
+        return False
+
+    async def _list_rolebindings(self, request: web.Request) -> web.Response:
+        self.requests["list rolebindings"] += 1
+        selector = _parse_selector(request.query.get("labelSelector", ""))
+        items = [obj for _, obj in sorted(self.rolebindings.items()) if _matches(obj, selector)]
+        return web.json_response(
+            {
+                "kind": "RoleBindingList",
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "items": items,
+            }
+        )
+
+    async def _create_rolebinding(self, request: web.Request) -> web.Response:
+        self.requests["create rolebinding"] += 1
+        namespace = request.match_info["ns"]
+        body = await request.json()
+        name = body["metadata"]["name"]
+        role = body.get("roleRef", {}).get("name", "")
+        if namespace not in self.namespaces:
+            return _not_found("namespaces", namespace)
+        if self.namespaces[namespace]["metadata"].get("deletionTimestamp"):
+            return _status(
+                403,
+                "Forbidden",
+                f'rolebindings.rbac.authorization.k8s.io "{name}" is forbidden: unable to create '
+                f"new content in namespace {namespace} because it is being terminated",
+            )
+        if role not in self.bindable:
+            # The escalation check: no `bind` on this role, and we do not hold its rules.
+            return _status(
+                403,
+                "Forbidden",
+                f'rolebindings.rbac.authorization.k8s.io "{name}" is forbidden: user "fake" '
+                "is attempting to grant RBAC permissions not currently held",
+            )
+        if (namespace, name) in self.rolebindings:
+            return _status(
+                409,
+                "AlreadyExists",
+                f'rolebindings.rbac.authorization.k8s.io "{name}" already exists',
+            )
+        self._rv += 1
+        body["metadata"].update(
+            namespace=namespace,
+            uid=f"uid-{namespace}-{name}-{self._rv}",
+            resourceVersion=str(self._rv),
+        )
+        self.rolebindings[(namespace, name)] = body
+        self.operations.append(f"create rolebinding {namespace}")
+        return web.json_response(body, status=201)
+
+    async def _delete_rolebinding(self, request: web.Request) -> web.Response:
+        self.requests["delete rolebinding"] += 1
+        key = (request.match_info["ns"], request.match_info["name"])
+        obj = self.rolebindings.get(key)
+        if obj is None:
+            return _not_found("rolebindings.rbac.authorization.k8s.io", key[1])
+        text = await request.text()
+        uid = ((json.loads(text) if text else {}).get("preconditions") or {}).get("uid")
+        if uid and uid != obj["metadata"]["uid"]:
+            return _status(
+                409,
+                "Conflict",
+                f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
+                f"{obj['metadata']['uid']}",
+            )
+        self._delete_or_mark(key)
+        self.operations.append(f"delete rolebinding {key[0]}")
+        return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success"})
+
+    def _delete_or_mark(self, key: tuple[str, str]) -> None:
+        """As the API server deletes: an object with finalizers only gets a deletionTimestamp."""
+        obj = self.rolebindings[key]
+        if obj["metadata"].get("finalizers"):
+            obj["metadata"].setdefault("deletionTimestamp", "2026-01-01T00:00:00Z")
+            self._rv += 1
+            obj["metadata"]["resourceVersion"] = str(self._rv)
+        else:
+            del self.rolebindings[key]
+
+    def terminate_namespace(self, name: str) -> None:
+        """A namespace deleted: Terminating, and (the namespace controller) its RoleBindings
+        deleted, those with finalizers left pending on them."""
+        self.delete(name, terminating=True)
+        for key in [k for k in self.rolebindings if k[0] == name]:
+            self._delete_or_mark(key)
+
+    async def _patch_rolebinding(self, request: web.Request) -> web.Response:
+        """JSON merge patch; a resourceVersion in it must match; an object being deleted goes
+        once its last finalizer is removed."""
+        self.requests["patch rolebinding"] += 1
+        key = (request.match_info["ns"], request.match_info["name"])
+        obj = self.rolebindings.get(key)
+        if obj is None:
+            return _not_found("rolebindings.rbac.authorization.k8s.io", key[1])
+        patch = await request.json()
+        expected = (patch.get("metadata") or {}).pop("resourceVersion", None)
+        if expected is not None and expected != obj["metadata"]["resourceVersion"]:
+            return _status(409, "Conflict", "the object has been modified")
+        _merge_patch(obj, patch)
+        self._rv += 1
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        self.operations.append(f"patch rolebinding {key[0]}")
+        if obj["metadata"].get("deletionTimestamp") and not obj["metadata"].get("finalizers"):
+            del self.rolebindings[key]
+        return web.json_response(obj)
+
+    async def _get_namespace(self, request: web.Request) -> web.Response:
+        obj = self.namespaces.get(request.match_info["name"])
+        if obj is None:
+            return _not_found("namespaces", request.match_info["name"])
+        return web.json_response(obj)
+
+    async def _list_custom(self, request: web.Request) -> web.Response:
+        m = request.match_info
+        items = self.custom_objects.get((m["group"], m["plural"], m["ns"]), [])
+        return web.json_response(
+            {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items}
+        )
+
+    async def _access_review(self, request: web.Request) -> web.Response:
+        self.requests["selfsubjectaccessreview"] += 1
+        body = await request.json()
+        attributes = body["spec"]["resourceAttributes"]
+        allowed = self.allowed(
+            attributes.get("namespace", ""),
+            attributes.get("group", ""),
+            attributes["resource"],
+            attributes["verb"],
+        )
+        return web.json_response({**body, "status": {"allowed": allowed}}, status=201)
+
+    async def _patch_configmap(self, request: web.Request) -> web.Response:
+        """JSON merge patch (RFC 7386): null removes a key."""
+        self.requests["patch configmap"] += 1
+        key = (request.match_info["ns"], request.match_info["name"])
+        obj = self.configmaps.get(key)
+        if obj is None:
+            return _not_found("configmaps", key[1])
+        _merge_patch(obj, await request.json())
+        self._rv += 1
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        self.operations.append(f"patch configmap {key[1]}")
+        return web.json_response(obj)
+
+    async def _list_pods(self, request: web.Request) -> web.Response:
+        self.requests["list pods"] += 1
+        selector = _parse_selector(request.query.get("labelSelector", ""))
+        namespace = request.match_info["ns"]
+        items = [
+            obj
+            for (ns, _), obj in sorted(self.pods.items())
+            if ns == namespace and _matches(obj, selector)
+        ]
+        return web.json_response(
+            {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
+        )
+
+    def add_pod(
+        self, namespace: str, name: str, labels: dict[str, str], containers: list[Obj]
+    ) -> None:
+        self.pods[(namespace, name)] = {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+            "spec": {"containers": containers},
+        }
+
+
+def _matches_any(value: str, allowed: list[str] | None) -> bool:
+    return bool(allowed) and ("*" in allowed or value in allowed)  # type: ignore[operator]
+
+
+def _merge_patch(obj: Obj, patch: Obj) -> None:
+    for key, value in patch.items():
+        if value is None:
+            obj.pop(key, None)
+        elif isinstance(value, dict):
+            if not isinstance(obj.get(key), dict):
+                obj[key] = {}
+            _merge_patch(obj[key], value)
+        else:
+            obj[key] = value
+
+
+def _status(code: int, reason: str, message: str) -> web.Response:
+    return web.json_response(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code,
+        },
+        status=code,
+    )
 
 
 def _merge_containers(obj: Obj, patch: Obj) -> None:

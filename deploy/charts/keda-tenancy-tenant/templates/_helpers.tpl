@@ -85,7 +85,9 @@ tenantNamespaceSelectors, else one per label key (value = tenant) plus the HNC t
 {{- define "tenant.rbacScope" -}}
 {{- $scope := .Values.rbac.scope }}
 {{- if eq $scope "auto" }}
-{{- if include "tenant.usesHnc" . }}hnc{{ else if .Values.rbac.namespaces }}namespaces{{ else }}cluster{{ end }}
+{{- /* RoleBindings that follow the namespaces, whatever the tenancy rule; an explicit
+rbac.namespaces list is honoured. hnc, external and cluster are only ever chosen explicitly. */}}
+{{- if .Values.rbac.namespaces }}namespaces{{ else }}follow{{ end }}
 {{- else }}
 {{- $scope }}
 {{- end }}
@@ -116,6 +118,17 @@ tenantNamespaceSelectors, else one per label key (value = tenant) plus the HNC t
 {{- range .Values.reloader.extraArgs }}
 - {{ . | quote }}
 {{- end }}
+{{- end }}
+
+{{/* Who manages the follow-scope RoleBindings: never the operator's own ServiceAccount. */}}
+{{- define "tenant.bindingManagerSA" -}}
+{{- if eq .Values.reloader.mode "deployment" }}keda-namespace-reloader{{ else }}keda-rolebinding-manager{{ end }}
+{{- end }}
+
+{{/* The binding manager's flags (follow scope; YAML list items). */}}
+{{- define "tenant.bindingArgs" -}}
+- --bind-cluster-role={{ include "tenant.prefix" . }}-operator
+- --bind-service-account={{ .Release.Namespace }}/keda-operator
 {{- end }}
 
 {{/* KEDA operator flags: patching of the APIService and webhooks off, certificates from us. */}}

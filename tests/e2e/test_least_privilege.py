@@ -1,0 +1,307 @@
+"""Issue 11, item 1: the operator runs under the RBAC the tenant chart renders with DEFAULT
+values, with the token of the chart's ServiceAccount (TokenRequest API), not as admin.
+
+The chart's RBAC and ServiceAccounts are applied to the real kube-apiserver; the real KEDA
+operator runs under the reloader with the chart's command, args and env (only paths, ports and
+the kubeconfig changed for loopback), and the RoleBinding manager with its own token. A
+namespace that joins the tenant is reconciled (an HPA appears) with no `forbidden` in KEDA's
+log; after it leaves, its binding is gone; the operator may read Secrets in its own tenant's
+namespaces and not in another tenant's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.charts import Doc, Helm, find_helm, render_installation
+from tests.e2e.metric_source import MetricSource
+from tests.e2e.stack import ROOT, Process, Stack, free_port, wait_for
+from tests.pki import CertificateAuthority
+
+pytestmark = pytest.mark.e2e
+
+TENANT = "lp"
+KEDA_NS = f"keda-{TENANT}"
+LABEL = "keda-tenancy.io/tenant"
+MANAGED = f"keda-tenancy-{TENANT}-operator-managed"
+OTHER_TENANT_NS = "alpha-apps"  # the session stack's tenant alpha
+
+
+def chart_docs() -> list[Doc]:
+    """The tenant release with default values (plus the router CA `helm template` needs)."""
+    helm = Helm(find_helm())
+    return render_installation(helm, tenants=(TENANT,)).tenants[TENANT]
+
+
+def rbac_objects(docs: list[Doc]) -> list[Doc]:
+    kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    wanted = [d for d in docs if d["kind"] in kinds]
+    wanted += [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "keda-operator-watched"
+    ]
+    return wanted
+
+
+def deployment(docs: list[Doc], name: str) -> Doc:
+    return next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+
+
+def token_kubeconfig(stack: Stack, service_account: str) -> Path:
+    """A kubeconfig with a token for the ServiceAccount, from the TokenRequest API."""
+    done = stack.kubectl("create", "token", service_account, "-n", KEDA_NS, "--duration=2h")
+    path = stack.workdir / f"{KEDA_NS}-{service_account}.kubeconfig"
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "e2e",
+                        "cluster": {
+                            "server": f"https://127.0.0.1:{stack.apiserver_port}",
+                            "certificate-authority": str(stack.certs / "cluster-ca.crt"),
+                        },
+                    }
+                ],
+                "users": [{"name": service_account, "user": {"token": done.stdout.strip()}}],
+                "contexts": [
+                    {"name": "e2e", "context": {"cluster": "e2e", "user": service_account}}
+                ],
+                "current-context": "e2e",
+            }
+        )
+    )
+    return path
+
+
+def replace_flag(args: list[str], flag: str, value: str) -> list[str]:
+    """Set `--flag=value` (the chart's value replaced, or appended when it has none)."""
+    out = [a for a in args if not a.startswith(flag + "=") and a != flag]
+    return [*out, f"{flag}={value}"]
+
+
+def env_of(container: dict[str, Any], pod_name: str) -> dict[str, str]:
+    env = {}
+    for item in container.get("env") or []:
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[item["name"]] = pod_name
+        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            env[item["name"]] = KEDA_NS
+    return env
+
+
+def reloader_argv(container: dict[str, Any], kubeconfig: Path, health_port: int) -> list[str]:
+    assert container["command"] == ["keda-tenancy-reloader"]
+    args = list(container["args"])
+    split = args.index("--") if "--" in args else len(args)
+    own = replace_flag(args[:split], "--health-port", str(health_port))
+    own = replace_flag(own, "--health-bind-address", "127.0.0.1")
+    own = replace_flag(own, "--kubeconfig", str(kubeconfig))
+    # Only the waits are shortened, so the test does not sit out production debounces.
+    own = replace_flag(own, "--debounce", "1s")
+    own = replace_flag(own, "--min-restart-interval", "1s")
+    own = replace_flag(own, "--bindings-interval", "2s")
+    return [sys.executable, "-m", "reloader", *own, *args[split:]]
+
+
+@pytest.fixture(scope="module")
+def tenant(stack: Stack, sources: dict[str, MetricSource]) -> Iterator[dict[str, Any]]:
+    docs = chart_docs()
+    stack.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEDA_NS}})
+    stack.apply(*rbac_objects(docs))
+    stack.tenant_namespace(TENANT, "lp-one")
+    stack.scaled_app("lp-one", sources["alpha"].url)
+    # No admin credentials anywhere in the environment: only the token kubeconfigs below.
+    env_base = {"PATH": "/usr/bin:/bin", "HOME": str(stack.workdir), "PYTHONPATH": str(ROOT)}
+
+    manager_container = deployment(docs, "keda-rolebinding-manager")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    manager_kubeconfig = token_kubeconfig(stack, "keda-rolebinding-manager")
+    manager = stack.run(
+        f"rolebinding-manager-{TENANT}",
+        reloader_argv(manager_container, manager_kubeconfig, free_port()),
+        env={**env_base, **env_of(manager_container, "keda-rolebinding-manager-0")},
+    )
+
+    operator = deployment(docs, "keda-operator")["spec"]["template"]["spec"]["containers"][0]
+    operator_kubeconfig = token_kubeconfig(stack, "keda-operator")
+    certs = stack.certs / KEDA_NS
+    certs.mkdir(exist_ok=True)
+    internal = CertificateAuthority(f"{KEDA_NS}-internal")
+    (certs / "ca.crt").write_bytes(internal.cert_pem)
+    pair = internal.issue(
+        "keda-operator", dns=("localhost",), ips=("127.0.0.1",), client=True, server=True
+    )
+    (certs / "tls.crt").write_bytes(pair.cert_pem)
+    (certs / "tls.key").write_bytes(pair.key_pem)
+    argv = reloader_argv(operator, operator_kubeconfig, free_port())
+    split = argv.index("--")
+    assert argv[split + 1] == "/keda"
+    keda = [str(stack.bin / "keda"), *argv[split + 2 :]]
+    keda = replace_flag(keda, "--cert-dir", str(certs))
+    keda = replace_flag(keda, "--metrics-bind-address", f"127.0.0.1:{free_port()}")
+    keda = replace_flag(keda, "--health-probe-bind-address", f"127.0.0.1:{free_port()}")
+    keda = replace_flag(keda, "--metrics-service-bind-address", f"127.0.0.1:{free_port()}")
+    pod = "keda-operator-0"
+    # The Pod object this process stands in for (no kubelet here: it stays Pending). The
+    # manager trusts an entry in the watched ConfigMap only while its pod exists.
+    template = deployment(docs, "keda-operator")["spec"]["template"]
+    stack.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod,
+                "namespace": KEDA_NS,
+                "labels": template["metadata"]["labels"],
+            },
+            "spec": template["spec"],
+        }
+    )
+    process = stack.run(
+        f"operator-{TENANT}",
+        [*argv[: split + 1], *keda],
+        # KEDA (the reloader's child) finds its credentials as in a pod: only the token's.
+        env={**env_base, **env_of(operator, pod), "KUBECONFIG": str(operator_kubeconfig)},
+    )
+    yield {"docs": docs, "operator": process, "manager": manager, "pod": pod}
+    # Not left running for the rest of the session's modules.
+    process.stop(30)
+    manager.stop()
+
+
+def can_i(stack: Stack, verb: str, resource: str, namespace: str) -> str:
+    done = stack.kubectl(
+        "auth",
+        "can-i",
+        verb,
+        resource,
+        "-n",
+        namespace,
+        f"--as=system:serviceaccount:{KEDA_NS}:keda-operator",
+        check=False,
+    )
+    return done.stdout.strip()
+
+
+def forbidden_lines(process: Process) -> list[str]:
+    """Lines where the API server refused something. Events KEDA records in a namespace that is
+    being deleted are refused for every caller, admin included: not an RBAC matter."""
+    return [
+        line
+        for line in process.log.read_text(errors="replace").splitlines()
+        if re.search(r"forbidden", line, re.IGNORECASE)
+        and "because it is being terminated" not in line
+    ]
+
+
+def bindings(stack: Stack) -> set[str]:
+    done = stack.kubectl(
+        "get", "rolebindings", "-A", "-l", f"keda-tenancy.io/role-binding-of={TENANT}", "-o", "json"
+    )
+    return {
+        item["metadata"]["namespace"]
+        for item in json.loads(done.stdout)["items"]
+        if item["metadata"]["name"] == MANAGED
+    }
+
+
+def hpa_exists(stack: Stack, namespace: str) -> bool:
+    return stack.kubectl("get", "hpa", "keda-hpa-app", "-n", namespace, check=False).returncode == 0
+
+
+def watched(stack: Stack) -> dict[str, str]:
+    done = stack.kubectl("get", "configmap", "keda-operator-watched", "-n", KEDA_NS, "-o", "json")
+    return dict(json.loads(done.stdout).get("data") or {})
+
+
+def test_default_rbac_binds_no_operator_permission_cluster_wide(tenant: dict[str, Any]) -> None:
+    docs: list[Doc] = tenant["docs"]
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    for binding in (d for d in docs if d["kind"] == "ClusterRoleBinding"):
+        if binding["subjects"][0]["name"] != "keda-operator":
+            continue
+        rules = roles[binding["roleRef"]["name"]]["rules"]
+        resources = {r for rule in rules for r in rule["resources"]}
+        assert resources <= {
+            "namespaces",
+            "clustertriggerauthentications",
+            "clustertriggerauthentications/status",
+            "clustercloudeventsources",
+            "clustercloudeventsources/status",
+        }, binding["metadata"]["name"]
+
+
+def test_a_namespace_in_the_tenant_is_reconciled_under_the_charts_rbac(
+    stack: Stack, tenant: dict[str, Any]
+) -> None:
+    operator: Process = tenant["operator"]
+    wait_for(lambda: bindings(stack) == {"lp-one"}, "binding in lp-one", 60, 1)
+    wait_for(lambda: hpa_exists(stack, "lp-one"), "HPA in lp-one", 180, 1)
+    assert watched(stack) == {tenant["pod"]: "lp-one"}
+    assert can_i(stack, "get", "secrets", "lp-one") == "yes"
+    assert can_i(stack, "get", "secrets", OTHER_TENANT_NS) == "no"
+    assert can_i(stack, "get", "secrets", "default") == "no"
+    assert forbidden_lines(operator) == []
+
+
+def test_a_namespace_added_later_is_bound_then_watched_then_unbound_after_it_leaves(
+    stack: Stack, tenant: dict[str, Any], sources: dict[str, MetricSource]
+) -> None:
+    operator: Process = tenant["operator"]
+    manager: Process = tenant["manager"]
+    stack.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "lp-two"}})
+    stack.scaled_app("lp-two", sources["alpha"].url)
+    assert can_i(stack, "get", "secrets", "lp-two") == "no"
+    stack.tenant_namespace(TENANT, "lp-two")
+    wait_for(lambda: "lp-two" in bindings(stack), "binding in lp-two", 60, 1)
+    wait_for(lambda: hpa_exists(stack, "lp-two"), "HPA in lp-two", 180, 1)
+    assert watched(stack) == {tenant["pod"]: "lp-one,lp-two"}
+    assert can_i(stack, "get", "secrets", "lp-two") == "yes"
+    assert forbidden_lines(operator) == []
+    # Leaves: KEDA is restarted without it, then the binding goes.
+    stack.kubectl("label", "namespace", "lp-two", f"{LABEL}-")
+    wait_for(lambda: bindings(stack) == {"lp-one"}, "binding in lp-two removed", 90, 1)
+    assert watched(stack) == {tenant["pod"]: "lp-one"}
+    assert can_i(stack, "get", "secrets", "lp-two") == "no"
+    assert can_i(stack, "get", "secrets", "lp-one") == "yes"
+    wait_for(lambda: hpa_exists(stack, "lp-one"), "HPA in lp-one kept", 30, 1)
+    assert forbidden_lines(operator) == []
+    assert operator.running
+    assert manager.running
+    assert forbidden_lines(manager) == []
+
+
+def test_deleting_a_tenant_namespace_completes_under_namespaced_rbac(
+    stack: Stack, tenant: dict[str, Any], sources: dict[str, MetricSource]
+) -> None:
+    """The namespace controller deletes RoleBindings and ScaledObjects in no order; the
+    binding's finalizer keeps KEDA able to remove its own finalizers, so deletion finishes."""
+    operator: Process = tenant["operator"]
+    stack.tenant_namespace(TENANT, "lp-three")
+    stack.scaled_app("lp-three", sources["alpha"].url)
+    wait_for(lambda: "lp-three" in bindings(stack), "binding in lp-three", 60, 1)
+    wait_for(lambda: hpa_exists(stack, "lp-three"), "HPA in lp-three", 180, 1)
+    stack.kubectl("delete", "namespace", "lp-three", "--wait=false")
+    wait_for(
+        lambda: stack.kubectl("get", "namespace", "lp-three", check=False).returncode != 0,
+        "namespace lp-three gone",
+        180,
+        1,
+    )
+    assert "lp-three" not in bindings(stack)
+    wait_for(lambda: watched(stack) == {tenant["pod"]: "lp-one"}, "lp-three unwatched", 60, 1)
+    assert forbidden_lines(operator) == []
