@@ -22,6 +22,7 @@ from reloader.clock import Clock
 from reloader.config import ReloaderConfig
 from reloader.control import Controller
 from reloader.deployment import DeploymentPatcher
+from reloader.lease import LeaseReleaser
 from reloader.metrics import ReloaderMetrics
 from reloader.targets import DeploymentTarget, ProcessTarget, Target
 from tenancy_common import health
@@ -163,8 +164,11 @@ class Reloader:
             await self.child.stop(self._stop_signal)
 
     def _target(self, api: ApiClient, stop: asyncio.Event) -> Target:
+        releaser = (
+            LeaseReleaser(api, *self.config.release_lease) if self.config.release_lease else None
+        )
         if self.child is not None:
-            return ProcessTarget(self.child, self.metrics, stop)
+            return ProcessTarget(self.child, self.metrics, stop, releaser=releaser)
         assert self.config.target_deployment is not None
         assert self.config.container is not None
         namespace, name = self.config.target_deployment

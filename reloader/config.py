@@ -46,6 +46,9 @@ class ReloaderConfig:
     """How long to wait for the operator after SIGKILL."""
     resync_period_s: float
     """Deployment mode: re-check the Deployment this often (0: never)."""
+    release_lease: tuple[str, str] | None
+    """(namespace, name) of the operator's leader-election Lease, released when the operator
+    holding it has died; None: never touched."""
     health_bind_address: str
     health_port: int
     log_level: str
@@ -124,6 +127,12 @@ class ReloaderConfig:
                     "deployment mode needs --target-deployment NAMESPACE/NAME and --container"
                 )
             deployment = (namespace, name)
+        release_lease: tuple[str, str] | None = None
+        if args.release_lease:
+            lease_ns, _, lease_name = args.release_lease.partition("/")
+            if not (is_dns1123_label(lease_ns) and is_dns1123_subdomain(lease_name)):
+                raise ConfigError("--release-lease needs NAMESPACE/NAME of a Lease")
+            release_lease = (lease_ns, lease_name)
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.target_env):
             raise ConfigError(
                 f"--target-env {args.target_env!r} is not an environment variable name"
@@ -145,11 +154,17 @@ class ReloaderConfig:
             grace_period_s=_duration("--grace-period", args.grace_period),
             kill_wait_s=_duration("--kill-wait", args.kill_wait),
             resync_period_s=_duration("--resync-period", args.resync_period),
+            release_lease=release_lease,
             health_bind_address=args.health_bind_address,
             health_port=args.health_port,
             log_level=args.log_level,
             log_format=args.log_format,
         )
+
+
+def is_dns1123_subdomain(value: str) -> bool:
+    """A Lease name: dot-separated DNS-1123 labels, at most 253 characters."""
+    return len(value) <= 253 and all(is_dns1123_label(part) for part in value.split("."))
 
 
 def _duration(flag: str, text: str) -> float:
@@ -252,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--resync-period",
         default="5m",
         help="deployment mode: re-check the Deployment this often, undoing drift (0: never)",
+    )
+
+    target.add_argument(
+        "--release-lease",
+        default="",
+        metavar="NAMESPACE/NAME",
+        help="the operator's leader-election Lease: released once the operator holding it has "
+        "died (never a live holder's), so its successor need not wait it out",
     )
 
     timing = parser.add_argument_group("restarts")

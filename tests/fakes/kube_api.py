@@ -5,7 +5,8 @@ limit/continue; WATCH from a resourceVersion with selector transitions (an objec
 stops matching arrives as DELETED, one that starts matching as ADDED, as kube-apiserver
 does), BOOKMARKs, timeoutSeconds, and `410 Gone` for compacted versions. Test knobs drop
 or silence open watches. Also ConfigMaps and Deployments (GET, strategic-merge PATCH of
-container env) for the router's and reloader's other reads and writes.
+container env) for the router's and reloader's other reads and writes, and Leases (GET, PUT
+with the resourceVersion precondition: a stale one is refused with 409 Conflict).
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class FakeKubeAPI:
     namespaces: dict[str, Obj] = field(default_factory=dict)
     configmaps: dict[tuple[str, str], Obj] = field(default_factory=dict)
     deployments: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    leases: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    renew_leases_after_get: bool = False
+    """A live leader renews every Lease right after each GET (so a write based on it is stale)."""
     requests: Counter[str] = field(default_factory=Counter)
     port: int = 0
     _rv: int = 1
@@ -102,6 +106,9 @@ class FakeKubeAPI:
         app.router.add_patch(
             "/apis/apps/v1/namespaces/{ns}/deployments/{name}", self._patch_deployment
         )
+        lease = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}"
+        app.router.add_get(lease, self._lease)
+        app.router.add_put(lease, self._put_lease)
         self._runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=0.2
         )
@@ -338,6 +345,46 @@ class FakeKubeAPI:
         obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
         return web.json_response(obj)
 
+    async def _lease(self, request: web.Request) -> web.Response:
+        self.requests["get lease"] += 1
+        obj = self.leases.get((request.match_info["ns"], request.match_info["name"]))
+        if obj is None:
+            return _not_found("leases.coordination.k8s.io", request.match_info["name"])
+        response = web.json_response(obj)
+        if self.renew_leases_after_get:
+            self.put_lease(obj["metadata"]["namespace"], obj["metadata"]["name"], obj["spec"])
+        return response
+
+    async def _put_lease(self, request: web.Request) -> web.Response:
+        self.requests["put lease"] += 1
+        key = (request.match_info["ns"], request.match_info["name"])
+        obj = self.leases.get(key)
+        if obj is None:
+            return _not_found("leases.coordination.k8s.io", key[1])
+        body = await request.json()
+        sent = (body.get("metadata") or {}).get("resourceVersion")
+        if sent and sent != obj["metadata"]["resourceVersion"]:
+            return _status(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on leases.coordination.k8s.io "{key[1]}": '
+                "the object has been modified; please apply your changes to the latest version",
+            )
+        self.put_lease(key[0], key[1], body["spec"])
+        return web.json_response(self.leases[key])
+
+    def put_lease(self, namespace: str, name: str, spec: Obj) -> Obj:
+        """Create or replace a Lease (as a leader acquiring or renewing it would)."""
+        self._rv += 1
+        obj = {
+            "kind": "Lease",
+            "apiVersion": "coordination.k8s.io/v1",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": str(self._rv)},
+            "spec": copy.deepcopy(spec),
+        }
+        self.leases[(namespace, name)] = obj
+        return obj
+
     def add_deployment(
         self, namespace: str, name: str, containers: list[Obj], replicas: int = 1
     ) -> None:
@@ -385,14 +432,18 @@ def _true(value: str | None) -> bool:
 
 
 def _not_found(resource: str, name: str) -> web.Response:
+    return _status(404, "NotFound", f'{resource} "{name}" not found')
+
+
+def _status(code: int, reason: str, message: str) -> web.Response:
     return web.json_response(
         {
             "kind": "Status",
             "apiVersion": "v1",
             "status": "Failure",
-            "message": f'{resource} "{name}" not found',
-            "reason": "NotFound",
-            "code": 404,
+            "message": message,
+            "reason": reason,
+            "code": code,
         },
-        status=404,
+        status=code,
     )
