@@ -14,7 +14,9 @@ import signal
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
 from reloader.child import ChildProcess, become_subreaper, reap_orphans
@@ -24,6 +26,7 @@ from reloader.control import Controller
 from reloader.deployment import DeploymentPatcher
 from reloader.lease import LeaseReleaser
 from reloader.metrics import ReloaderMetrics
+from reloader.operator_pods import OperatorPodWatch, selector_of
 from reloader.targets import DeploymentTarget, ProcessTarget, Target
 from tenancy_common import health
 from tenancy_common.kube import make_api_client
@@ -145,6 +148,8 @@ class Reloader:
             }
             if self.child is not None and self._reap_orphans:
                 roots["reaper"] = self._reap(stop)
+            if self.child is None and config.release_lease is not None:
+                roots["operator-pods"] = self._watch_operator_pods(api, stop)
             await run_roots(roots, stop)
         except Exception as exc:
             failed = True
@@ -175,6 +180,41 @@ class Reloader:
         return DeploymentTarget(
             DeploymentPatcher(api, namespace, name, self.config.container, self.config.target_env)
         )
+
+    async def _watch_operator_pods(self, api: ApiClient, stop: asyncio.Event) -> None:
+        """Deployment mode: release the Lease of an operator pod that has died (a rolling
+        update's old pod), once the Deployment's pod selector is known."""
+        assert self.config.release_lease is not None
+        assert self.config.target_deployment is not None
+        assert self.config.container is not None
+        namespace, name = self.config.target_deployment
+        patcher = DeploymentPatcher(api, namespace, name, self.config.container, "")
+        delay_s = 1.0
+        while True:
+            try:
+                deployment = await patcher.read()
+                match_labels = ((deployment.get("spec") or {}).get("selector") or {}).get(
+                    "matchLabels"
+                ) or {}
+                if match_labels:
+                    break
+                raise ValueError("the Deployment's selector has no matchLabels")
+            except (ApiException, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                logger.warning(
+                    "cannot read the operator's pod selector, retrying",
+                    extra={"error": str(exc)[:200], "retry_in_s": delay_s},
+                )
+                if await wait_stopped(stop, delay_s):
+                    return
+                delay_s = min(delay_s * 2, 30.0)
+        watch = OperatorPodWatch(
+            api,
+            namespace,
+            self.config.container,
+            LeaseReleaser(api, *self.config.release_lease),
+            self.metrics,
+        )
+        await watch.run(selector_of(match_labels), stop)
 
     async def _control(self, stop: asyncio.Event) -> None:
         assert self.controller is not None

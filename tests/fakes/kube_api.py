@@ -31,6 +31,8 @@ class _Event:
     type: str
     old: Obj | None
     new: Obj | None
+    resource: str = "namespaces"
+    """"namespaces", or "pods/<namespace>"."""
 
 
 def _parse_selector(selector: str) -> list[tuple[str, str, set[str]]]:
@@ -83,6 +85,7 @@ class FakeKubeAPI:
     configmaps: dict[tuple[str, str], Obj] = field(default_factory=dict)
     deployments: dict[tuple[str, str], Obj] = field(default_factory=dict)
     leases: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    pods: dict[tuple[str, str], Obj] = field(default_factory=dict)
     renew_leases_after_get: bool = False
     """A live leader renews every Lease right after each GET (so a write based on it is stale)."""
     requests: Counter[str] = field(default_factory=Counter)
@@ -106,6 +109,7 @@ class FakeKubeAPI:
         app.router.add_patch(
             "/apis/apps/v1/namespaces/{ns}/deployments/{name}", self._patch_deployment
         )
+        app.router.add_get("/api/v1/namespaces/{ns}/pods", self._pods)
         lease = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}"
         app.router.add_get(lease, self._lease)
         app.router.add_put(lease, self._put_lease)
@@ -145,12 +149,16 @@ class FakeKubeAPI:
 
     # -- test controls -----------------------------------------------------------------
 
-    def _record(self, kind: str, old: Obj | None, new: Obj | None) -> None:
+    def _record(
+        self, kind: str, old: Obj | None, new: Obj | None, resource: str = "namespaces"
+    ) -> None:
         self._rv += 1
         for obj in (new,):
             if obj is not None:
                 obj["metadata"]["resourceVersion"] = str(self._rv)
-        self._events.append(_Event(self._rv, kind, copy.deepcopy(old), copy.deepcopy(new)))
+        self._events.append(
+            _Event(self._rv, kind, copy.deepcopy(old), copy.deepcopy(new), resource)
+        )
         asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:
@@ -249,7 +257,10 @@ class FakeKubeAPI:
         )
 
     async def _watch(
-        self, request: web.Request, selector: list[tuple[str, str, set[str]]]
+        self,
+        request: web.Request,
+        selector: list[tuple[str, str, set[str]]],
+        resource: str = "namespaces",
     ) -> web.StreamResponse:
         since = int(request.query.get("resourceVersion") or self._rv)
         timeout_s = float(request.query.get("timeoutSeconds") or 300)
@@ -274,7 +285,11 @@ class FakeKubeAPI:
             position = since
             while loop.time() < deadline and not self._closing and response in self._streams:
                 sent = False
-                for event in [e for e in self._events if e.resource_version > position]:
+                for event in [
+                    e
+                    for e in self._events
+                    if e.resource_version > position and e.resource == resource
+                ]:
                     position = event.resource_version
                     line = self._transition(event, selector)
                     if line is not None and not self._silent:
@@ -282,7 +297,7 @@ class FakeKubeAPI:
                         sent = True
                 if not sent and bookmarks and not self._silent:
                     mark = {
-                        "kind": "Namespace",
+                        "kind": "Namespace" if resource == "namespaces" else "Pod",
                         "apiVersion": "v1",
                         "metadata": {"resourceVersion": str(self._rv)},
                     }
@@ -344,6 +359,43 @@ class FakeKubeAPI:
         obj["metadata"]["resourceVersion"] = str(self._rv)
         obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
         return web.json_response(obj)
+
+    async def _pods(self, request: web.Request) -> web.StreamResponse:
+        namespace = request.match_info["ns"]
+        selector = _parse_selector(request.query.get("labelSelector", ""))
+        if _true(request.query.get("watch")):
+            self.requests["watch pods"] += 1
+            return await self._watch(request, selector, f"pods/{namespace}")
+        self.requests["list pods"] += 1
+        items = [
+            obj
+            for (ns, _), obj in sorted(self.pods.items())
+            if ns == namespace and _matches(obj, selector)
+        ]
+        return web.json_response(
+            {
+                "kind": "PodList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "items": items,
+            }
+        )
+
+    def put_pod(self, namespace: str, name: str, labels: dict[str, str], status: Obj) -> None:
+        """Create or update a pod (as the kubelet reports its containers)."""
+        old = copy.deepcopy(self.pods.get((namespace, name)))
+        obj = {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+            "status": copy.deepcopy(status),
+        }
+        self.pods[(namespace, name)] = obj
+        self._record("MODIFIED" if old else "ADDED", old, obj, f"pods/{namespace}")
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        obj = self.pods.pop((namespace, name))
+        self._record("DELETED", obj, obj, f"pods/{namespace}")
 
     async def _lease(self, request: web.Request) -> web.Response:
         self.requests["get lease"] += 1

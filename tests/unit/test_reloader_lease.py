@@ -78,3 +78,20 @@ def test_acquire_time_judges_when_never_renewed() -> None:
 def test_no_hostname_releases_nothing() -> None:
     before = lease("_uuid", DIED - timedelta(seconds=2))
     assert release_for(before, hostname="", died_at=DIED, now=NOW) is None
+
+
+def test_a_pods_operator_died_when_its_container_terminated() -> None:
+    from reloader.operator_pods import died_at  # noqa: PLC0415
+
+    def pod(state: dict[str, Any], name: str = "keda-operator") -> dict[str, Any]:
+        return {"status": {"containerStatuses": [{"name": name, "state": state}]}}
+
+    finished = {"terminated": {"finishedAt": "2026-12-01T12:00:00Z"}}
+    # Whole seconds from the kubelet: the death was within the second after.
+    assert died_at(pod(finished), "keda-operator") == DIED + timedelta(seconds=1)
+    precise = {"terminated": {"finishedAt": "2026-12-01T12:00:00.250000Z"}}
+    assert died_at(pod(precise), "keda-operator") == DIED + timedelta(milliseconds=250)
+    assert died_at(pod({"running": {}}), "keda-operator") is None
+    assert died_at(pod({"waiting": {}}), "keda-operator") is None
+    assert died_at(pod(finished, name="sidecar"), "keda-operator") is None
+    assert died_at({"status": {}}, "keda-operator") is None
