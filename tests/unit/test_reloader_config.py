@@ -217,3 +217,15 @@ def test_every_flag_is_documented() -> None:
     ]
     missing = [flag for flag in flags if f"`{flag}`" not in docs]
     assert not missing, f"undocumented flags: {missing}"
+
+
+def test_release_lease_is_namespace_and_name() -> None:
+    base = ["--tenant=a", "--tenant-label-key=k", "--", "/keda"]
+    config = ReloaderConfig.from_args(
+        ["--release-lease=keda-a/a.operator.keda-tenancy.io", *base], {}
+    )
+    assert config.release_lease == ("keda-a", "a.operator.keda-tenancy.io")
+    assert ReloaderConfig.from_args(base, {}).release_lease is None
+    for bad in ("keda-a", "/x", "keda-a/", "Keda/x", "keda-a/under_score"):
+        with pytest.raises(SystemExit):
+            ReloaderConfig.from_args([f"--release-lease={bad}", *base], {})
