@@ -178,7 +178,14 @@ class Reloader:
         assert self.config.container is not None
         namespace, name = self.config.target_deployment
         return DeploymentTarget(
-            DeploymentPatcher(api, namespace, name, self.config.container, self.config.target_env)
+            DeploymentPatcher(
+                api,
+                namespace,
+                name,
+                self.config.container,
+                self.config.target_env,
+                replicas=self.config.replicas,
+            )
         )
 
     async def _watch_operator_pods(self, api: ApiClient, stop: asyncio.Event) -> None:

@@ -37,6 +37,8 @@ class ReloaderConfig:
     target_deployment: tuple[str, str] | None
     """(namespace, name) in deployment mode."""
     container: str | None
+    replicas: int
+    """Deployment mode: the operator's replicas while the tenant has a namespace."""
     kubeconfig: str | None
     schedule: SchedulePolicy
     crash: CrashPolicy
@@ -137,6 +139,8 @@ class ReloaderConfig:
             raise ConfigError(
                 f"--target-env {args.target_env!r} is not an environment variable name"
             )
+        if args.replicas < 1:
+            raise ConfigError("--replicas must be at least 1 (an empty namespace set scales to 0)")
         if not 0 <= args.health_port <= 65535:
             raise ConfigError("--health-port must be a port number (0 picks a free one)")
         return cls(
@@ -148,6 +152,7 @@ class ReloaderConfig:
             command=command,
             target_deployment=deployment,
             container=args.container or None,
+            replicas=args.replicas,
             kubeconfig=args.kubeconfig or None,
             schedule=schedule,
             crash=crash,
@@ -262,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target.add_argument(
         "--container", default="", help="deployment mode: the container whose env is patched"
+    )
+    target.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="deployment mode: the operator's replicas while the tenant has a namespace "
+        "(the reloader owns spec.replicas; 0 while it has none)",
     )
     target.add_argument(
         "--resync-period",

@@ -86,6 +86,8 @@ class FakeKubeAPI:
     deployments: dict[tuple[str, str], Obj] = field(default_factory=dict)
     leases: dict[tuple[str, str], Obj] = field(default_factory=dict)
     pods: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    applied_by: set[str] = field(default_factory=set)
+    """Field managers of server-side applies."""
     renew_leases_after_get: bool = False
     """A live leader renews every Lease right after each GET (so a write based on it is stale)."""
     requests: Counter[str] = field(default_factory=Counter)
@@ -354,6 +356,14 @@ class FakeKubeAPI:
         if obj is None:
             return _not_found("deployments.apps", key[1])
         patch = await request.json()
+        if request.content_type == "application/apply-patch+yaml":
+            # Server-side apply: the manager and force are required for a partial apply
+            # that takes fields over from other managers.
+            self.requests["apply deployment"] += 1
+            self.applied_by.add(request.query.get("fieldManager", ""))
+            if not _true(request.query.get("force")):
+                return _status(409, "Conflict", "Apply failed with 1 conflict")
+            patch = {k: v for k, v in patch.items() if k not in ("apiVersion", "kind")}
         _merge_containers(obj, patch)
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
