@@ -128,6 +128,8 @@ class Stack:
     workdir: Path
     processes: dict[str, Process] = field(default_factory=dict)
     tenants: dict[str, Tenant] = field(default_factory=dict)
+    reloader_flags: tuple[str, ...] = ()
+    """Given to every tenant's reloader after the chart's own flags."""
 
     def __post_init__(self) -> None:
         self.certs = self.workdir / "certs"
@@ -391,7 +393,6 @@ class Stack:
                 "probe": free_port(),
                 "grpc": free_port(),
                 "reloader": free_port(),
-                "adapter-reloader": free_port(),
             },
             metric_port=0,
         )
@@ -412,61 +413,56 @@ class Stack:
         self.apply(
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": tenant.namespace}}
         )
-        self.start_operator(tenant)
+        self.start_operator(tenant, *self.reloader_flags)
         self.start_adapter(tenant)
         return tenant
 
-    def start_operator(self, tenant: Tenant) -> Process:
+    def start_operator(self, tenant: Tenant, *reloader_flags: str) -> Process:
+        """The operator container as the tenant chart renders it: the reloader (process
+        mode) running /keda, both with the chart's flags and env; only what differs on
+        loopback is rewritten (addresses, paths, the kubeconfig). `reloader_flags` come
+        last and so win (the suite shortens the chart's restart timing)."""
         ports = tenant.operator_ports
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "KUBECONFIG": str(self.kubeconfig),
-            "KEDA_CLUSTER_OBJECT_NAMESPACE": tenant.namespace,
-            "POD_NAMESPACE": tenant.namespace,
+        chart = chart_operator(tenant.name, tenant.namespace)
+        local = {
+            "--health-port": str(ports["reloader"]),
+            "--metrics-bind-address": f"127.0.0.1:{ports['metrics']}",
+            "--health-probe-bind-address": f"127.0.0.1:{ports['probe']}",
+            "--cert-dir": str(self.certs / f"keda-{tenant.name}"),
         }
-        tenant.operator = self.run(
-            f"operator-{tenant.name}",
-            [
-                *self._reloader(tenant, ports["reloader"]),
-                str(self.bin / "keda"),
-                "--leader-elect=false",
-                f"--metrics-bind-address=127.0.0.1:{ports['metrics']}",
-                f"--health-probe-bind-address=127.0.0.1:{ports['probe']}",
-                f"--metrics-service-bind-address=127.0.0.1:{ports['grpc']}",
-                f"--cert-dir={self.certs / f'keda-{tenant.name}'}",
-                "--enable-cert-rotation=false",
-                "--enable-webhook-patching=false",
-                "--zap-log-level=info",
-            ],
-            env=env,
-        )
-        return tenant.operator
-
-    def _reloader(self, tenant: Tenant, health_port: int) -> list[str]:
-        return [
+        reloader = [
             sys.executable,
             "-m",
             "reloader",
+            *_rewrite(chart.reloader_args, local),
             f"--kubeconfig={self.kubeconfig}",
-            f"--tenant={tenant.name}",
-            f"--tenant-label-key={TENANT_LABEL}",
-            "--debounce=1s",
-            "--min-restart-interval=1s",
-            "--grace-period=10s",
             "--health-bind-address=127.0.0.1",
-            f"--health-port={health_port}",
-            "--",
+            *reloader_flags,
         ]
+        operator = [
+            str(self.bin / "keda"),
+            *_rewrite(chart.operator_args, local),
+            f"--metrics-service-bind-address=127.0.0.1:{ports['grpc']}",
+        ]
+        env = {
+            **os.environ,
+            **chart.env,
+            "PYTHONPATH": str(ROOT),
+            "KUBECONFIG": str(self.kubeconfig),
+            "POD_NAME": f"keda-operator-{tenant.name}",
+            "POD_NAMESPACE": tenant.namespace,
+        }
+        env.pop("WATCH_NAMESPACE", None)
+        tenant.operator = self.run(f"operator-{tenant.name}", [*reloader, "--", *operator], env=env)
+        return tenant.operator
 
     def start_adapter(self, tenant: Tenant) -> Process:
         c = self.certs
-        # KEDA's adapter reads WATCH_NAMESPACE too (its ScaledObject cache): it runs under
-        # the reloader as well, so it also follows exactly the tenant's namespaces.
+        # As the chart runs it: a fixed WATCH_NAMESPACE (its own namespace), never restarted
+        # for namespace changes; it reads no KEDA objects and asks the operator over gRPC.
         tenant.adapter = self.run(
             f"adapter-{tenant.name}",
             [
-                *self._reloader(tenant, tenant.operator_ports["adapter-reloader"]),
                 str(self.bin / "keda-adapter"),
                 "--bind-address=127.0.0.1",
                 f"--secure-port={tenant.adapter_port}",
@@ -488,8 +484,8 @@ class Stack:
             ],
             env={
                 **os.environ,
-                "PYTHONPATH": str(ROOT),
                 "KUBECONFIG": str(self.kubeconfig),
+                "WATCH_NAMESPACE": tenant.namespace,
                 "KEDA_CLUSTER_OBJECT_NAMESPACE": tenant.namespace,
                 "POD_NAMESPACE": tenant.namespace,
             },
@@ -627,9 +623,61 @@ class Stack:
         return 0, {"message": text}
 
 
+@dataclass(frozen=True)
+class ChartOperator:
+    """The tenant chart's operator container (process mode), split at the reloader's `--`."""
+
+    reloader_args: list[str]
+    operator_args: list[str]
+    env: dict[str, str]
+    """The plain `value` entries (the fieldRef ones are the pod's name and namespace)."""
+
+
+def chart_operator(tenant: str, namespace: str, **values: Any) -> ChartOperator:
+    """Render the tenant chart (default values plus `values`) for `tenant` in `namespace`."""
+    from tests.deploy.charts import (  # noqa: PLC0415 - yaml and helm only when used
+        ROUTER_CHART,
+        ROUTER_NAMESPACE,
+        ROUTER_RELEASE,
+        TENANT_CHART,
+        Helm,
+        container,
+        deep_merge,
+        find,
+        find_helm,
+        router_ca_values,
+    )
+
+    helm = Helm(find_helm())
+    router = helm.template(ROUTER_CHART, release=ROUTER_RELEASE, namespace=ROUTER_NAMESPACE)
+    docs = helm.template(
+        TENANT_CHART,
+        release="keda",
+        namespace=namespace,
+        values=deep_merge(deep_merge({"tenant": tenant}, router_ca_values(router)), values),
+    )
+    operator = container(find(docs, "Deployment", "keda-operator"), "keda-operator")
+    args = [str(arg) for arg in operator["args"]]
+    split = args.index("--")
+    if args[split + 1] != "/keda":
+        raise AssertionError(f"the chart's operator is not /keda under the reloader: {args}")
+    env = {e["name"]: str(e["value"]) for e in operator.get("env") or [] if "value" in e}
+    return ChartOperator(args[:split], args[split + 2 :], env)
+
+
+def _rewrite(args: list[str], local: dict[str, str]) -> list[str]:
+    """`--flag=value` with `value` replaced where `local` has the flag."""
+    out = []
+    for arg in args:
+        flag, sep, _ = arg.partition("=")
+        out.append(f"{flag}={local[flag]}" if sep and flag in local else arg)
+    return out
+
+
 @contextlib.contextmanager
-def running_stack(workdir: Path) -> Iterator[Stack]:
-    stack = Stack(build_binaries(), workdir)
+def running_stack(workdir: Path, reloader_flags: tuple[str, ...] = ()) -> Iterator[Stack]:
+    stack = Stack(build_binaries(), workdir, reloader_flags=reloader_flags)
+
     try:
         yield stack
     finally:
