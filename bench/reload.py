@@ -11,7 +11,10 @@ through kube-apiserver. Prints the failed reads, the longest read, the p99 added
 baseline, and the HPA controller's FailedGetExternalMetric / FailedComputeMetricsReplicas
 events, and exits 1 when a target is missed (0 failed reads, longest read <= 1 s, 0 events).
 
-`--no-release-lease` runs the reloader without --release-lease (what the chart did before):
+`--mode deployment` runs the chart's deployment mode: kube-controller-manager's Deployment and
+ReplicaSet controllers roll the operator's Deployment, and tests/e2e/pod_runner.py runs its pods
+as local processes in place of a kubelet (an emulation: the kubelet-backed cluster is where
+deployment mode really runs). `--no-release-lease` runs the reloader without --release-lease (what the chart did before):
 the restarted operator then waits out its predecessor's Lease.
 """
 
@@ -154,14 +157,14 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[98]
 
 
-def bring_up(stack: Stack, source: MetricSource) -> None:
+def bring_up(stack: Stack, source: MetricSource, mode: str) -> None:
     stack.start_control_plane()
     stack.install_keda_crds()
     stack.tenant_namespace(TENANT, APPS)
-    stack.add_tenant(TENANT)
+    stack.add_tenant(TENANT, mode)
     stack.register_apiservice()
     stack.start_router()
-    stack.start_hpa_controller()
+    stack.start_hpa_controller(deployments=mode == "deployment")
     wait_for(stack.apiservice_available, "APIService Available", 120)
     stack.scaled_app(APPS, source.url)
     streak = 0
@@ -181,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     source = MetricSource(VALUE)
     workdir = Path(tempfile.mkdtemp(prefix="bench-reload-"))
     with running_stack(workdir, flags) as stack:
-        bring_up(stack, source)
+        bring_up(stack, source, args.mode)
         quiet = Reader(stack, args.rate)
         quiet.start()
         time.sleep(args.baseline)
@@ -230,7 +233,9 @@ def report(
     longest = max((r.took_s for r in reads), default=0.0)
     base_p99 = p99([r.took_s for r in baseline if r.ok])
     load_p99 = p99([r.took_s for r in reads])
-    mode = "process mode" + (", no --release-lease" if args.no_release_lease else "")
+    mode = f"{args.mode} mode" + (", no --release-lease" if args.no_release_lease else "")
+    if args.mode == "deployment":
+        mode += "; pods run by tests/e2e/pod_runner.py, a stand-in kubelet"
     print(f"reload benchmark ({mode}; chart's KEDA flags, --leader-elect)")
     for what, took in changes:
         print(f"  {what}: operator restarted {took:.1f} s after the change")
@@ -257,6 +262,13 @@ def main() -> None:
         "--gap", type=float, default=6.0, help="seconds of quiet after the metric is served again"
     )
     parser.add_argument("--baseline", type=float, default=10.0, help="quiet reads, seconds")
+    parser.add_argument(
+        "--mode",
+        choices=("process", "deployment"),
+        default="process",
+        help="the reloader mode (deployment: kube-controller-manager rolls the chart's "
+        "Deployment and tests/e2e/pod_runner.py stands in for the kubelet)",
+    )
     parser.add_argument(
         "--no-release-lease",
         action="store_true",

@@ -130,6 +130,8 @@ class Stack:
     tenants: dict[str, Tenant] = field(default_factory=dict)
     reloader_flags: tuple[str, ...] = ()
     """Given to every tenant's reloader after the chart's own flags."""
+    pod_runners: dict[str, Any] = field(default_factory=dict)
+    """Deployment mode: each tenant's stand-in kubelet (tests/e2e/pod_runner.py)."""
 
     def __post_init__(self) -> None:
         self.certs = self.workdir / "certs"
@@ -238,6 +240,8 @@ class Stack:
         return process
 
     def stop(self) -> None:
+        for runner in self.pod_runners.values():
+            runner.stop()
         for process in reversed(list(self.processes.values())):
             process.stop()
 
@@ -381,9 +385,9 @@ class Stack:
 
     # -- tenants -----------------------------------------------------------------------
 
-    def add_tenant(self, name: str) -> Tenant:
-        """A tenant's KEDA: the operator run through the reloader (process mode, as in
-        production) and the metrics adapter, trusting the router's client CA and CN."""
+    def add_tenant(self, name: str, mode: str = "process") -> Tenant:
+        """A tenant's KEDA: the operator run through the reloader (in `mode`, as the chart
+        runs it) and the metrics adapter, trusting the router's client CA and CN."""
         tenant = Tenant(
             name=name,
             namespace=f"keda-{name}",
@@ -413,7 +417,10 @@ class Stack:
         self.apply(
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": tenant.namespace}}
         )
-        self.start_operator(tenant, *self.reloader_flags)
+        if mode == "process":
+            self.start_operator(tenant, *self.reloader_flags)
+        else:
+            self.start_operator_deployment(tenant)
         self.start_adapter(tenant)
         return tenant
 
@@ -456,6 +463,71 @@ class Stack:
         tenant.operator = self.run(f"operator-{tenant.name}", [*reloader, "--", *operator], env=env)
         return tenant.operator
 
+    def start_operator_deployment(self, tenant: Tenant) -> Process:
+        """Deployment mode as the tenant chart renders it: the chart's keda-operator
+        Deployment (and its ServiceAccount) applied to the API server, kube-controller-manager
+        rolling it (start_hpa_controller(deployments=True)), tests/e2e/pod_runner.py running its
+        pods as a kubelet would, and the reloader with the chart's keda-namespace-reloader
+        flags. The reloader runs with the admin kubeconfig here, not the chart's RBAC."""
+        from tests.e2e.pod_runner import PodRunner  # noqa: PLC0415
+
+        ports = tenant.operator_ports
+        docs = chart_docs(tenant.name, tenant.namespace, reloader={"mode": "deployment"})
+        deployment = next(
+            d
+            for d in docs
+            if d["kind"] == "Deployment" and d["metadata"]["name"] == "keda-operator"
+        )
+        account = next(
+            d
+            for d in docs
+            if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "keda-operator"
+        )
+        self.apply(account, deployment)
+        match = deployment["spec"]["selector"]["matchLabels"]
+
+        def localize(pod: str, args: list[str]) -> tuple[list[str], dict[str, str], int]:
+            probe = free_port()
+            local = {
+                "--metrics-bind-address": f"127.0.0.1:{free_port()}",
+                "--health-probe-bind-address": f"127.0.0.1:{probe}",
+                "--cert-dir": str(self.certs / f"keda-{tenant.name}"),
+            }
+            # One gRPC address for every pod: only the leader listens (as behind the Service).
+            grpc = f"--metrics-service-bind-address=127.0.0.1:{ports['grpc']}"
+            return [*_rewrite(args, local), grpc], {"KUBECONFIG": str(self.kubeconfig)}, probe
+
+        self.pod_runners[tenant.name] = PodRunner(
+            server=f"https://127.0.0.1:{self.apiserver_port}",
+            certs=self.certs,
+            namespace=tenant.namespace,
+            selector=",".join(f"{k}={v}" for k, v in sorted(match.items())),
+            container="keda-operator",
+            binary=str(self.bin / "keda"),
+            localize=localize,
+            logs=self.logs,
+        ).start()
+        reloader = next(
+            d
+            for d in docs
+            if d["kind"] == "Deployment" and d["metadata"]["name"] == "keda-namespace-reloader"
+        )
+        args = [str(a) for a in reloader["spec"]["template"]["spec"]["containers"][0]["args"]]
+        tenant.operator = self.run(
+            f"operator-{tenant.name}",
+            [
+                sys.executable,
+                "-m",
+                "reloader",
+                *_rewrite(args, {"--health-port": str(ports["reloader"])}),
+                f"--kubeconfig={self.kubeconfig}",
+                "--health-bind-address=127.0.0.1",
+                *self.reloader_flags,
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        return tenant.operator
+
     def start_adapter(self, tenant: Tenant) -> Process:
         c = self.certs
         # As the chart runs it: a fixed WATCH_NAMESPACE (its own namespace), never restarted
@@ -492,7 +564,12 @@ class Stack:
         )
         return tenant.adapter
 
-    def start_hpa_controller(self) -> Process:
+    def start_hpa_controller(self, *, deployments: bool = False) -> Process:
+        """kube-controller-manager with the HPA controller (and, for deployment mode, the
+        Deployment and ReplicaSet controllers)."""
+        controllers = "horizontalpodautoscaling,namespace,garbagecollector"
+        if deployments:
+            controllers += ",deployment,replicaset"
         return self.run(
             "kube-controller-manager",
             [
@@ -500,7 +577,7 @@ class Stack:
                 f"--kubeconfig={self.kubeconfig}",
                 f"--authentication-kubeconfig={self.kubeconfig}",
                 f"--authorization-kubeconfig={self.kubeconfig}",
-                "--controllers=horizontalpodautoscaling,namespace,garbagecollector",
+                f"--controllers={controllers}",
                 "--horizontal-pod-autoscaler-sync-period=2s",
                 "--horizontal-pod-autoscaler-downscale-stabilization=0s",
                 "--leader-elect=false",
@@ -633,7 +710,7 @@ class ChartOperator:
     """The plain `value` entries (the fieldRef ones are the pod's name and namespace)."""
 
 
-def chart_operator(tenant: str, namespace: str, **values: Any) -> ChartOperator:
+def chart_docs(tenant: str, namespace: str, **values: Any) -> list[dict[str, Any]]:
     """Render the tenant chart (default values plus `values`) for `tenant` in `namespace`."""
     from tests.deploy.charts import (  # noqa: PLC0415 - yaml and helm only when used
         ROUTER_CHART,
@@ -641,21 +718,26 @@ def chart_operator(tenant: str, namespace: str, **values: Any) -> ChartOperator:
         ROUTER_RELEASE,
         TENANT_CHART,
         Helm,
-        container,
         deep_merge,
-        find,
         find_helm,
         router_ca_values,
     )
 
     helm = Helm(find_helm())
     router = helm.template(ROUTER_CHART, release=ROUTER_RELEASE, namespace=ROUTER_NAMESPACE)
-    docs = helm.template(
+    return helm.template(
         TENANT_CHART,
         release="keda",
         namespace=namespace,
         values=deep_merge(deep_merge({"tenant": tenant}, router_ca_values(router)), values),
     )
+
+
+def chart_operator(tenant: str, namespace: str) -> ChartOperator:
+    """The operator container of the tenant chart with default values (process mode)."""
+    from tests.deploy.charts import container, find  # noqa: PLC0415
+
+    docs = chart_docs(tenant, namespace)
     operator = container(find(docs, "Deployment", "keda-operator"), "keda-operator")
     args = [str(arg) for arg in operator["args"]]
     split = args.index("--")
