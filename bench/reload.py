@@ -183,7 +183,9 @@ def run(args: argparse.Namespace) -> int:
     flags: tuple[str, ...] = ("--release-lease=",) if args.no_release_lease else ()
     source = MetricSource(VALUE)
     workdir = Path(tempfile.mkdtemp(prefix="bench-reload-"))
-    with running_stack(workdir, flags) as stack:
+    env = [dict(zip(("name", "value"), e.split("=", 1), strict=True)) for e in args.operator_env]
+    values = {"operator": {"env": env}} if env else {}
+    with running_stack(workdir, flags, values) as stack:
         bring_up(stack, source, args.mode)
         quiet = Reader(stack, args.rate)
         quiet.start()
@@ -236,6 +238,8 @@ def report(
     mode = f"{args.mode} mode" + (", no --release-lease" if args.no_release_lease else "")
     if args.mode == "deployment":
         mode += "; pods run by tests/e2e/pod_runner.py, a stand-in kubelet"
+    for extra in args.operator_env:
+        mode += f"; {extra}"
     print(f"reload benchmark ({mode}; chart's KEDA flags, --leader-elect)")
     for what, took in changes:
         print(f"  {what}: operator restarted {took:.1f} s after the change")
@@ -268,6 +272,14 @@ def main() -> None:
         default="process",
         help="the reloader mode (deployment: kube-controller-manager rolls the chart's "
         "Deployment and tests/e2e/pod_runner.py stands in for the kubelet)",
+    )
+    parser.add_argument(
+        "--operator-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra operator env (the chart's operator.env), e.g. "
+        "KEDA_OPERATOR_LEADER_ELECTION_RETRY_PERIOD=1s",
     )
     parser.add_argument(
         "--no-release-lease",

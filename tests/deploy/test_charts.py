@@ -424,6 +424,8 @@ def test_tenant_flags_are_accepted_by_reloader_and_scope_keda_to_the_tenant(
         assert "annotations" not in operator["metadata"]
         # The new pod waits as a standby before the old one stops; the reloader hands over.
         assert operator["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+        # ... which takes the released Lease at its next retry.
+        assert env["KEDA_OPERATOR_LEADER_ELECTION_RETRY_PERIOD"]["value"] == "500ms"
         reloader = container(find(docs, "Deployment", "keda-namespace-reloader"))
         config = ReloaderConfig.from_args(reloader["args"], {})
         assert config.mode == "deployment"
@@ -432,6 +434,8 @@ def test_tenant_flags_are_accepted_by_reloader_and_scope_keda_to_the_tenant(
         assert config.replicas == 1
     else:
         assert keda["command"] == ["keda-tenancy-reloader"]
+        # The next operator starts only after the Lease is released: KEDA's own retry period.
+        assert "KEDA_OPERATOR_LEADER_ELECTION_RETRY_PERIOD" not in env
         config = ReloaderConfig.from_args(keda["args"], {})
         assert config.mode == "process"
         assert config.command[0] == "/keda"

@@ -130,6 +130,8 @@ class Stack:
     tenants: dict[str, Tenant] = field(default_factory=dict)
     reloader_flags: tuple[str, ...] = ()
     """Given to every tenant's reloader after the chart's own flags."""
+    chart_values: dict[str, Any] = field(default_factory=dict)
+    """Tenant chart values on top of the defaults, for every tenant."""
     pod_runners: dict[str, Any] = field(default_factory=dict)
     """Deployment mode: each tenant's stand-in kubelet (tests/e2e/pod_runner.py)."""
 
@@ -430,7 +432,7 @@ class Stack:
         loopback is rewritten (addresses, paths, the kubeconfig). `reloader_flags` come
         last and so win (the suite shortens the chart's restart timing)."""
         ports = tenant.operator_ports
-        chart = chart_operator(tenant.name, tenant.namespace)
+        chart = chart_operator(tenant.name, tenant.namespace, **self.chart_values)
         local = {
             "--health-port": str(ports["reloader"]),
             "--metrics-bind-address": f"127.0.0.1:{ports['metrics']}",
@@ -472,7 +474,11 @@ class Stack:
         from tests.e2e.pod_runner import PodRunner  # noqa: PLC0415
 
         ports = tenant.operator_ports
-        docs = chart_docs(tenant.name, tenant.namespace, reloader={"mode": "deployment"})
+        docs = chart_docs(
+            tenant.name,
+            tenant.namespace,
+            **{**self.chart_values, "reloader": {"mode": "deployment"}},
+        )
         deployment = next(
             d
             for d in docs
@@ -733,11 +739,11 @@ def chart_docs(tenant: str, namespace: str, **values: Any) -> list[dict[str, Any
     )
 
 
-def chart_operator(tenant: str, namespace: str) -> ChartOperator:
-    """The operator container of the tenant chart with default values (process mode)."""
+def chart_operator(tenant: str, namespace: str, **values: Any) -> ChartOperator:
+    """The operator container of the tenant chart in process mode."""
     from tests.deploy.charts import container, find  # noqa: PLC0415
 
-    docs = chart_docs(tenant, namespace)
+    docs = chart_docs(tenant, namespace, **values)
     operator = container(find(docs, "Deployment", "keda-operator"), "keda-operator")
     args = [str(arg) for arg in operator["args"]]
     split = args.index("--")
@@ -757,8 +763,14 @@ def _rewrite(args: list[str], local: dict[str, str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def running_stack(workdir: Path, reloader_flags: tuple[str, ...] = ()) -> Iterator[Stack]:
-    stack = Stack(build_binaries(), workdir, reloader_flags=reloader_flags)
+def running_stack(
+    workdir: Path,
+    reloader_flags: tuple[str, ...] = (),
+    chart_values: dict[str, Any] | None = None,
+) -> Iterator[Stack]:
+    stack = Stack(
+        build_binaries(), workdir, reloader_flags=reloader_flags, chart_values=chart_values or {}
+    )
 
     try:
         yield stack
