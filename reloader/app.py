@@ -24,6 +24,7 @@ from reloader.clock import Clock
 from reloader.config import ReloaderConfig
 from reloader.control import Controller
 from reloader.deployment import DeploymentPatcher
+from reloader.forward import Forwarder
 from reloader.lease import LeaseReleaser
 from reloader.metrics import ReloaderMetrics
 from reloader.operator_pods import OperatorPodWatch, selector_of
@@ -72,6 +73,7 @@ class Reloader:
             else None
         )
         self.controller: Controller | None = None
+        self.forwarder: Forwarder | None = None
         self.health_port: int | None = None
         self._stop_signal = signal.SIGTERM
 
@@ -148,6 +150,9 @@ class Reloader:
             }
             if self.child is not None and self._reap_orphans:
                 roots["reaper"] = self._reap(stop)
+            if self.child is not None and config.forward_grpc is not None:
+                self.forwarder = Forwarder(*config.forward_grpc)
+                roots["grpc-forward"] = self.forwarder.serve(stop)
             if self.child is None and config.release_lease is not None:
                 roots["operator-pods"] = self._watch_operator_pods(api, stop)
             await run_roots(roots, stop)

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from reloader.forward import parse_address
 from reloader.schedule import CrashPolicy, SchedulePolicy
 from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration
@@ -48,6 +49,9 @@ class ReloaderConfig:
     """How long to wait for the operator after SIGKILL."""
     resync_period_s: float
     """Deployment mode: re-check the Deployment this often (0: never)."""
+    forward_grpc: tuple[tuple[str, int], tuple[str, int]] | None
+    """Process mode: (listen, target) — hold the operator's gRPC port and splice it to the
+    operator's own address; None: the operator listens itself."""
     release_lease: tuple[str, str] | None
     """(namespace, name) of the operator's leader-election Lease, released when the operator
     holding it has died; None: never touched."""
@@ -129,6 +133,17 @@ class ReloaderConfig:
                     "deployment mode needs --target-deployment NAMESPACE/NAME and --container"
                 )
             deployment = (namespace, name)
+        forward_grpc = None
+        if args.forward_grpc:
+            if args.mode != "process":
+                raise ConfigError("--forward-grpc is for --mode=process")
+            listen, sep, target = args.forward_grpc.partition("=")
+            try:
+                if not sep:
+                    raise ValueError("no '='")
+                forward_grpc = (parse_address(listen), parse_address(target))
+            except ValueError as exc:
+                raise ConfigError(f"--forward-grpc needs LISTEN=TARGET addresses: {exc}") from exc
         release_lease: tuple[str, str] | None = None
         if args.release_lease:
             lease_ns, _, lease_name = args.release_lease.partition("/")
@@ -159,6 +174,7 @@ class ReloaderConfig:
             grace_period_s=_duration("--grace-period", args.grace_period),
             kill_wait_s=_duration("--kill-wait", args.kill_wait),
             resync_period_s=_duration("--resync-period", args.resync_period),
+            forward_grpc=forward_grpc,
             release_lease=release_lease,
             health_bind_address=args.health_bind_address,
             health_port=args.health_port,
@@ -281,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="deployment mode: re-check the Deployment this often, undoing drift (0: never)",
     )
 
+    target.add_argument(
+        "--forward-grpc",
+        default="",
+        metavar="HOST:PORT=HOST:PORT",
+        help="process mode: listen on the first address (the operator's gRPC port) and splice "
+        "each connection to the second (where the operator listens), holding it while the "
+        "operator restarts",
+    )
     target.add_argument(
         "--release-lease",
         default="",

@@ -398,6 +398,7 @@ class Stack:
                 "metrics": free_port(),
                 "probe": free_port(),
                 "grpc": free_port(),
+                "child-grpc": free_port(),
                 "reloader": free_port(),
             },
             metric_port=0,
@@ -438,6 +439,8 @@ class Stack:
             "--metrics-bind-address": f"127.0.0.1:{ports['metrics']}",
             "--health-probe-bind-address": f"127.0.0.1:{ports['probe']}",
             "--cert-dir": str(self.certs / f"keda-{tenant.name}"),
+            "--forward-grpc": f"127.0.0.1:{ports['grpc']}=127.0.0.1:{ports['child-grpc']}",
+            "--metrics-service-bind-address": f"127.0.0.1:{ports['child-grpc']}",
         }
         reloader = [
             sys.executable,
@@ -448,11 +451,7 @@ class Stack:
             "--health-bind-address=127.0.0.1",
             *reloader_flags,
         ]
-        operator = [
-            str(self.bin / "keda"),
-            *_rewrite(chart.operator_args, local),
-            f"--metrics-service-bind-address=127.0.0.1:{ports['grpc']}",
-        ]
+        operator = [str(self.bin / "keda"), *_rewrite(chart.operator_args, local)]
         env = {
             **os.environ,
             **chart.env,
