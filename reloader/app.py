@@ -73,7 +73,11 @@ class Reloader:
             else None
         )
         self.controller: Controller | None = None
-        self.forwarder: Forwarder | None = None
+        self.forwarder = (
+            Forwarder(*config.forward_grpc)
+            if config.forward_grpc is not None and self.child is not None
+            else None
+        )
         self.health_port: int | None = None
         self._stop_signal = signal.SIGTERM
 
@@ -150,8 +154,7 @@ class Reloader:
             }
             if self.child is not None and self._reap_orphans:
                 roots["reaper"] = self._reap(stop)
-            if self.child is not None and config.forward_grpc is not None:
-                self.forwarder = Forwarder(*config.forward_grpc)
+            if self.forwarder is not None:
                 roots["grpc-forward"] = self.forwarder.serve(stop)
             if self.child is None and config.release_lease is not None:
                 roots["operator-pods"] = self._watch_operator_pods(api, stop)
@@ -178,7 +181,9 @@ class Reloader:
             LeaseReleaser(api, *self.config.release_lease) if self.config.release_lease else None
         )
         if self.child is not None:
-            return ProcessTarget(self.child, self.metrics, stop, releaser=releaser)
+            return ProcessTarget(
+                self.child, self.metrics, stop, releaser=releaser, forwarder=self.forwarder
+            )
         assert self.config.target_deployment is not None
         assert self.config.container is not None
         namespace, name = self.config.target_deployment

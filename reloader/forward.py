@@ -7,8 +7,16 @@ then decides when the adapter next tries, whenever the new operator is actually 
 the reloader owns the listening port instead: a connection is accepted at once and held (its
 TLS handshake waits) until the operator's own port, on loopback, accepts, then the bytes are
 copied both ways unchanged (TLS stays end to end between adapter and operator). So requests
-wait exactly as long as the operator takes to serve again, and the connection ends with the
-operator's.
+wait exactly as long as the operator takes to serve again.
+
+Before the operator is stopped for a restart, each connection is drained: the adapter's new
+bytes are held back (the ones already in flight are let through and answered), and once the
+operator has answered and both directions have been quiet for a moment, the connection is
+closed while idle. The adapter then reconnects with nothing lost: KEDA's gRPC server stops
+without draining, so a request it had accepted would fail with the process. Under TLS the
+requests cannot be counted: "answered" means the operator sent bytes after the adapter's last
+ones and then 100 ms passed quietly (KEDA answers a metric in milliseconds; a request that
+takes longer than that after another's answer can still be cut off, as before).
 """
 
 from __future__ import annotations
@@ -31,6 +39,80 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class _Link:
+    """One adapter connection spliced to the operator."""
+
+    def __init__(
+        self,
+        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        operator: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ) -> None:
+        self._client = client
+        self._operator = operator
+        self._gate = asyncio.Event()
+        self._gate.set()
+        self._holding = False
+        self._last_client = 0.0
+        self._last_operator = 0.0
+        self._loop = asyncio.get_running_loop()
+
+    async def run(self) -> None:
+        """Copy both ways until either side ends."""
+        one = asyncio.ensure_future(self._to_operator())
+        two = asyncio.ensure_future(self._to_client())
+        try:
+            await asyncio.wait({one, two}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (one, two):
+                task.cancel()
+            await asyncio.gather(one, two, return_exceptions=True)
+
+    async def _to_operator(self) -> None:
+        reader, _ = self._client
+        _, writer = self._operator
+        with contextlib.suppress(OSError):
+            while data := await reader.read(CHUNK):
+                if not self._gate.is_set():
+                    self._holding = True
+                    await self._gate.wait()
+                    self._holding = False
+                self._last_client = self._loop.time()
+                writer.write(data)
+                await writer.drain()
+
+    async def _to_client(self) -> None:
+        reader, _ = self._operator
+        _, writer = self._client
+        with contextlib.suppress(OSError):
+            while data := await reader.read(CHUNK):
+                self._last_operator = self._loop.time()
+                writer.write(data)
+                await writer.drain()
+
+    async def drain(self, quiet_s: float, max_s: float) -> bool:
+        """Hold the adapter's new bytes, let the operator answer what it has, then close
+        while idle; False when it never went idle within `max_s` (closed anyway)."""
+        self._gate.clear()
+        deadline = self._loop.time() + max_s
+        idle = False
+        while self._loop.time() < deadline:
+            if self._holding:
+                # The adapter sent more (a request, a ping): let it through, await the answer.
+                self._gate.set()
+                await asyncio.sleep(0)
+                self._gate.clear()
+            else:
+                now = self._loop.time()
+                answered = self._last_operator >= self._last_client
+                if answered and now - max(self._last_operator, self._last_client) >= quiet_s:
+                    idle = True
+                    break
+            await asyncio.sleep(quiet_s / 4)
+        await _close(self._client[1])
+        await _close(self._operator[1])
+        return idle
+
+
 class Forwarder:
     def __init__(
         self,
@@ -45,6 +127,9 @@ class Forwarder:
         self._target = target
         self._dial_wait_s = dial_wait_s
         self._connections: set[asyncio.Task[None]] = set()
+        self._links: set[_Link] = set()
+        self._dialing = asyncio.Event()
+        self._dialing.set()
         self.port: int | None = None
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -79,49 +164,44 @@ class Forwarder:
                     extra={"wait_s": self._dial_wait_s},
                 )
                 return
-            up_reader, up_writer = upstream
+            link = _Link((reader, writer), upstream)
+            self._links.add(link)
             try:
-                await _splice(reader, writer, up_reader, up_writer)
+                await link.run()
             finally:
-                await _close(up_writer)
+                self._links.discard(link)
+                await _close(upstream[1])
         finally:
             await _close(writer)
             self._connections.discard(task)
+
+    async def drain(self, *, quiet_s: float = 0.1, max_s: float = 3.0) -> None:
+        """Before the operator stops: close every connection while idle (see the module
+        docstring); new connections wait for `resume` instead of reaching this operator."""
+        self._dialing.clear()
+        links = list(self._links)
+        idle = await asyncio.gather(*(link.drain(quiet_s, max_s) for link in links))
+        if not all(idle):
+            logger.warning(
+                "a gRPC connection was still busy when the operator had to stop",
+                extra={"busy": idle.count(False), "max_s": max_s},
+            )
+
+    def resume(self) -> None:
+        """The next operator is started: connections may reach it (once it listens)."""
+        self._dialing.set()
 
     async def _dial(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._dial_wait_s
         while True:
             try:
-                return await asyncio.open_connection(*self._target)
+                if self._dialing.is_set():
+                    return await asyncio.open_connection(*self._target)
             except OSError:
                 if loop.time() >= deadline:
                     return None
             await asyncio.sleep(DIAL_INTERVAL_S)
-
-
-async def _splice(
-    a_reader: asyncio.StreamReader,
-    a_writer: asyncio.StreamWriter,
-    b_reader: asyncio.StreamReader,
-    b_writer: asyncio.StreamWriter,
-) -> None:
-    """Copy both ways until either side ends; then both end."""
-    one = asyncio.ensure_future(_copy(a_reader, b_writer))
-    two = asyncio.ensure_future(_copy(b_reader, a_writer))
-    try:
-        await asyncio.wait({one, two}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (one, two):
-            task.cancel()
-        await asyncio.gather(one, two, return_exceptions=True)
-
-
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError):
-        while data := await reader.read(CHUNK):
-            writer.write(data)
-            await writer.drain()
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

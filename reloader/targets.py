@@ -18,6 +18,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from reloader.child import ChildProcess
 from reloader.deployment import DeploymentPatcher
+from reloader.forward import Forwarder
 from reloader.lease import LeaseReleaser
 from reloader.metrics import ReloaderMetrics
 
@@ -60,12 +61,14 @@ class ProcessTarget:
         *,
         releaser: LeaseReleaser | None = None,
         hostname: str | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.child = child
         self._metrics = metrics
         self._stop = stop
         self._exit_seen = True
         self._releaser = releaser
+        self._forwarder = forwarder
         self._hostname = hostname or socket.gethostname()
         # Any operator of an earlier run of this container died before we started.
         self._died_at: datetime | None = datetime.now(UTC)
@@ -87,6 +90,8 @@ class ProcessTarget:
     async def apply(self, value: str) -> bool:
         acted = False
         if self.child.running:
+            if self._forwarder is not None:
+                await self._forwarder.drain()  # close the adapter's connections while idle
             code = await self.child.stop()
             if code is None:  # it survived SIGKILL
                 raise ApplyError("the operator survived SIGKILL; not starting a second one")
@@ -96,6 +101,8 @@ class ProcessTarget:
         if value and not self._stop.is_set():
             await self._release_lease()
             await self.child.start(value)
+            if self._forwarder is not None:
+                self._forwarder.resume()
             self._exit_seen = False
             self._metrics.child_up.set(1)
             acted = True
