@@ -9,14 +9,12 @@ TLS handshake waits) until the operator's own port, on loopback, accepts, then t
 copied both ways unchanged (TLS stays end to end between adapter and operator). So requests
 wait exactly as long as the operator takes to serve again.
 
-Before the operator is stopped for a restart, each connection is drained: the adapter's new
-bytes are held back (the ones already in flight are let through and answered), and once the
-operator has answered and both directions have been quiet for a moment, the connection is
-closed while idle. The adapter then reconnects with nothing lost: KEDA's gRPC server stops
-without draining, so a request it had accepted would fail with the process. Under TLS the
-requests cannot be counted: "answered" means the operator sent bytes after the adapter's last
-ones and then 100 ms passed quietly (KEDA answers a metric in milliseconds; a request that
-takes longer than that after another's answer can still be cut off, as before).
+Before the operator is stopped for a restart, each connection is closed at its first idle
+moment (within a second): the operator has answered everything the adapter sent, and 20 ms
+passed quietly. The adapter then reconnects with no request lost, where KEDA's gRPC server,
+which stops without draining, would fail any request it had accepted. Under TLS requests
+cannot be counted, so "answered" means the operator sent bytes after the adapter's last ones:
+with two requests in flight, the slower one can still be cut off, as it would be without this.
 """
 
 from __future__ import annotations
@@ -49,9 +47,6 @@ class _Link:
     ) -> None:
         self._client = client
         self._operator = operator
-        self._gate = asyncio.Event()
-        self._gate.set()
-        self._holding = False
         self._last_client = 0.0
         self._last_operator = 0.0
         self._loop = asyncio.get_running_loop()
@@ -72,10 +67,6 @@ class _Link:
         _, writer = self._operator
         with contextlib.suppress(OSError):
             while data := await reader.read(CHUNK):
-                if not self._gate.is_set():
-                    self._holding = True
-                    await self._gate.wait()
-                    self._holding = False
                 self._last_client = self._loop.time()
                 writer.write(data)
                 await writer.drain()
@@ -90,23 +81,16 @@ class _Link:
                 await writer.drain()
 
     async def drain(self, quiet_s: float, max_s: float) -> bool:
-        """Hold the adapter's new bytes, let the operator answer what it has, then close
-        while idle; False when it never went idle within `max_s` (closed anyway)."""
-        self._gate.clear()
+        """Close at the first idle moment: the operator spoke after the adapter's last bytes
+        and then `quiet_s` passed; False when there was none within `max_s` (closed anyway)."""
         deadline = self._loop.time() + max_s
         idle = False
         while self._loop.time() < deadline:
-            if self._holding:
-                # The adapter sent more (a request, a ping): let it through, await the answer.
-                self._gate.set()
-                await asyncio.sleep(0)
-                self._gate.clear()
-            else:
-                now = self._loop.time()
-                answered = self._last_operator >= self._last_client
-                if answered and now - max(self._last_operator, self._last_client) >= quiet_s:
-                    idle = True
-                    break
+            now = self._loop.time()
+            answered = self._last_operator >= self._last_client
+            if answered and now - max(self._last_operator, self._last_client) >= quiet_s:
+                idle = True
+                break
             await asyncio.sleep(quiet_s / 4)
         await _close(self._client[1])
         await _close(self._operator[1])
@@ -175,7 +159,7 @@ class Forwarder:
             await _close(writer)
             self._connections.discard(task)
 
-    async def drain(self, *, quiet_s: float = 0.1, max_s: float = 3.0) -> None:
+    async def drain(self, *, quiet_s: float = 0.02, max_s: float = 1.0) -> None:
         """Before the operator stops: close every connection while idle (see the module
         docstring); new connections wait for `resume` instead of reaching this operator."""
         self._dialing.clear()
