@@ -10,8 +10,8 @@ copied both ways unchanged (TLS stays end to end between adapter and operator). 
 wait exactly as long as the operator takes to serve again.
 
 Before the operator is stopped for a restart, each connection is closed at its first idle
-moment (within a second): the operator has answered everything the adapter sent, and 20 ms
-passed quietly. The adapter then reconnects with no request lost, where KEDA's gRPC server,
+moment (within a second): the operator has answered everything the adapter sent, 20 ms ago,
+and the adapter has sent nothing for 60 ms. The adapter then reconnects with no request lost, where KEDA's gRPC server,
 which stops without draining, would fail any request it had accepted. Under TLS requests
 cannot be counted, so "answered" means the operator sent bytes after the adapter's last ones:
 with two requests in flight, the slower one can still be cut off, as it would be without this.
@@ -81,14 +81,21 @@ class _Link:
                 await writer.drain()
 
     async def drain(self, quiet_s: float, max_s: float) -> bool:
-        """Close at the first idle moment: the operator spoke after the adapter's last bytes
-        and then `quiet_s` passed; False when there was none within `max_s` (closed anyway)."""
+        """Close at the first idle moment: the operator spoke after the adapter's last bytes,
+        `quiet_s` ago, and the adapter has been quiet three times that; False when there was
+        none within `max_s` (closed anyway)."""
         deadline = self._loop.time() + max_s
         idle = False
         while self._loop.time() < deadline:
             now = self._loop.time()
             answered = self._last_operator >= self._last_client
-            if answered and now - max(self._last_operator, self._last_client) >= quiet_s:
+            # The adapter quiet for longer: a request sent just before another's answer is
+            # likely still being worked on, even though the operator spoke last.
+            if (
+                answered
+                and now - self._last_operator >= quiet_s
+                and now - self._last_client >= 3 * quiet_s
+            ):
                 idle = True
                 break
             await asyncio.sleep(quiet_s / 4)
