@@ -15,7 +15,9 @@ import socket
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
 from reloader.access import BindingGate, Gate, SelfAccessGate
@@ -26,7 +28,10 @@ from reloader.config import ReloaderConfig
 from reloader.control import Controller
 from reloader.deployment import DeploymentPatcher
 from reloader.desired import Desired, desired_namespaces
+from reloader.forward import Forwarder
+from reloader.lease import LeaseReleaser
 from reloader.metrics import ReloaderMetrics
+from reloader.operator_pods import OperatorPodWatch, selector_of
 from reloader.publishing import PublishingTarget
 from reloader.rolebindings import BindingMetrics, BindingSpec, RoleBindingManager
 from reloader.targets import DeploymentTarget, ProcessTarget, Target
@@ -79,6 +84,11 @@ class Reloader:
         self.gate: Gate | None = None
         self.binding_loop: BindingLoop | None = None
         self.publisher: PublishingTarget | None = None
+        self.forwarder = (
+            Forwarder(*config.forward_grpc)
+            if config.forward_grpc is not None and self.child is not None
+            else None
+        )
         self.health_port: int | None = None
         self._stop_signal = signal.SIGTERM
 
@@ -190,6 +200,10 @@ class Reloader:
                 roots["publish"] = self.publisher.run(stop)
             if self.binding_loop is not None:
                 roots["bindings"] = self.binding_loop.run(stop)
+            if self.forwarder is not None:
+                roots["grpc-forward"] = self.forwarder.serve(stop)
+            if self.child is None and config.release_lease is not None:
+                roots["operator-pods"] = self._watch_operator_pods(api, stop)
             await run_roots(roots, stop)
         except Exception as exc:
             failed = True
@@ -274,8 +288,13 @@ class Reloader:
         )
 
     def _target(self, api: ApiClient, stop: asyncio.Event) -> Target:
+        releaser = (
+            LeaseReleaser(api, *self.config.release_lease) if self.config.release_lease else None
+        )
         if self.child is not None:
-            target: Target = ProcessTarget(self.child, self.metrics, stop)
+            target: Target = ProcessTarget(
+                self.child, self.metrics, stop, releaser=releaser, forwarder=self.forwarder
+            )
             if self.config.check_operator_access:
                 self.gate = SelfAccessGate(api, BindingMetrics(self.registry), clock=self._clock)
             if self.config.watched_configmap is not None:
@@ -288,8 +307,50 @@ class Reloader:
         assert self.config.container is not None
         namespace, name = self.config.target_deployment
         return DeploymentTarget(
-            DeploymentPatcher(api, namespace, name, self.config.container, self.config.target_env)
+            DeploymentPatcher(
+                api,
+                namespace,
+                name,
+                self.config.container,
+                self.config.target_env,
+                replicas=self.config.replicas,
+            )
         )
+
+    async def _watch_operator_pods(self, api: ApiClient, stop: asyncio.Event) -> None:
+        """Deployment mode: release the Lease of an operator pod that has died (a rolling
+        update's old pod), once the Deployment's pod selector is known."""
+        assert self.config.release_lease is not None
+        assert self.config.target_deployment is not None
+        assert self.config.container is not None
+        namespace, name = self.config.target_deployment
+        patcher = DeploymentPatcher(api, namespace, name, self.config.container, "")
+        delay_s = 1.0
+        while True:
+            try:
+                deployment = await patcher.read()
+                match_labels = ((deployment.get("spec") or {}).get("selector") or {}).get(
+                    "matchLabels"
+                ) or {}
+                if match_labels:
+                    break
+                raise ValueError("the Deployment's selector has no matchLabels")
+            except (ApiException, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                logger.warning(
+                    "cannot read the operator's pod selector, retrying",
+                    extra={"error": str(exc)[:200], "retry_in_s": delay_s},
+                )
+                if await wait_stopped(stop, delay_s):
+                    return
+                delay_s = min(delay_s * 2, 30.0)
+        watch = OperatorPodWatch(
+            api,
+            namespace,
+            self.config.container,
+            LeaseReleaser(api, *self.config.release_lease),
+            self.metrics,
+        )
+        await watch.run(selector_of(match_labels), stop)
 
     async def _control(self, stop: asyncio.Event) -> None:
         assert self.controller is not None

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
@@ -111,9 +112,18 @@ class ChildProcess:
         if process is None:
             return None
         if process.returncode is None:
+            started = time.monotonic()
             self.send(sig)
             try:
                 await asyncio.wait_for(process.wait(), self._grace_period_s)
+                logger.info(
+                    "operator stopped",
+                    extra={
+                        "pid": process.pid,
+                        "signal": sig.name,
+                        "took_s": round(time.monotonic() - started, 3),
+                    },
+                )
             except TimeoutError:
                 logger.warning(
                     "operator ignored %s for the grace period, killing it",

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from reloader.forward import parse_address
 from reloader.schedule import CrashPolicy, SchedulePolicy
 from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration
@@ -37,6 +38,8 @@ class ReloaderConfig:
     target_deployment: tuple[str, str] | None
     """(namespace, name) in deployment mode."""
     container: str | None
+    replicas: int
+    """Deployment mode: the operator's replicas while the tenant has a namespace."""
     kubeconfig: str | None
     schedule: SchedulePolicy
     crash: CrashPolicy
@@ -46,6 +49,12 @@ class ReloaderConfig:
     """How long to wait for the operator after SIGKILL."""
     resync_period_s: float
     """Deployment mode: re-check the Deployment this often (0: never)."""
+    forward_grpc: tuple[tuple[str, int], tuple[str, int]] | None
+    """Process mode: (listen, target) — hold the operator's gRPC port and splice it to the
+    operator's own address; None: the operator listens itself."""
+    release_lease: tuple[str, str] | None
+    """(namespace, name) of the operator's leader-election Lease, released when the operator
+    holding it has died; None: never touched."""
     health_bind_address: str
     health_port: int
     log_level: str
@@ -151,10 +160,29 @@ class ReloaderConfig:
             deployment = (namespace, name)
         if args.mode != "process" and check_access:
             raise ConfigError("--check-operator-access is for --mode=process")
+        forward_grpc = None
+        if args.forward_grpc:
+            if args.mode != "process":
+                raise ConfigError("--forward-grpc is for --mode=process")
+            listen, sep, target = args.forward_grpc.partition("=")
+            try:
+                if not sep:
+                    raise ValueError("no '='")
+                forward_grpc = (parse_address(listen), parse_address(target))
+            except ValueError as exc:
+                raise ConfigError(f"--forward-grpc needs LISTEN=TARGET addresses: {exc}") from exc
+        release_lease: tuple[str, str] | None = None
+        if args.release_lease:
+            lease_ns, _, lease_name = args.release_lease.partition("/")
+            if not (is_dns1123_label(lease_ns) and is_dns1123_subdomain(lease_name)):
+                raise ConfigError("--release-lease needs NAMESPACE/NAME of a Lease")
+            release_lease = (lease_ns, lease_name)
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.target_env):
             raise ConfigError(
                 f"--target-env {args.target_env!r} is not an environment variable name"
             )
+        if args.replicas < 1:
+            raise ConfigError("--replicas must be at least 1 (an empty namespace set scales to 0)")
         if not 0 <= args.health_port <= 65535:
             raise ConfigError("--health-port must be a port number (0 picks a free one)")
         return cls(
@@ -166,12 +194,15 @@ class ReloaderConfig:
             command=command,
             target_deployment=deployment,
             container=args.container or None,
+            replicas=args.replicas,
             kubeconfig=args.kubeconfig or None,
             schedule=schedule,
             crash=crash,
             grace_period_s=grace_period_s,
             kill_wait_s=_duration("--kill-wait", args.kill_wait),
             resync_period_s=_duration("--resync-period", args.resync_period),
+            forward_grpc=forward_grpc,
+            release_lease=release_lease,
             health_bind_address=args.health_bind_address,
             health_port=args.health_port,
             log_level=args.log_level,
@@ -241,6 +272,11 @@ def _boolean(flag: str, text: str) -> bool:
     if value not in ("true", "false", "1", "0", ""):
         raise ConfigError(f"{flag} is true or false, not {text!r}")
     return value in ("true", "1")
+
+
+def is_dns1123_subdomain(value: str) -> bool:
+    """A Lease name: dot-separated DNS-1123 labels, at most 253 characters."""
+    return len(value) <= 253 and all(is_dns1123_label(part) for part in value.split("."))
 
 
 def _duration(flag: str, text: str) -> float:
@@ -340,11 +376,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--container", default="", help="deployment mode: the container whose env is patched"
     )
     target.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="deployment mode: the operator's replicas while the tenant has a namespace "
+        "(the reloader owns spec.replicas; 0 while it has none)",
+    )
+    target.add_argument(
         "--resync-period",
         default="5m",
         help="deployment mode: re-check the Deployment this often, undoing drift (0: never)",
     )
 
+    target.add_argument(
+        "--forward-grpc",
+        default="",
+        metavar="HOST:PORT=HOST:PORT",
+        help="process mode: listen on the first address (the operator's gRPC port) and splice "
+        "each connection to the second (where the operator listens), holding it while the "
+        "operator restarts",
+    )
+    target.add_argument(
+        "--release-lease",
+        default="",
+        metavar="NAMESPACE/NAME",
+        help="the operator's leader-election Lease: released once the operator holding it has "
+        "died (never a live holder's), so its successor need not wait it out",
+    )
     bind = parser.add_argument_group(
         "operator access",
         "RoleBindings that follow the tenant's namespaces (deployment and bindings modes), "

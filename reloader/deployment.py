@@ -1,10 +1,16 @@
-"""Deployment mode: patch the operator container's env and let Kubernetes roll it.
+"""Deployment mode: server-side apply the operator's WATCH_NAMESPACE and replicas; Kubernetes
+rolls the Deployment.
 
-No PATCH is sent when the value already matches. An empty namespace set is never
-written (KEDA reads an empty WATCH_NAMESPACE as *all namespaces*). Leaving the old value
-is no safer: it may name a namespace that now belongs to another tenant. So the
-Deployment is scaled to zero, its replicas remembered in an annotation and restored,
-with the new value, in the same PATCH as soon as a namespace appears.
+The reloader owns exactly two fields of the Deployment, through server-side apply with its
+own field manager (`keda-tenancy-reloader`): the operator container's WATCH_NAMESPACE and
+`spec.replicas`. The chart leaves both out, so neither Helm nor a GitOps controller applying
+the chart's output ever resets them, and the reloader never fights them.
+
+Nothing is sent when the live Deployment already matches. An empty namespace set is never
+written (KEDA reads an empty WATCH_NAMESPACE as *all namespaces*), and leaving only the old
+value is no safer: it may name a namespace that now belongs to another tenant. So the
+Deployment is scaled to zero (the old value kept, unused) and given its replicas back, with
+the new value, in the same apply as soon as a namespace appears.
 """
 
 from __future__ import annotations
@@ -18,19 +24,26 @@ from tenancy_common.kube import read_json
 
 logger = logging.getLogger(__name__)
 
-REPLICAS_ANNOTATION = "keda-tenancy.io/replicas-before-empty"
 FIELD_MANAGER = "keda-tenancy-reloader"
 
 
 class DeploymentPatcher:
     def __init__(
-        self, api: ApiClient, namespace: str, name: str, container: str, env_name: str
+        self,
+        api: ApiClient,
+        namespace: str,
+        name: str,
+        container: str,
+        env_name: str,
+        *,
+        replicas: int = 1,
     ) -> None:
         self._apps = AppsV1Api(api)
         self._namespace = namespace
         self._name = name
         self._container = container
         self._env_name = env_name
+        self._replicas = replicas
 
     def describe(self) -> str:
         return f"deployment {self._namespace}/{self._name} container {self._container}"
@@ -43,45 +56,45 @@ class DeploymentPatcher:
         )
 
     async def apply(self, value: str | None) -> bool:
-        """Make the Deployment run with `value` (None: scaled to zero); True when patched."""
+        """Make the Deployment run with `value` (None: scaled to zero); True when applied."""
         deployment = await self.read()
-        patch = self.patch_for(deployment, value)
-        if patch is None:
+        configuration = self.configuration_for(deployment, value)
+        if configuration is None:
             return False
         await read_json(
             self._apps.patch_namespaced_deployment(  # type: ignore[call-arg] # _content_type is read from **kwargs
                 self._name,
                 self._namespace,
-                patch,
-                _content_type="application/strategic-merge-patch+json",
+                configuration,
+                _content_type="application/apply-patch+yaml",  # JSON is YAML
                 field_manager=FIELD_MANAGER,
+                force=True,  # take the two fields over from whoever set them before (Helm)
                 _preload_content=False,
             )
         )
         return True
 
-    def patch_for(self, deployment: dict[str, Any], value: str | None) -> dict[str, Any] | None:
-        return deployment_patch(
-            deployment, container=self._container, env_name=self._env_name, value=value
+    def configuration_for(
+        self, deployment: dict[str, Any], value: str | None
+    ) -> dict[str, Any] | None:
+        return apply_configuration(
+            deployment,
+            container=self._container,
+            env_name=self._env_name,
+            value=value,
+            replicas=self._replicas,
         )
 
 
-def deployment_patch(
-    deployment: dict[str, Any], *, container: str, env_name: str, value: str | None
+def apply_configuration(
+    deployment: dict[str, Any], *, container: str, env_name: str, value: str | None, replicas: int
 ) -> dict[str, Any] | None:
-    """The strategic merge patch that gets `deployment` to run with `value` (None: scaled
-    to zero); None when it already does. LookupError when the container is missing."""
+    """The server-side apply configuration (only the fields the reloader owns) that gets
+    `deployment` to run `replicas` operators with `value` (None: scaled to zero); None when
+    it already does. LookupError when the container is missing, ValueError when the variable
+    comes from a `valueFrom` (someone else's field: an apply cannot remove it)."""
     metadata = deployment.get("metadata") or {}
     spec = deployment.get("spec") or {}
-    annotations = metadata.get("annotations") or {}
-    replicas = spec.get("replicas", 1)
-    if value is None:
-        if replicas == 0:
-            return None
-        return {
-            "metadata": {"annotations": {REPLICAS_ANNOTATION: str(replicas)}},
-            "spec": {"replicas": 0},
-        }
     containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
     found = next((c for c in containers if c.get("name") == container), None)
     if found is None:
@@ -90,19 +103,26 @@ def deployment_patch(
             f"has no container {container!r}"
         )
     current = next((e for e in found.get("env") or [] if e.get("name") == env_name), None)
-    patch: dict[str, Any] = {}
-    if current is None or current.get("value") != value or current.get("valueFrom") is not None:
-        env = [{"name": env_name, "value": value, "valueFrom": None}]
-        patch["spec"] = {"template": {"spec": {"containers": [{"name": container, "env": env}]}}}
-    if replicas == 0 and REPLICAS_ANNOTATION in annotations:
-        # We scaled it to zero for an empty set: bring it back in the same PATCH.
-        patch.setdefault("spec", {})["replicas"] = _replicas(annotations[REPLICAS_ANNOTATION])
-        patch["metadata"] = {"annotations": {REPLICAS_ANNOTATION: None}}
-    return patch or None
-
-
-def _replicas(text: str) -> int:
-    try:
-        return max(1, int(text))
-    except ValueError:
-        return 1
+    if current is not None and current.get("valueFrom") is not None:
+        raise ValueError(
+            f"{env_name} of container {container!r} comes from valueFrom: remove it, "
+            "the reloader sets the value"
+        )
+    live_value = current.get("value") if current is not None else None
+    # Scaled to zero, the old value stays (and stays ours): nothing runs with it.
+    want_value = value if value is not None else live_value
+    want_replicas = replicas if value is not None else 0
+    if spec.get("replicas", 1) == want_replicas and live_value == want_value:
+        return None
+    configuration: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": metadata.get("name"), "namespace": metadata.get("namespace")},
+        "spec": {"replicas": want_replicas},
+    }
+    if want_value:
+        env = [{"name": env_name, "value": want_value}]
+        configuration["spec"]["template"] = {
+            "spec": {"containers": [{"name": container, "env": env}]}
+        }
+    return configuration

@@ -52,6 +52,12 @@ class ReloaderMetrics:
             "Desired values refused (too large for one environment string).",
             registry=registry,
         )
+        self.lease_releases = Counter(
+            PREFIX + "lease_releases",
+            "Leader-election Leases released from an operator that had died "
+            "(its successor took over at once instead of waiting the Lease out).",
+            registry=registry,
+        )
         self.apply_errors = Counter(
             PREFIX + "apply_errors",
             "Failed attempts to put a value in force (API errors in deployment mode).",

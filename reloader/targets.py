@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiohttp
@@ -16,6 +18,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from reloader.child import ChildProcess
 from reloader.deployment import DeploymentPatcher
+from reloader.forward import Forwarder
+from reloader.lease import LeaseReleaser
 from reloader.metrics import ReloaderMetrics
 
 
@@ -44,13 +48,30 @@ class Target(Protocol):
 
 
 class ProcessTarget:
-    """The operator as our child: restarted with the new environment on every change."""
+    """The operator as our child: restarted with the new environment on every change.
 
-    def __init__(self, child: ChildProcess, metrics: ReloaderMetrics, stop: asyncio.Event) -> None:
+    With a `releaser`, the Lease a dead child still holds is released before the next one
+    starts (that child's identity carries our hostname; see reloader.lease)."""
+
+    def __init__(
+        self,
+        child: ChildProcess,
+        metrics: ReloaderMetrics,
+        stop: asyncio.Event,
+        *,
+        releaser: LeaseReleaser | None = None,
+        hostname: str | None = None,
+        forwarder: Forwarder | None = None,
+    ) -> None:
         self.child = child
         self._metrics = metrics
         self._stop = stop
         self._exit_seen = True
+        self._releaser = releaser
+        self._forwarder = forwarder
+        self._hostname = hostname or socket.gethostname()
+        # Any operator of an earlier run of this container died before we started.
+        self._died_at: datetime | None = datetime.now(UTC)
 
     @property
     def running(self) -> bool:
@@ -69,6 +90,8 @@ class ProcessTarget:
     async def apply(self, value: str) -> bool:
         acted = False
         if self.child.running:
+            if self._forwarder is not None:
+                await self._forwarder.drain()  # close the adapter's connections while idle
             code = await self.child.stop()
             if code is None:  # it survived SIGKILL
                 raise ApplyError("the operator survived SIGKILL; not starting a second one")
@@ -76,7 +99,10 @@ class ProcessTarget:
             acted = True
         # A stop signal that came in while the old one was stopping: don't start anew.
         if value and not self._stop.is_set():
+            await self._release_lease()
             await self.child.start(value)
+            if self._forwarder is not None:
+                self._forwarder.resume()
             self._exit_seen = False
             self._metrics.child_up.set(1)
             acted = True
@@ -90,7 +116,19 @@ class ProcessTarget:
         self._ended(code)
         return code if unseen else None
 
+    async def _release_lease(self) -> None:
+        releaser, died_at = self._releaser, self._died_at
+        if (
+            releaser is not None
+            and died_at is not None
+            and await releaser.release(hostname=self._hostname, died_at=died_at)
+        ):
+            self._metrics.lease_releases.inc()
+        self._died_at = None
+
     def _ended(self, code: int | None) -> None:
+        if not self.child.running and code is not None:
+            self._died_at = datetime.now(UTC)
         self._metrics.child_up.set(1 if self.child.running else 0)
         if not self._exit_seen and code is not None:
             self._metrics.child_exits.labels(str(code)).inc()

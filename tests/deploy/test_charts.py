@@ -514,16 +514,24 @@ def test_tenant_flags_are_accepted_by_reloader_and_scope_keda_to_the_tenant(
     if values.get("reloader", {}).get("mode") == "deployment":
         assert keda["command"] == ["/keda"]
         keda_args = keda["args"]
-        # Installed at zero replicas; the reloader restores the count once it sets the list.
-        assert operator["spec"]["replicas"] == 0
-        assert operator["metadata"]["annotations"]["keda-tenancy.io/replicas-before-empty"] == "1"
+        # The reloader's two fields are left out (it server-side applies them), so Helm or a
+        # GitOps controller applying this never resets them.
+        assert "replicas" not in operator["spec"]
+        assert "annotations" not in operator["metadata"]
+        # The new pod waits as a standby before the old one stops; the reloader hands over.
+        assert operator["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+        # ... which takes the released Lease at its next retry.
+        assert env["KEDA_OPERATOR_LEADER_ELECTION_RETRY_PERIOD"]["value"] == "500ms"
         reloader = container(find(docs, "Deployment", "keda-namespace-reloader"))
         config = ReloaderConfig.from_args(reloader["args"], {})
         assert config.mode == "deployment"
         assert config.target_deployment == ("keda-tenant-a", "keda-operator")
         assert config.container == "keda-operator"
+        assert config.replicas == 1
     else:
         assert keda["command"] == ["keda-tenancy-reloader"]
+        # The next operator starts only after the Lease is released: KEDA's own retry period.
+        assert "KEDA_OPERATOR_LEADER_ELECTION_RETRY_PERIOD" not in env
         config = ReloaderConfig.from_args(keda["args"], {})
         assert config.mode == "process"
         assert config.command[0] == "/keda"
@@ -536,6 +544,9 @@ def test_tenant_flags_are_accepted_by_reloader_and_scope_keda_to_the_tenant(
     assert config.tenant == "tenant-a"
     assert config.target_env == "WATCH_NAMESPACE"
     assert flag(keda_args, "leader-election-id") == "tenant-a.operator.keda-tenancy.io"
+    assert "--leader-elect" in keda_args
+    # The Lease the reloader hands over is the one KEDA elects with, in KEDA's namespace.
+    assert config.release_lease == ("keda-tenant-a", "tenant-a.operator.keda-tenancy.io")
     assert flag(keda_args, "validating-webhook-name") == "keda-tenancy-tenant-a-admission"
     assert flag(keda_args, "enable-webhook-patching") == "false"
 

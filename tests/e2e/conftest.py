@@ -12,6 +12,7 @@ from tests.e2e.stack import Stack, running_stack, wait_for
 
 TENANT_APPS = {"alpha": "alpha-apps", "beta": "beta-apps"}
 VALUES = {"alpha": 7, "beta": 42}
+SUITE_RELOADER_FLAGS = ("--debounce=1s", "--min-restart-interval=1s", "--grace-period=10s")
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +33,8 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, sources: dict[str, MetricSource]
 ) -> Iterator[Stack]:
     workdir: Path = tmp_path_factory.mktemp("e2e")
-    with running_stack(workdir) as stack:
+    # The chart's reloader and KEDA flags; only the restart timing is shortened here.
+    with running_stack(workdir, SUITE_RELOADER_FLAGS) as stack:
         stack.start_control_plane()
         stack.install_keda_crds()
         for tenant, namespace in TENANT_APPS.items():

@@ -128,6 +128,12 @@ class Stack:
     workdir: Path
     processes: dict[str, Process] = field(default_factory=dict)
     tenants: dict[str, Tenant] = field(default_factory=dict)
+    reloader_flags: tuple[str, ...] = ()
+    """Given to every tenant's reloader after the chart's own flags."""
+    chart_values: dict[str, Any] = field(default_factory=dict)
+    """Tenant chart values on top of the defaults, for every tenant."""
+    pod_runners: dict[str, Any] = field(default_factory=dict)
+    """Deployment mode: each tenant's stand-in kubelet (tests/e2e/pod_runner.py)."""
 
     def __post_init__(self) -> None:
         self.certs = self.workdir / "certs"
@@ -236,6 +242,8 @@ class Stack:
         return process
 
     def stop(self) -> None:
+        for runner in self.pod_runners.values():
+            runner.stop()
         for process in reversed(list(self.processes.values())):
             process.stop()
 
@@ -379,9 +387,9 @@ class Stack:
 
     # -- tenants -----------------------------------------------------------------------
 
-    def add_tenant(self, name: str) -> Tenant:
-        """A tenant's KEDA: the operator run through the reloader (process mode, as in
-        production) and the metrics adapter, trusting the router's client CA and CN."""
+    def add_tenant(self, name: str, mode: str = "process") -> Tenant:
+        """A tenant's KEDA: the operator run through the reloader (in `mode`, as the chart
+        runs it) and the metrics adapter, trusting the router's client CA and CN."""
         tenant = Tenant(
             name=name,
             namespace=f"keda-{name}",
@@ -390,8 +398,8 @@ class Stack:
                 "metrics": free_port(),
                 "probe": free_port(),
                 "grpc": free_port(),
+                "child-grpc": free_port(),
                 "reloader": free_port(),
-                "adapter-reloader": free_port(),
             },
             metric_port=0,
         )
@@ -412,61 +420,126 @@ class Stack:
         self.apply(
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": tenant.namespace}}
         )
-        self.start_operator(tenant)
+        if mode == "process":
+            self.start_operator(tenant, *self.reloader_flags)
+        else:
+            self.start_operator_deployment(tenant)
         self.start_adapter(tenant)
         return tenant
 
-    def start_operator(self, tenant: Tenant) -> Process:
+    def start_operator(self, tenant: Tenant, *reloader_flags: str) -> Process:
+        """The operator container as the tenant chart renders it: the reloader (process
+        mode) running /keda, both with the chart's flags and env; only what differs on
+        loopback is rewritten (addresses, paths, the kubeconfig). `reloader_flags` come
+        last and so win (the suite shortens the chart's restart timing)."""
         ports = tenant.operator_ports
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "KUBECONFIG": str(self.kubeconfig),
-            "KEDA_CLUSTER_OBJECT_NAMESPACE": tenant.namespace,
-            "POD_NAMESPACE": tenant.namespace,
+        chart = chart_operator(tenant.name, tenant.namespace, **self.chart_values)
+        local = {
+            "--health-port": str(ports["reloader"]),
+            "--metrics-bind-address": f"127.0.0.1:{ports['metrics']}",
+            "--health-probe-bind-address": f"127.0.0.1:{ports['probe']}",
+            "--cert-dir": str(self.certs / f"keda-{tenant.name}"),
+            "--forward-grpc": f"127.0.0.1:{ports['grpc']}=127.0.0.1:{ports['child-grpc']}",
+            "--metrics-service-bind-address": f"127.0.0.1:{ports['child-grpc']}",
         }
-        tenant.operator = self.run(
-            f"operator-{tenant.name}",
-            [
-                *self._reloader(tenant, ports["reloader"]),
-                str(self.bin / "keda"),
-                "--leader-elect=false",
-                f"--metrics-bind-address=127.0.0.1:{ports['metrics']}",
-                f"--health-probe-bind-address=127.0.0.1:{ports['probe']}",
-                f"--metrics-service-bind-address=127.0.0.1:{ports['grpc']}",
-                f"--cert-dir={self.certs / f'keda-{tenant.name}'}",
-                "--enable-cert-rotation=false",
-                "--enable-webhook-patching=false",
-                "--zap-log-level=info",
-            ],
-            env=env,
-        )
-        return tenant.operator
-
-    def _reloader(self, tenant: Tenant, health_port: int) -> list[str]:
-        return [
+        reloader = [
             sys.executable,
             "-m",
             "reloader",
+            *_rewrite(chart.reloader_args, local),
             f"--kubeconfig={self.kubeconfig}",
-            f"--tenant={tenant.name}",
-            f"--tenant-label-key={TENANT_LABEL}",
-            "--debounce=1s",
-            "--min-restart-interval=1s",
-            "--grace-period=10s",
             "--health-bind-address=127.0.0.1",
-            f"--health-port={health_port}",
-            "--",
+            *reloader_flags,
         ]
+        operator = [str(self.bin / "keda"), *_rewrite(chart.operator_args, local)]
+        env = {
+            **os.environ,
+            **chart.env,
+            "PYTHONPATH": str(ROOT),
+            "KUBECONFIG": str(self.kubeconfig),
+            "POD_NAME": f"keda-operator-{tenant.name}",
+            "POD_NAMESPACE": tenant.namespace,
+        }
+        env.pop("WATCH_NAMESPACE", None)
+        tenant.operator = self.run(f"operator-{tenant.name}", [*reloader, "--", *operator], env=env)
+        return tenant.operator
+
+    def start_operator_deployment(self, tenant: Tenant) -> Process:
+        """Deployment mode as the tenant chart renders it: the chart's keda-operator
+        Deployment (and its ServiceAccount) applied to the API server, kube-controller-manager
+        rolling it (start_hpa_controller(deployments=True)), tests/e2e/pod_runner.py running its
+        pods as a kubelet would, and the reloader with the chart's keda-namespace-reloader
+        flags. The reloader runs with the admin kubeconfig here, not the chart's RBAC."""
+        from tests.e2e.pod_runner import PodRunner  # noqa: PLC0415
+
+        ports = tenant.operator_ports
+        docs = chart_docs(
+            tenant.name,
+            tenant.namespace,
+            **{**self.chart_values, "reloader": {"mode": "deployment"}},
+        )
+        deployment = next(
+            d
+            for d in docs
+            if d["kind"] == "Deployment" and d["metadata"]["name"] == "keda-operator"
+        )
+        account = next(
+            d
+            for d in docs
+            if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "keda-operator"
+        )
+        self.apply(account, deployment)
+        match = deployment["spec"]["selector"]["matchLabels"]
+
+        def localize(pod: str, args: list[str]) -> tuple[list[str], dict[str, str], int]:
+            probe = free_port()
+            local = {
+                "--metrics-bind-address": f"127.0.0.1:{free_port()}",
+                "--health-probe-bind-address": f"127.0.0.1:{probe}",
+                "--cert-dir": str(self.certs / f"keda-{tenant.name}"),
+            }
+            # One gRPC address for every pod: only the leader listens (as behind the Service).
+            grpc = f"--metrics-service-bind-address=127.0.0.1:{ports['grpc']}"
+            return [*_rewrite(args, local), grpc], {"KUBECONFIG": str(self.kubeconfig)}, probe
+
+        self.pod_runners[tenant.name] = PodRunner(
+            server=f"https://127.0.0.1:{self.apiserver_port}",
+            certs=self.certs,
+            namespace=tenant.namespace,
+            selector=",".join(f"{k}={v}" for k, v in sorted(match.items())),
+            container="keda-operator",
+            binary=str(self.bin / "keda"),
+            localize=localize,
+            logs=self.logs,
+        ).start()
+        reloader = next(
+            d
+            for d in docs
+            if d["kind"] == "Deployment" and d["metadata"]["name"] == "keda-namespace-reloader"
+        )
+        args = [str(a) for a in reloader["spec"]["template"]["spec"]["containers"][0]["args"]]
+        tenant.operator = self.run(
+            f"operator-{tenant.name}",
+            [
+                sys.executable,
+                "-m",
+                "reloader",
+                *_rewrite(args, {"--health-port": str(ports["reloader"])}),
+                f"--kubeconfig={self.kubeconfig}",
+                "--health-bind-address=127.0.0.1",
+                *self.reloader_flags,
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        return tenant.operator
 
     def start_adapter(self, tenant: Tenant) -> Process:
         c = self.certs
-        # KEDA's adapter reads WATCH_NAMESPACE too (its ScaledObject cache): it runs under
-        # the reloader as well, so it also follows exactly the tenant's namespaces.
+        # As the chart runs it: a fixed WATCH_NAMESPACE (its own namespace), never restarted
+        # for namespace changes; it reads no KEDA objects and asks the operator over gRPC.
         tenant.adapter = self.run(
             f"adapter-{tenant.name}",
             [
-                *self._reloader(tenant, tenant.operator_ports["adapter-reloader"]),
                 str(self.bin / "keda-adapter"),
                 "--bind-address=127.0.0.1",
                 f"--secure-port={tenant.adapter_port}",
@@ -488,15 +561,20 @@ class Stack:
             ],
             env={
                 **os.environ,
-                "PYTHONPATH": str(ROOT),
                 "KUBECONFIG": str(self.kubeconfig),
+                "WATCH_NAMESPACE": tenant.namespace,
                 "KEDA_CLUSTER_OBJECT_NAMESPACE": tenant.namespace,
                 "POD_NAMESPACE": tenant.namespace,
             },
         )
         return tenant.adapter
 
-    def start_hpa_controller(self) -> Process:
+    def start_hpa_controller(self, *, deployments: bool = False) -> Process:
+        """kube-controller-manager with the HPA controller (and, for deployment mode, the
+        Deployment and ReplicaSet controllers)."""
+        controllers = "horizontalpodautoscaling,namespace,garbagecollector"
+        if deployments:
+            controllers += ",deployment,replicaset"
         return self.run(
             "kube-controller-manager",
             [
@@ -504,7 +582,7 @@ class Stack:
                 f"--kubeconfig={self.kubeconfig}",
                 f"--authentication-kubeconfig={self.kubeconfig}",
                 f"--authorization-kubeconfig={self.kubeconfig}",
-                "--controllers=horizontalpodautoscaling,namespace,garbagecollector",
+                f"--controllers={controllers}",
                 "--horizontal-pod-autoscaler-sync-period=2s",
                 "--horizontal-pod-autoscaler-downscale-stabilization=0s",
                 "--leader-elect=false",
@@ -627,9 +705,72 @@ class Stack:
         return 0, {"message": text}
 
 
+@dataclass(frozen=True)
+class ChartOperator:
+    """The tenant chart's operator container (process mode), split at the reloader's `--`."""
+
+    reloader_args: list[str]
+    operator_args: list[str]
+    env: dict[str, str]
+    """The plain `value` entries (the fieldRef ones are the pod's name and namespace)."""
+
+
+def chart_docs(tenant: str, namespace: str, **values: Any) -> list[dict[str, Any]]:
+    """Render the tenant chart (default values plus `values`) for `tenant` in `namespace`."""
+    from tests.deploy.charts import (  # noqa: PLC0415 - yaml and helm only when used
+        ROUTER_CHART,
+        ROUTER_NAMESPACE,
+        ROUTER_RELEASE,
+        TENANT_CHART,
+        Helm,
+        deep_merge,
+        find_helm,
+        router_ca_values,
+    )
+
+    helm = Helm(find_helm())
+    router = helm.template(ROUTER_CHART, release=ROUTER_RELEASE, namespace=ROUTER_NAMESPACE)
+    return helm.template(
+        TENANT_CHART,
+        release="keda",
+        namespace=namespace,
+        values=deep_merge(deep_merge({"tenant": tenant}, router_ca_values(router)), values),
+    )
+
+
+def chart_operator(tenant: str, namespace: str, **values: Any) -> ChartOperator:
+    """The operator container of the tenant chart in process mode."""
+    from tests.deploy.charts import container, find  # noqa: PLC0415
+
+    docs = chart_docs(tenant, namespace, **values)
+    operator = container(find(docs, "Deployment", "keda-operator"), "keda-operator")
+    args = [str(arg) for arg in operator["args"]]
+    split = args.index("--")
+    if args[split + 1] != "/keda":
+        raise AssertionError(f"the chart's operator is not /keda under the reloader: {args}")
+    env = {e["name"]: str(e["value"]) for e in operator.get("env") or [] if "value" in e}
+    return ChartOperator(args[:split], args[split + 2 :], env)
+
+
+def _rewrite(args: list[str], local: dict[str, str]) -> list[str]:
+    """`--flag=value` with `value` replaced where `local` has the flag."""
+    out = []
+    for arg in args:
+        flag, sep, _ = arg.partition("=")
+        out.append(f"{flag}={local[flag]}" if sep and flag in local else arg)
+    return out
+
+
 @contextlib.contextmanager
-def running_stack(workdir: Path) -> Iterator[Stack]:
-    stack = Stack(build_binaries(), workdir)
+def running_stack(
+    workdir: Path,
+    reloader_flags: tuple[str, ...] = (),
+    chart_values: dict[str, Any] | None = None,
+) -> Iterator[Stack]:
+    stack = Stack(
+        build_binaries(), workdir, reloader_flags=reloader_flags, chart_values=chart_values or {}
+    )
+
     try:
         yield stack
     finally:

@@ -10,6 +10,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -318,3 +319,78 @@ def test_10_sigterm_drains_and_a_restart_serves_again(stack: Stack) -> None:
     stack.start_router()
     wait_for(stack.apiservice_available, "APIService Available again", 60)
     wait_for(lambda: metric_value(stack, "alpha-apps") == "7", "queries succeed again", 60, 1)
+
+
+def reloader_metric(stack: Stack, tenant: str, name: str) -> float:
+    port = stack.tenants[tenant].operator_ports["reloader"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(f"keda_tenancy_reloader_{name}") and not line.startswith("#")
+    )
+
+
+def lease_holder(stack: Stack, tenant: str = "alpha") -> str:
+    lease = f"{tenant}.operator.keda-tenancy.io"  # the chart's leader-election id
+    done = stack.kubectl("get", "lease", lease, "-n", f"keda-{tenant}", "-o", "json")
+    return str(json.loads(done.stdout)["spec"].get("holderIdentity") or "")
+
+
+def test_11_namespace_changes_fail_no_read_of_an_existing_namespace(stack: Stack) -> None:
+    """The chart's configuration (operator --leader-elect, adapter never restarted): while the
+    tenant's namespaces change, its existing namespace's metric keeps being served. A read may
+    wait for the restarted operator, never for the old operator's Lease (15 s): reads give up
+    after 12 s, below the HPA controller's 15 s sync period.
+
+    One failure remains possible and is counted apart: a read the old operator had accepted
+    when it exited ("error reading from server"; KEDA's gRPC server does not drain). Anything
+    else (a timeout, a refused or unavailable adapter) fails the test."""
+    settled(stack)
+    holders = [lease_holder(stack)]
+    failures: list[str] = []
+    cut_off: list[str] = []
+    reads = 0
+    stop = threading.Event()
+
+    def poll() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            done = stack.kubectl(
+                "get", "--raw", metric_path("alpha-apps"), "--request-timeout=12s", check=False
+            )
+            reads += 1
+            if done.returncode != 0 or json.loads(done.stdout)["items"][0]["value"] != "7":
+                message = done.stderr.strip()[:300] or done.stdout[:300]
+                exited = "rpc error: code = Unavailable desc = error reading from server" in message
+                (cut_off if exited else failures).append(message)
+            time.sleep(0.1)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        for change in ("add alpha-churn-1", "add alpha-churn-2", "remove alpha-churn-1"):
+            restarts = reloader_metric(stack, "alpha", "restarts_total")
+            verb, name = change.split()
+            if verb == "add":
+                stack.tenant_namespace("alpha", name)
+            else:
+                stack.kubectl("delete", "namespace", name, "--wait=false")
+            wait_for(
+                lambda r=restarts: reloader_metric(stack, "alpha", "restarts_total") > r,
+                f"the operator restarted after '{change}'",
+                60,
+                0.2,
+            )
+            holders.append(wait_for(lambda: lease_holder(stack), "the new operator leads", 60, 0.2))
+            settled(stack)
+    finally:
+        stop.set()
+        poller.join()
+    assert reads > 20
+    assert len(set(holders)) == 4, holders  # a new operator, a new identity, each time
+    assert not failures, f"failed reads during namespace changes: {failures}"
+    assert len(cut_off) <= 3, cut_off  # at most the one in flight at each operator's exit
+    # Each restarted operator took over its predecessor's Lease: released, not waited out.
+    assert reloader_metric(stack, "alpha", "lease_releases_total") >= 3

@@ -5,7 +5,8 @@ limit/continue; WATCH from a resourceVersion with selector transitions (an objec
 stops matching arrives as DELETED, one that starts matching as ADDED, as kube-apiserver
 does), BOOKMARKs, timeoutSeconds, and `410 Gone` for compacted versions. Test knobs drop
 or silence open watches. Also ConfigMaps and Deployments (GET, strategic-merge PATCH of
-container env) for the router's and reloader's other reads and writes.
+container env) for the router's and reloader's other reads and writes, and Leases (GET, PUT
+with the resourceVersion precondition: a stale one is refused with 409 Conflict).
 
 RBAC, for the operator's RoleBindings: RoleBindings (cluster-wide LIST by label, create,
 delete with a uid precondition) with the API server's escalation check (a binding can only be
@@ -37,6 +38,8 @@ class _Event:
     type: str
     old: Obj | None
     new: Obj | None
+    resource: str = "namespaces"
+    """"namespaces", or "pods/<namespace>"."""
 
 
 def _parse_selector(selector: str) -> list[tuple[str, str, set[str]]]:
@@ -88,6 +91,12 @@ class FakeKubeAPI:
     namespaces: dict[str, Obj] = field(default_factory=dict)
     configmaps: dict[tuple[str, str], Obj] = field(default_factory=dict)
     deployments: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    leases: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    pods: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    applied_by: set[str] = field(default_factory=set)
+    """Field managers of server-side applies."""
+    renew_leases_after_get: bool = False
+    """A live leader renews every Lease right after each GET (so a write based on it is stale)."""
     requests: Counter[str] = field(default_factory=Counter)
     rolebindings: dict[tuple[str, str], Obj] = field(default_factory=dict)
     cluster_roles: dict[str, list[Obj]] = field(default_factory=dict)
@@ -96,7 +105,6 @@ class FakeKubeAPI:
     """ClusterRoles the caller may bind (`bind` on resourceNames)."""
     self_subject: tuple[str, str] = ("keda-alpha", "keda-operator")
     """The ServiceAccount (namespace, name) SelfSubjectAccessReviews are answered for."""
-    pods: dict[tuple[str, str], Obj] = field(default_factory=dict)
     custom_objects: dict[tuple[str, str, str], list[Obj]] = field(default_factory=dict)
     """(group, plural, namespace) -> objects, e.g. ScaledObjects left in a namespace."""
     operations: list[str] = field(default_factory=list)
@@ -120,8 +128,11 @@ class FakeKubeAPI:
         app.router.add_patch(
             "/apis/apps/v1/namespaces/{ns}/deployments/{name}", self._patch_deployment
         )
+        app.router.add_get("/api/v1/namespaces/{ns}/pods", self._pods)
+        lease = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}"
+        app.router.add_get(lease, self._lease)
+        app.router.add_put(lease, self._put_lease)
         app.router.add_patch("/api/v1/namespaces/{ns}/configmaps/{name}", self._patch_configmap)
-        app.router.add_get("/api/v1/namespaces/{ns}/pods", self._list_pods)
         rbac = "/apis/rbac.authorization.k8s.io/v1"
         app.router.add_get(rbac + "/rolebindings", self._list_rolebindings)
         app.router.add_post(rbac + "/namespaces/{ns}/rolebindings", self._create_rolebinding)
@@ -170,12 +181,16 @@ class FakeKubeAPI:
 
     # -- test controls -----------------------------------------------------------------
 
-    def _record(self, kind: str, old: Obj | None, new: Obj | None) -> None:
+    def _record(
+        self, kind: str, old: Obj | None, new: Obj | None, resource: str = "namespaces"
+    ) -> None:
         self._rv += 1
         for obj in (new,):
             if obj is not None:
                 obj["metadata"]["resourceVersion"] = str(self._rv)
-        self._events.append(_Event(self._rv, kind, copy.deepcopy(old), copy.deepcopy(new)))
+        self._events.append(
+            _Event(self._rv, kind, copy.deepcopy(old), copy.deepcopy(new), resource)
+        )
         asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:
@@ -274,7 +289,10 @@ class FakeKubeAPI:
         )
 
     async def _watch(
-        self, request: web.Request, selector: list[tuple[str, str, set[str]]]
+        self,
+        request: web.Request,
+        selector: list[tuple[str, str, set[str]]],
+        resource: str = "namespaces",
     ) -> web.StreamResponse:
         since = int(request.query.get("resourceVersion") or self._rv)
         timeout_s = float(request.query.get("timeoutSeconds") or 300)
@@ -299,7 +317,11 @@ class FakeKubeAPI:
             position = since
             while loop.time() < deadline and not self._closing and response in self._streams:
                 sent = False
-                for event in [e for e in self._events if e.resource_version > position]:
+                for event in [
+                    e
+                    for e in self._events
+                    if e.resource_version > position and e.resource == resource
+                ]:
                     position = event.resource_version
                     line = self._transition(event, selector)
                     if line is not None and not self._silent:
@@ -307,7 +329,7 @@ class FakeKubeAPI:
                         sent = True
                 if not sent and bookmarks and not self._silent:
                     mark = {
-                        "kind": "Namespace",
+                        "kind": "Namespace" if resource == "namespaces" else "Pod",
                         "apiVersion": "v1",
                         "metadata": {"resourceVersion": str(self._rv)},
                     }
@@ -365,11 +387,96 @@ class FakeKubeAPI:
         if obj is None:
             return _not_found("deployments.apps", key[1])
         patch = await request.json()
+        if request.content_type == "application/apply-patch+yaml":
+            # Server-side apply: the manager and force are required for a partial apply
+            # that takes fields over from other managers.
+            self.requests["apply deployment"] += 1
+            self.applied_by.add(request.query.get("fieldManager", ""))
+            if not _true(request.query.get("force")):
+                return _status(409, "Conflict", "Apply failed with 1 conflict")
+            patch = {k: v for k, v in patch.items() if k not in ("apiVersion", "kind")}
         _merge_containers(obj, patch)
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
         obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
         return web.json_response(obj)
+
+    async def _pods(self, request: web.Request) -> web.StreamResponse:
+        namespace = request.match_info["ns"]
+        selector = _parse_selector(request.query.get("labelSelector", ""))
+        if _true(request.query.get("watch")):
+            self.requests["watch pods"] += 1
+            return await self._watch(request, selector, f"pods/{namespace}")
+        self.requests["list pods"] += 1
+        items = [
+            obj
+            for (ns, _), obj in sorted(self.pods.items())
+            if ns == namespace and _matches(obj, selector)
+        ]
+        return web.json_response(
+            {
+                "kind": "PodList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "items": items,
+            }
+        )
+
+    def put_pod(self, namespace: str, name: str, labels: dict[str, str], status: Obj) -> None:
+        """Create or update a pod (as the kubelet reports its containers)."""
+        old = copy.deepcopy(self.pods.get((namespace, name)))
+        obj = {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+            "status": copy.deepcopy(status),
+        }
+        self.pods[(namespace, name)] = obj
+        self._record("MODIFIED" if old else "ADDED", old, obj, f"pods/{namespace}")
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        obj = self.pods.pop((namespace, name))
+        self._record("DELETED", obj, obj, f"pods/{namespace}")
+
+    async def _lease(self, request: web.Request) -> web.Response:
+        self.requests["get lease"] += 1
+        obj = self.leases.get((request.match_info["ns"], request.match_info["name"]))
+        if obj is None:
+            return _not_found("leases.coordination.k8s.io", request.match_info["name"])
+        response = web.json_response(obj)
+        if self.renew_leases_after_get:
+            self.put_lease(obj["metadata"]["namespace"], obj["metadata"]["name"], obj["spec"])
+        return response
+
+    async def _put_lease(self, request: web.Request) -> web.Response:
+        self.requests["put lease"] += 1
+        key = (request.match_info["ns"], request.match_info["name"])
+        obj = self.leases.get(key)
+        if obj is None:
+            return _not_found("leases.coordination.k8s.io", key[1])
+        body = await request.json()
+        sent = (body.get("metadata") or {}).get("resourceVersion")
+        if sent and sent != obj["metadata"]["resourceVersion"]:
+            return _status(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on leases.coordination.k8s.io "{key[1]}": '
+                "the object has been modified; please apply your changes to the latest version",
+            )
+        self.put_lease(key[0], key[1], body["spec"])
+        return web.json_response(self.leases[key])
+
+    def put_lease(self, namespace: str, name: str, spec: Obj) -> Obj:
+        """Create or replace a Lease (as a leader acquiring or renewing it would)."""
+        self._rv += 1
+        obj = {
+            "kind": "Lease",
+            "apiVersion": "coordination.k8s.io/v1",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": str(self._rv)},
+            "spec": copy.deepcopy(spec),
+        }
+        self.leases[(namespace, name)] = obj
+        return obj
 
     def add_deployment(
         self, namespace: str, name: str, containers: list[Obj], replicas: int = 1
@@ -587,28 +694,18 @@ class FakeKubeAPI:
         self.operations.append(f"patch configmap {key[1]}")
         return web.json_response(obj)
 
-    async def _list_pods(self, request: web.Request) -> web.Response:
-        self.requests["list pods"] += 1
-        selector = _parse_selector(request.query.get("labelSelector", ""))
-        namespace = request.match_info["ns"]
-        items = [
-            obj
-            for (ns, _), obj in sorted(self.pods.items())
-            if ns == namespace and _matches(obj, selector)
-        ]
-        return web.json_response(
-            {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}
-        )
-
     def add_pod(
         self, namespace: str, name: str, labels: dict[str, str], containers: list[Obj]
     ) -> None:
-        self.pods[(namespace, name)] = {
+        old = copy.deepcopy(self.pods.get((namespace, name)))
+        obj: Obj = {
             "kind": "Pod",
             "apiVersion": "v1",
             "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
             "spec": {"containers": containers},
         }
+        self.pods[(namespace, name)] = obj
+        self._record("MODIFIED" if old else "ADDED", old, obj, f"pods/{namespace}")
 
 
 def _matches_any(value: str, allowed: list[str] | None) -> bool:
@@ -672,14 +769,18 @@ def _true(value: str | None) -> bool:
 
 
 def _not_found(resource: str, name: str) -> web.Response:
+    return _status(404, "NotFound", f'{resource} "{name}" not found')
+
+
+def _status(code: int, reason: str, message: str) -> web.Response:
     return web.json_response(
         {
             "kind": "Status",
             "apiVersion": "v1",
             "status": "Failure",
-            "message": f'{resource} "{name}" not found',
-            "reason": "NotFound",
-            "code": 404,
+            "message": message,
+            "reason": reason,
+            "code": code,
         },
-        status=404,
+        status=code,
     )

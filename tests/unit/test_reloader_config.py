@@ -217,3 +217,30 @@ def test_every_flag_is_documented() -> None:
     ]
     missing = [flag for flag in flags if f"`{flag}`" not in docs]
     assert not missing, f"undocumented flags: {missing}"
+
+
+def test_release_lease_is_namespace_and_name() -> None:
+    base = ["--tenant=a", "--tenant-label-key=k", "--", "/keda"]
+    config = ReloaderConfig.from_args(
+        ["--release-lease=keda-a/a.operator.keda-tenancy.io", *base], {}
+    )
+    assert config.release_lease == ("keda-a", "a.operator.keda-tenancy.io")
+    assert ReloaderConfig.from_args(base, {}).release_lease is None
+    for bad in ("keda-a", "/x", "keda-a/", "Keda/x", "keda-a/under_score"):
+        with pytest.raises(SystemExit):
+            ReloaderConfig.from_args([f"--release-lease={bad}", *base], {})
+
+
+def test_forward_grpc_is_process_mode_listen_and_target() -> None:
+    base = ["--tenant=a", "--tenant-label-key=k"]
+    config = ReloaderConfig.from_args(
+        [*base, "--forward-grpc=:9666=127.0.0.1:9667", "--", "/keda"], {}
+    )
+    assert config.forward_grpc == (("", 9666), ("127.0.0.1", 9667))
+    assert ReloaderConfig.from_args([*base, "--", "/keda"], {}).forward_grpc is None
+    for bad in (":9666", ":9666=", "x=127.0.0.1:1", ":9666=127.0.0.1:0"):
+        with pytest.raises(SystemExit):
+            ReloaderConfig.from_args([*base, f"--forward-grpc={bad}", "--", "/keda"], {})
+    deployment = [*base, "--mode=deployment", "--target-deployment=n/d", "--container=c"]
+    with pytest.raises(SystemExit):
+        ReloaderConfig.from_args([*deployment, "--forward-grpc=:1=127.0.0.1:2"], {})

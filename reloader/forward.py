@@ -1,0 +1,201 @@
+"""Process mode: hold the operator's gRPC port across restarts and splice it to the operator.
+
+KEDA's metrics adapter reaches the operator's gRPC metrics service through one long-lived
+connection. When the operator restarts, that connection drops and the adapter reconnects at
+once; with nothing listening it is refused, and gRPC's reconnect backoff (1 s, then 1.6 s, ...)
+then decides when the adapter next tries, whenever the new operator is actually ready. Here
+the reloader owns the listening port instead: a connection is accepted at once and held (its
+TLS handshake waits) until the operator's own port, on loopback, accepts, then the bytes are
+copied both ways unchanged (TLS stays end to end between adapter and operator). So requests
+wait exactly as long as the operator takes to serve again.
+
+Before the operator is stopped for a restart, each connection is closed at its first idle
+moment (within a second): the operator has answered everything the adapter sent, 20 ms ago,
+and the adapter has sent nothing for 60 ms. The adapter then reconnects with no request lost, where KEDA's gRPC server,
+which stops without draining, would fail any request it had accepted. Under TLS requests
+cannot be counted, so "answered" means the operator sent bytes after the adapter's last ones:
+with two requests in flight, the slower one can still be cut off, as it would be without this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+DIAL_INTERVAL_S = 0.05
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (`:PORT` for every address); ValueError when it is not one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class _Link:
+    """One adapter connection spliced to the operator."""
+
+    def __init__(
+        self,
+        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        operator: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ) -> None:
+        self._client = client
+        self._operator = operator
+        self._last_client = 0.0
+        self._last_operator = 0.0
+        self._loop = asyncio.get_running_loop()
+
+    async def run(self) -> None:
+        """Copy both ways until either side ends."""
+        one = asyncio.ensure_future(self._to_operator())
+        two = asyncio.ensure_future(self._to_client())
+        try:
+            await asyncio.wait({one, two}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (one, two):
+                task.cancel()
+            await asyncio.gather(one, two, return_exceptions=True)
+
+    async def _to_operator(self) -> None:
+        reader, _ = self._client
+        _, writer = self._operator
+        with contextlib.suppress(OSError):
+            while data := await reader.read(CHUNK):
+                self._last_client = self._loop.time()
+                writer.write(data)
+                await writer.drain()
+
+    async def _to_client(self) -> None:
+        reader, _ = self._operator
+        _, writer = self._client
+        with contextlib.suppress(OSError):
+            while data := await reader.read(CHUNK):
+                self._last_operator = self._loop.time()
+                writer.write(data)
+                await writer.drain()
+
+    async def drain(self, quiet_s: float, max_s: float) -> bool:
+        """Close at the first idle moment: the operator spoke after the adapter's last bytes,
+        `quiet_s` ago, and the adapter has been quiet three times that; False when there was
+        none within `max_s` (closed anyway)."""
+        deadline = self._loop.time() + max_s
+        idle = False
+        while self._loop.time() < deadline:
+            now = self._loop.time()
+            answered = self._last_operator >= self._last_client
+            # The adapter quiet for longer: a request sent just before another's answer is
+            # likely still being worked on, even though the operator spoke last.
+            if (
+                answered
+                and now - self._last_operator >= quiet_s
+                and now - self._last_client >= 3 * quiet_s
+            ):
+                idle = True
+                break
+            await asyncio.sleep(quiet_s / 4)
+        await _close(self._client[1])
+        await _close(self._operator[1])
+        return idle
+
+
+class Forwarder:
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        target: tuple[str, int],
+        *,
+        dial_wait_s: float = 10.0,
+    ) -> None:
+        """`dial_wait_s`: how long a connection is held for an operator that is not
+        listening (gRPC gives a connection attempt 5 s at least, then backs off)."""
+        self._listen = listen
+        self._target = target
+        self._dial_wait_s = dial_wait_s
+        self._connections: set[asyncio.Task[None]] = set()
+        self._links: set[_Link] = set()
+        self._dialing = asyncio.Event()
+        self._dialing.set()
+        self.port: int | None = None
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        host, port = self._listen
+        server = await asyncio.start_server(self._accepted, host or None, port)
+        self.port = int(server.sockets[0].getsockname()[1])
+        logger.info(
+            "forwarding the operator's gRPC port",
+            extra={
+                "listen": f"{host}:{self.port}",
+                "target": f"{self._target[0]}:{self._target[1]}",
+            },
+        )
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
+            await server.wait_closed()
+
+    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            upstream = await self._dial()
+            if upstream is None:
+                logger.warning(
+                    "the operator's gRPC port did not accept in time, closing a connection",
+                    extra={"wait_s": self._dial_wait_s},
+                )
+                return
+            link = _Link((reader, writer), upstream)
+            self._links.add(link)
+            try:
+                await link.run()
+            finally:
+                self._links.discard(link)
+                await _close(upstream[1])
+        finally:
+            await _close(writer)
+            self._connections.discard(task)
+
+    async def drain(self, *, quiet_s: float = 0.02, max_s: float = 1.0) -> None:
+        """Before the operator stops: close every connection while idle (see the module
+        docstring); new connections wait for `resume` instead of reaching this operator."""
+        self._dialing.clear()
+        links = list(self._links)
+        idle = await asyncio.gather(*(link.drain(quiet_s, max_s) for link in links))
+        if not all(idle):
+            logger.warning(
+                "a gRPC connection was still busy when the operator had to stop",
+                extra={"busy": idle.count(False), "max_s": max_s},
+            )
+
+    def resume(self) -> None:
+        """The next operator is started: connections may reach it (once it listens)."""
+        self._dialing.set()
+
+    async def _dial(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._dial_wait_s
+        while True:
+            try:
+                if self._dialing.is_set():
+                    return await asyncio.open_connection(*self._target)
+            except OSError:
+                if loop.time() >= deadline:
+                    return None
+            await asyncio.sleep(DIAL_INTERVAL_S)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()

@@ -1,0 +1,131 @@
+"""--forward-grpc: a connection made while the operator is down is held, not refused, and
+reaches the operator once it listens; it ends when the operator's end does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from reloader.forward import Forwarder, parse_address
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def forwarding(target_port: int, dial_wait_s: float = 10.0) -> AsyncIterator[Forwarder]:
+    forwarder = Forwarder(("127.0.0.1", 0), ("127.0.0.1", target_port), dial_wait_s=dial_wait_s)
+    stop = asyncio.Event()
+    task = asyncio.create_task(forwarder.serve(stop))
+    try:
+        async with asyncio.timeout(5):
+            while forwarder.port is None:
+                await asyncio.sleep(0.01)
+        yield forwarder
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An operator stand-in: answers in upper case; `bye` ends the connection from its side."""
+    while data := await reader.read(1024):
+        if data == b"bye":
+            break
+        writer.write(data.upper())
+        await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_a_connection_waits_for_the_operator_and_ends_with_it() -> None:
+    port = free_port()
+    async with forwarding(port) as forwarder:
+        assert forwarder.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", forwarder.port)  # accepted
+        writer.write(b"client hello")  # sent while no operator listens: held, not refused
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        server = await asyncio.start_server(echo, "127.0.0.1", port)  # the operator is up
+        try:
+            assert await asyncio.wait_for(reader.readexactly(12), 5) == b"CLIENT HELLO"
+            writer.write(b"bye")  # the operator's end closes ...
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # ... and so does ours
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+
+async def test_no_operator_in_time_closes_the_connection() -> None:
+    async with forwarding(free_port(), dial_wait_s=0.3) as forwarder:
+        assert forwarder.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", forwarder.port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, not hung
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "address"), [(":9666", ("", 9666)), ("127.0.0.1:9667", ("127.0.0.1", 9667))]
+)
+def test_addresses(text: str, address: tuple[str, int]) -> None:
+    assert parse_address(text) == address
+
+
+@pytest.mark.parametrize("text", ["9666", "host:", "host:0", "host:70000", "host:x"])
+def test_bad_addresses(text: str) -> None:
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_address(text)
+
+
+async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An operator that answers each request 200 ms after it came in (concurrently, as gRPC
+    streams are), and whose connections die with it."""
+    answers = []
+
+    async def answer(data: bytes) -> None:
+        await asyncio.sleep(0.2)
+        writer.write(b"answer:" + data)
+
+    while data := await reader.read(1024):
+        answers.append(asyncio.create_task(answer(data)))
+    await asyncio.gather(*answers)
+    writer.close()
+
+
+async def test_drain_lets_the_request_in_flight_be_answered_then_closes() -> None:
+    port = free_port()
+    server = await asyncio.start_server(slow, "127.0.0.1", port)
+    try:
+        async with forwarding(port) as forwarder:
+            assert forwarder.port is not None
+            reader, writer = await asyncio.open_connection("127.0.0.1", forwarder.port)
+            writer.write(b"one")  # in flight when the restart begins
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            draining = asyncio.create_task(forwarder.drain(quiet_s=0.02, max_s=3))
+            received = await asyncio.wait_for(reader.read(), 5)  # until the forwarder closes
+            await asyncio.wait_for(draining, 5)
+            assert received == b"answer:one"  # answered first, then closed while idle
+            writer.close()
+            # Until resume(), a new connection is held, not sent to the stopping operator.
+            reader, writer = await asyncio.open_connection("127.0.0.1", forwarder.port)
+            writer.write(b"three")
+            await writer.drain()
+            await asyncio.sleep(0.4)
+            assert not reader.at_eof()
+            assert reader._buffer == b""  # nothing answered yet
+            forwarder.resume()
+            assert await asyncio.wait_for(reader.readexactly(12), 5) == b"answer:three"
+            writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
