@@ -43,11 +43,15 @@ class TenantBackend:
     )
     delay_s: float = 0.0
     """How long every answer takes (a slow scaler behind KEDA)."""
+    hold_until_received: int = 0
+    """Hold every answer until this many requests have arrived (a burst that must be in
+    flight at once: a request queued behind a held one would never be answered)."""
     pad_bytes: int = 0
     """Extra bytes in every answer's body (a tenant with very large answers)."""
     received: list[Received] = field(default_factory=list)
     port: int = 0
     hang_released: asyncio.Event = field(default_factory=asyncio.Event)
+    all_arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
     _site: web.TCPSite | None = None
 
@@ -79,6 +83,7 @@ class TenantBackend:
 
     async def stop(self) -> None:
         self.hang_released.set()
+        self.all_arrived.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -115,6 +120,10 @@ class TenantBackend:
             self.mode.startswith("hang:") and request.path.endswith("/" + self.mode[5:])
         ):
             await self.hang_released.wait()
+        if self.hold_until_received:
+            if len(self.received) >= self.hold_until_received:
+                self.all_arrived.set()
+            await self.all_arrived.wait()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.mode == "redirect":
