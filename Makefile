@@ -57,11 +57,11 @@ bench: $(STAMP)
 bench-reloader: $(STAMP)
 	$(PY) -m bench.reloader
 
-# A tenant's namespace changes against the real stack with the chart's KEDA flags: failed and
-# longest reads, HPA failure events (needs the binaries; not part of `bench`).
+# A tenant's namespace changes against the real stack with the chart's KEDA configuration, in
+# both reloader modes: failed and longest reads, HPA failure events (not part of `bench`).
 .PHONY: bench-reload
 bench-reload: $(STAMP) binaries
-	$(PY) -m bench.reload
+	$(PY) -m bench.reload --mode process; p=$$?; $(PY) -m bench.reload --mode deployment; d=$$?; exit $$((p || d))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

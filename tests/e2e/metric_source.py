@@ -21,7 +21,10 @@ class MetricSource:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the reader (KEDA's scaler) stopped with its operator
 
             def log_message(self, *args: object) -> None:
                 pass

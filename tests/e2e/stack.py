@@ -718,23 +718,19 @@ class ChartOperator:
 def chart_docs(tenant: str, namespace: str, **values: Any) -> list[dict[str, Any]]:
     """Render the tenant chart (default values plus `values`) for `tenant` in `namespace`."""
     from tests.deploy.charts import (  # noqa: PLC0415 - yaml and helm only when used
-        ROUTER_CHART,
-        ROUTER_NAMESPACE,
-        ROUTER_RELEASE,
         TENANT_CHART,
         Helm,
         deep_merge,
         find_helm,
-        router_ca_values,
     )
 
-    helm = Helm(find_helm())
-    router = helm.template(ROUTER_CHART, release=ROUTER_RELEASE, namespace=ROUTER_NAMESPACE)
-    return helm.template(
+    # The chart's default certificates come from keda-tenancy-certs at run time: a tenant
+    # release needs nothing of the router's to render.
+    return Helm(find_helm()).template(
         TENANT_CHART,
         release="keda",
         namespace=namespace,
-        values=deep_merge(deep_merge({"tenant": tenant}, router_ca_values(router)), values),
+        values=deep_merge({"tenant": tenant}, values),
     )
 
 

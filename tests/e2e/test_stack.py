@@ -344,13 +344,12 @@ def test_11_namespace_changes_fail_no_read_of_an_existing_namespace(stack: Stack
     wait for the restarted operator, never for the old operator's Lease (15 s): reads give up
     after 12 s, below the HPA controller's 15 s sync period.
 
-    One failure remains possible and is counted apart: a read the old operator had accepted
-    when it exited ("error reading from server"; KEDA's gRPC server does not drain). Anything
-    else (a timeout, a refused or unavailable adapter) fails the test."""
+    A read the old operator had accepted when it exited would fail ("error reading from
+    server": KEDA's gRPC server does not drain); the reloader closes the adapter's connection
+    while idle before stopping the operator, so none may fail that way either."""
     settled(stack)
     holders = [lease_holder(stack)]
     failures: list[str] = []
-    cut_off: list[str] = []
     reads = 0
     stop = threading.Event()
 
@@ -363,8 +362,7 @@ def test_11_namespace_changes_fail_no_read_of_an_existing_namespace(stack: Stack
             reads += 1
             if done.returncode != 0 or json.loads(done.stdout)["items"][0]["value"] != "7":
                 message = done.stderr.strip()[:300] or done.stdout[:300]
-                exited = "rpc error: code = Unavailable desc = error reading from server" in message
-                (cut_off if exited else failures).append(message)
+                failures.append(message)
             time.sleep(0.1)
 
     poller = threading.Thread(target=poll)
@@ -391,6 +389,5 @@ def test_11_namespace_changes_fail_no_read_of_an_existing_namespace(stack: Stack
     assert reads > 20
     assert len(set(holders)) == 4, holders  # a new operator, a new identity, each time
     assert not failures, f"failed reads during namespace changes: {failures}"
-    assert len(cut_off) <= 3, cut_off  # at most the one in flight at each operator's exit
     # Each restarted operator took over its predecessor's Lease: released, not waited out.
     assert reloader_metric(stack, "alpha", "lease_releases_total") >= 3
