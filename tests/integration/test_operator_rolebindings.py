@@ -97,6 +97,10 @@ async def test_reconcile_binds_desired_and_keeps_watched_and_never_touches_other
         # Neither the unlabelled binding nor the other tenant's was touched.
         assert rbac.rolebindings[("b1", NAME)] is foreign
         assert rbac.rolebindings[("a2", NAME)] is other_tenant
+        # A namespace deleted since the cache saw it is not an error.
+        result = await manager.reconcile({"a1", "no-such-namespace"})
+        assert result.failed == {}
+        assert result.created == ["a1"]
         # A desired namespace whose name is taken by a foreign binding is reported, not taken.
         result = await manager.reconcile({"b1"})
         assert "not ours" in result.failed["b1"]
