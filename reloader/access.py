@@ -1,8 +1,8 @@
 """Which desired namespaces the operator may be given: KEDA never watches one it cannot read.
 
 A gate admits namespaces: `SelfAccessGate` (process mode, the operator's own credentials)
-asks the API server with SelfSubjectAccessReviews whether every access KEDA needs there is
-granted; `BindingGate` (deployment mode, the reloader's own ServiceAccount) creates the
+asks the API server whether every access KEDA needs there is granted (one
+SelfSubjectRulesReview per namespace; SelfSubjectAccessReviews only where that is incomplete); `BindingGate` (deployment mode, the reloader's own ServiceAccount) creates the
 operator's RoleBinding first. A namespace not admitted waits and is retried; the reason is
 in /readyz, a metric and the log. A namespace once admitted stays so until it leaves the
 desired set (its binding is not removed while the operator watches it).
@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, AuthorizationV1Api
@@ -149,37 +150,88 @@ class SelfAccessGate(_Retrying):
         return self._settle(namespaces, unknown, waiting)
 
     async def _check(self, namespace: str) -> str | None:
-        """None when every required access is allowed, else what is missing."""
+        """None when every required access is allowed, else what is missing.
+
+        One SelfSubjectRulesReview lists what we may do there; only what it cannot vouch
+        for (an authorizer other than RBAC makes it `incomplete`) is asked one by one."""
         async with self._limit:
-            missing = []
-            for group, resource, verb in self._required:
-                body = {
-                    "apiVersion": "authorization.k8s.io/v1",
-                    "kind": "SelfSubjectAccessReview",
-                    "spec": {
-                        "resourceAttributes": {
-                            "namespace": namespace,
-                            "group": group,
-                            "resource": resource,
-                            "verb": verb,
-                        }
-                    },
-                }
-                try:
-                    review = await read_json(
-                        self._authz.create_self_subject_access_review(
-                            body,  # type: ignore[arg-type] # a dict is sent as is
-                            _preload_content=False,
-                        )
-                    )
-                except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
-                    return f"cannot check access: {exc}"
-                if not (review.get("status") or {}).get("allowed"):
-                    missing.append(f"{verb} {resource}{'.' + group if group else ''}")
-                    break  # one missing access is enough to wait; spare the API server
+            try:
+                rules = await self._rules(namespace)
+                missing = [need for need in self._required if not _granted(rules, *need)]
+                if missing and rules.incomplete:
+                    missing = [
+                        need for need in missing if not await self._allowed(namespace, *need)
+                    ]
+            except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
+                return f"cannot check access: {exc}"
             if missing:
-                return f"the operator may not {', '.join(missing)} there (no RoleBinding yet?)"
+                what = ", ".join(
+                    f"{verb} {resource}{'.' + group if group else ''}"
+                    for group, resource, verb in missing
+                )
+                return f"the operator may not {what} there (no RoleBinding yet?)"
             return None
+
+    async def _rules(self, namespace: str) -> _Rules:
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectRulesReview",
+            "spec": {"namespace": namespace},
+        }
+        review = await read_json(
+            self._authz.create_self_subject_rules_review(
+                body,  # type: ignore[arg-type] # a dict is sent as is
+                _preload_content=False,
+            )
+        )
+        status = review.get("status") or {}
+        return _Rules(list(status.get("resourceRules") or []), bool(status.get("incomplete")))
+
+    async def _allowed(self, namespace: str, group: str, resource: str, verb: str) -> bool:
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {
+                    "namespace": namespace,
+                    "group": group,
+                    "resource": resource,
+                    "verb": verb,
+                }
+            },
+        }
+        review = await read_json(
+            self._authz.create_self_subject_access_review(
+                body,  # type: ignore[arg-type] # a dict is sent as is
+                _preload_content=False,
+            )
+        )
+        return bool((review.get("status") or {}).get("allowed"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    resource_rules: list[dict[str, Any]]
+    incomplete: bool
+
+
+def _granted(rules: _Rules, group: str, resource: str, verb: str) -> bool:
+    """Whether a rule allows `verb` on every object of `resource` (a rule narrowed to
+    resourceNames does not: KEDA lists and watches them all)."""
+    for rule in rules.resource_rules:
+        if rule.get("resourceNames"):
+            continue
+        if (
+            _has(rule.get("verbs"), verb)
+            and _has(rule.get("apiGroups"), group)
+            and _has(rule.get("resources"), resource)
+        ):
+            return True
+    return False
+
+
+def _has(values: list[str] | None, wanted: str) -> bool:
+    return bool(values) and ("*" in values or wanted in values)  # type: ignore[operator]
 
 
 class BindingGate(_Retrying):

@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="false",
         metavar="BOOL",
         help="process mode: add a namespace to the operator's list only once it may read "
-        "it there (SelfSubjectAccessReview); until then it waits and is retried",
+        "it there (SelfSubjectRulesReview); until then it waits and is retried",
     )
 
     timing = parser.add_argument_group("restarts")

@@ -241,6 +241,10 @@ class RoleBindingManager:
             )
         except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
             reason = _reason(exc)
+            if isinstance(exc, ApiException) and exc.status == 404:
+                # The namespace went away since our cache saw it: nothing to bind, no error.
+                logger.debug("namespace gone before its binding", extra={"namespace": namespace})
+                return False
             if isinstance(exc, ApiException) and exc.status == 409:
                 reason = (
                     f"RoleBinding {self.spec.name} exists there and is not ours (no "

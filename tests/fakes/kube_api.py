@@ -145,6 +145,9 @@ class FakeKubeAPI:
         app.router.add_post(
             "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", self._access_review
         )
+        app.router.add_post(
+            "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", self._rules_review
+        )
         self._runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=0.2
         )
@@ -523,6 +526,37 @@ class FakeKubeAPI:
         }
         self.rolebindings[(namespace, name)] = obj
         return obj
+
+    rules_incomplete: bool = False
+    """Answer SelfSubjectRulesReviews as an authorizer that cannot list its rules would."""
+
+    def rules_in(self, namespace: str) -> list[Obj]:
+        """The rules `self_subject` holds in `namespace`, from the RoleBindings there."""
+        sa_namespace, sa_name = self.self_subject
+        rules: list[Obj] = []
+        for (ns, _), binding in self.rolebindings.items():
+            if ns != namespace:
+                continue
+            if any(
+                s.get("kind") == "ServiceAccount"
+                and s.get("name") == sa_name
+                and s.get("namespace") == sa_namespace
+                for s in binding.get("subjects") or []
+            ):
+                rules += self.cluster_roles.get(binding["roleRef"]["name"], [])
+        return rules
+
+    async def _rules_review(self, request: web.Request) -> web.Response:
+        self.requests["selfsubjectrulesreview"] += 1
+        body = await request.json()
+        namespace = body["spec"]["namespace"]
+        rules = [] if self.rules_incomplete else self.rules_in(namespace)
+        status = {
+            "resourceRules": rules,
+            "nonResourceRules": [],
+            "incomplete": self.rules_incomplete,
+        }
+        return web.json_response({**body, "status": status}, status=201)
 
     def allowed(self, namespace: str, group: str, resource: str, verb: str) -> bool:
         """What the authorizer says for `self_subject`: some RoleBinding in `namespace` binds

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
+from reloader.access import SelfAccessGate
 from reloader.binding_loop import BindingLoop
 from reloader.desired import Desired
 from reloader.rolebindings import (
@@ -96,6 +97,10 @@ async def test_reconcile_binds_desired_and_keeps_watched_and_never_touches_other
         # Neither the unlabelled binding nor the other tenant's was touched.
         assert rbac.rolebindings[("b1", NAME)] is foreign
         assert rbac.rolebindings[("a2", NAME)] is other_tenant
+        # A namespace deleted since the cache saw it is not an error.
+        result = await manager.reconcile({"a1", "no-such-namespace"})
+        assert result.failed == {}
+        assert result.created == ["a1"]
         # A desired namespace whose name is taken by a foreign binding is reported, not taken.
         result = await manager.reconcile({"b1"})
         assert "not ours" in result.failed["b1"]
@@ -270,6 +275,35 @@ async def test_no_binding_is_attempted_in_a_terminating_namespace(
         assert bound(rbac) == {"a2"}
         assert rbac.requests["create rolebinding"] == 1
         assert loop.readiness() is None
+    finally:
+        await api.close()
+
+
+@pytest.mark.parametrize("incomplete", [False, True])
+async def test_access_is_read_from_one_rules_review_per_namespace(
+    rbac: FakeKubeAPI, kubeconfig: str, incomplete: bool
+) -> None:
+    """RBAC lists its rules: one request per namespace. An authorizer that cannot (the review
+    is `incomplete`) is asked access by access."""
+    rbac.rules_incomplete = incomplete
+    rbac.add_rolebinding("a1", NAME, ROLE)
+    rbac.add_rolebinding("a2", "only-secrets", "secrets-reader")
+    rbac.cluster_roles["secrets-reader"] = [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        # Narrowed to names: does not let KEDA watch them all.
+        {"apiGroups": ["keda.sh"], "resources": ["*"], "verbs": ["*"], "resourceNames": ["x"]},
+    ]
+    api = await make_api_client(kubeconfig)
+    try:
+        gate = SelfAccessGate(api, BindingMetrics(CollectorRegistry()))
+        assert await gate.admit(["a1", "a2", "b1"]) == ("a1",)
+        assert "watch scaledobjects.keda.sh" in gate.waiting["b1"]
+        assert set(gate.waiting) == {"a2", "b1"}
+        assert rbac.requests["selfsubjectrulesreview"] == 3
+        if incomplete:
+            assert rbac.requests["selfsubjectaccessreview"] >= 6  # a1's six, at least
+        else:
+            assert rbac.requests["selfsubjectaccessreview"] == 0
     finally:
         await api.close()
 
