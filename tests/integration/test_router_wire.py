@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import datetime
 import json
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -226,7 +227,17 @@ async def test_clients_that_stall_or_idle_without_a_certificate_are_cut(
     monkeypatch.setattr(listener, "STALLED_TIMEOUT_S", 1.0)
     monkeypatch.setattr(listener, "UNVERIFIED_TIMEOUT_S", 1.0)
     assert router.secure_port
-    stalled = await Connection.open(router, pki)
+    # A client that really reads nothing: a tiny receive window and no reading at all, so
+    # neither the kernel's autotuned buffers nor asyncio's absorb the answers.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", router.secure_port))
+    reader, writer = await asyncio.open_connection(
+        sock=sock, ssl=pki.client_context(pki.aggregator()), server_hostname="localhost"
+    )
+    writer.transport.pause_reading()
+    stalled = Connection(reader, writer)
     discovery = b"GET /apis HTTP/1.1\r\nHost: x\r\n" + USER + b"\r\n"
     for _ in range(64):  # far more answers than the socket buffers hold, none read
         stalled.send(discovery * 256)
