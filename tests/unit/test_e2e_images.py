@@ -13,7 +13,7 @@ import pytest
 from tests.deploy.charts import versions
 from tests.e2e.cluster.network import _ours
 from tests.e2e.images.bases import Bases, debian_sources
-from tests.e2e.images.build import ROOT
+from tests.e2e.images.build import ROOT, Builder
 from tests.e2e.images.dockerfile import (
     Build,
     Image,
@@ -228,3 +228,13 @@ def test_debian_sources_are_read_from_deb822_and_one_line_files(tmp_path: Path) 
 )
 def test_teardown_removes_exactly_the_clusters_iptables_lines(line: str, ours: bool) -> None:
     assert _ours(line) is ours
+
+
+def test_the_archive_cache_keeps_one_build_per_repository(tmp_path: Path) -> None:
+    builder = Builder(tmp_path / "bin", "v2.20.2", cache=tmp_path / "cache")
+    first = builder.static("keda-tenancy.local/app:1", fake_base, "input 1")
+    other = builder.static("keda-tenancy.local/app-other:1", fake_base, "input 1")
+    assert builder.static("keda-tenancy.local/app:1", fake_base, "input 1") == first  # cached
+    second = builder.static("keda-tenancy.local/app:1", fake_base, "input 2")
+    assert second.archive != first.archive
+    assert sorted(builder.archives.iterdir()) == sorted([second.archive, other.archive])

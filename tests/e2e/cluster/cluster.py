@@ -31,6 +31,8 @@ from tests.e2e.cluster.network import (
     HostNetwork,
 )
 from tests.e2e.images.build import Images
+from tests.e2e.images.build import cache_dir as image_cache
+from tests.e2e.images.oci import manifest_digest, normalized
 from tests.e2e.stack import Process, wait_for
 from tests.pki import CertificateAuthority
 
@@ -75,6 +77,9 @@ class Cluster:
         self.socket = self.run_dir / "containerd.sock"
         self.kubeconfig = workdir / "admin.kubeconfig"
         self.network = HostNetwork(workdir.parent / f"{workdir.name}.state")
+        # containerd's root (content store, unpacked image snapshots) is a cache: images stay
+        # imported and unpacked between runs; containers are removed at every start and stop.
+        self.image_store = image_cache() / "containerd-root"
         self.processes: dict[str, Process] = {}
         self.timer = Timer()
 
@@ -88,6 +93,7 @@ class Cluster:
         self._certificates()
         self.network.up()
         self._containerd()
+        self._remove_containers()
         self.timer.mark("containerd up")
         self._import_images()
         self.timer.mark("images imported")
@@ -230,7 +236,7 @@ class Cluster:
         cri = 'plugins."io.containerd.grpc.v1.cri"'
         conf.write_text(
             f"""version = 2
-root = "{self.dir / "containerd"}"
+root = "{self.image_store}"
 state = "{self.run_dir / "containerd"}"
 [grpc]
   address = "{self.socket}"
@@ -269,8 +275,25 @@ state = "{self.run_dir / "containerd"}"
         )
 
     def _import_images(self) -> None:
+        present = {}
+        for line in self.ctr("images", "ls").stdout.splitlines()[1:]:
+            words = line.split()
+            present[words[0]] = words[2]  # REF TYPE DIGEST ...
+        wanted = {normalized(image.reference) for image in self.images.all()}
         for image in self.images.all():
-            self.ctr("images", "import", "--no-unpack", str(image.archive))
+            if present.get(normalized(image.reference)) != manifest_digest(image.archive):
+                self.ctr("images", "import", str(image.archive))
+        # Earlier builds' images (another tag of the router...): the store keeps only this set.
+        if stale := sorted(set(present) - wanted):
+            self.ctr("images", "rm", *stale, check=False)
+
+    def _remove_containers(self) -> None:
+        """Whatever containers (and their snapshots) a run left in the persistent store."""
+        for task in self.ctr("tasks", "ls", "-q", check=False).stdout.split():
+            self.ctr("tasks", "kill", "-s", "SIGKILL", task, check=False)
+            self.ctr("tasks", "rm", "-f", task, check=False)
+        for container in self.ctr("containers", "ls", "-q", check=False).stdout.split():
+            self.ctr("containers", "rm", container, check=False)
 
     def _control_plane(self) -> None:
         p, b = self.pki, self.bin
@@ -551,9 +574,7 @@ state = "{self.run_dir / "containerd"}"
             )
         self._stop("kubelet")
         if self._pid_running("containerd"):
-            for task in self.ctr("tasks", "ls", "-q", check=False).stdout.split():
-                self.ctr("tasks", "kill", "-s", "SIGKILL", task, check=False)
-                self.ctr("tasks", "rm", "-f", task, check=False)
+            self._remove_containers()
         for name in (
             "kube-scheduler",
             "kube-controller-manager",
@@ -563,6 +584,7 @@ state = "{self.run_dir / "containerd"}"
         ):
             self._stop(name)
         _unmount_under(self.dir)
+        _unmount_under(self.image_store)
         for ns in NETNS_DIR.glob("cni-*") if NETNS_DIR.is_dir() else ():
             subprocess.run(["ip", "netns", "delete", ns.name], check=False, capture_output=True)
         self.network.down()

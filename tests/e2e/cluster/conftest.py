@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.deploy.charts import versions
 from tests.e2e.cluster.cluster import Cluster, running_cluster
 from tests.e2e.cluster.install import Installed
+from tests.e2e.cluster.network import SYSCTLS, HostNetwork, read_sysctl
 from tests.e2e.images.build import Builder, Images
 from tests.e2e.stack import build_binaries
 
@@ -25,9 +27,16 @@ def images() -> Images:
 
 @pytest.fixture(scope="session")
 def cluster(images: Images) -> Iterator[Cluster]:
+    machine = {name: read_sysctl(name) for name in SYSCTLS}
     with running_cluster(build_binaries(), images) as cluster:
         yield cluster
         print(f"\ncluster logs: {cluster.logs}")
+    # The teardown put the machine back: an error here fails the session.
+    assert HostNetwork.leftovers() == []
+    assert {name: read_sysctl(name) for name in SYSCTLS} == machine
+    mounts = Path("/proc/self/mounts").read_text()
+    assert f" {cluster.dir}/" not in mounts
+    assert sorted(p.name for p in cluster.dir.iterdir()) == ["logs"]
 
 
 @pytest.fixture(scope="session")

@@ -101,6 +101,11 @@ class Builder:
             )
         else:
             log(f"{reference}: cached")
+        # Earlier builds of the same repository are of no further use: keep the cache bounded.
+        repository = reference.rsplit(":", 1)[0].replace("/", "_").replace(":", "_") + "_"
+        for stale in self.archives.glob(f"{repository}*.oci.tar"):
+            if stale != archive:
+                stale.unlink()
         return BuiltImage(reference, archive)
 
     def static(self, reference: str, builder: Callable[[Path], Image], *inputs: str) -> BuiltImage:

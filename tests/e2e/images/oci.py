@@ -64,6 +64,14 @@ def normalized(reference: str) -> str:
     return reference
 
 
+def manifest_digest(archive: Path) -> str:
+    """The digest `ctr images ls` shows for the image in `archive`."""
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("index.json")
+        assert member is not None
+        return str(json.load(member)["manifests"][0]["digest"])
+
+
 def _layer(rootfs: Path, out: Path) -> None:
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         parts = Path(info.name).parts
