@@ -118,8 +118,6 @@ class Installed:
                 "--set", "tenancy.labelKeys=null",
                 "--set", f"tenancy.hnc.roots={{{HNC_ROOT}}}",
                 "--set", "reloader.mode=deployment",
-                "--set", "rbac.scope=namespaces",
-                "--set", f"rbac.namespaces={{{HNC_ROOT},{APPS['beta']}}}",
             ]  # fmt: skip
         return args
 
