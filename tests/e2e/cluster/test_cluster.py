@@ -448,3 +448,44 @@ def test_11_network_policy_keeps_tenants_apart(installed: Installed) -> None:
         check=False,
     )  # fmt: skip
     assert done.stdout.startswith("open"), done.stdout + done.stderr
+
+
+def test_12_each_operator_reads_secrets_only_in_its_tenants_namespaces(
+    installed: Installed,
+) -> None:
+    """Issue 11 with the charts' default RBAC, in both reloader modes: the operator's
+    permissions are bound per namespace by the managed RoleBindings, never cluster-wide."""
+    cluster = installed.cluster
+
+    def can_get_secrets(tenant: str, namespace: str) -> str:
+        subject = f"system:serviceaccount:{tenant_namespace(tenant)}:keda-operator"
+        done = cluster.kubectl(
+            "auth", "can-i", "get", "secrets", "-n", namespace, "--as", subject, check=False
+        )
+        return done.stdout.strip()
+
+    for tenant, other in (("alpha", "beta"), ("beta", "alpha")):
+        assert can_get_secrets(tenant, APPS[tenant]) == "yes", tenant
+        assert can_get_secrets(tenant, APPS[other]) == "no", tenant
+        assert can_get_secrets(tenant, tenant_namespace(other)) == "no", tenant
+        assert can_get_secrets(tenant, "default") == "no", tenant
+        binding = json.loads(
+            cluster.kubectl(
+                "-n", APPS[tenant], "get", "rolebinding",
+                f"keda-tenancy-{tenant}-operator-managed", "-o", "json",
+            ).stdout
+        )  # fmt: skip
+        assert binding["roleRef"]["name"] == f"keda-tenancy-{tenant}-operator"
+        assert binding["subjects"] == [
+            {
+                "kind": "ServiceAccount",
+                "name": "keda-operator",
+                "namespace": tenant_namespace(tenant),
+            }
+        ]
+    # Nothing cluster-wide grants any tenant's operator Secrets.
+    bindings = json.loads(cluster.kubectl("get", "clusterrolebindings", "-o", "json").stdout)
+    for item in bindings["items"]:
+        for subject in item.get("subjects") or []:
+            if subject.get("name") == "keda-operator":
+                assert item["roleRef"]["name"].endswith("-operator-cluster"), item["metadata"]
