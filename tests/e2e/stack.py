@@ -122,8 +122,46 @@ class Tenant:
     operator: Process | None = None
 
 
+class Kubectl:
+    """kubectl as the cluster admin, for the process stack and the kubelet-backed cluster."""
+
+    bin: Path
+    kubeconfig: Path
+    kubectl_timeout_s: float = 60
+
+    def kubectl(
+        self,
+        *args: str,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+        stdin: str | None = None,
+        timeout_s: float | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(self.bin / "kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s or self.kubectl_timeout_s,
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
+        return done
+
+    def apply(self, *objects: dict[str, Any]) -> None:
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}),
+        )
+
+
 @dataclass
-class Stack:
+class Stack(Kubectl):
     bin: Path
     workdir: Path
     processes: dict[str, Process] = field(default_factory=dict)
@@ -654,36 +692,7 @@ class Stack:
             "KEDA CRDs established",
         )
 
-    # -- kubectl -----------------------------------------------------------------------
-
-    def kubectl(
-        self,
-        *args: str,
-        check: bool = True,
-        kubeconfig: Path | None = None,
-        stdin: str | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [str(self.bin / "kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if check and done.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
-        return done
-
-    def apply(self, *objects: dict[str, Any]) -> None:
-        self.kubectl(
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            "-",
-            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}),
-        )
+    # -- kubectl: Kubectl ---------------------------------------------------------------
 
     def get_raw(self, path: str, kubeconfig: Path | None = None) -> tuple[int, dict[str, Any]]:
         """GET through kube-apiserver (and so the aggregator); (HTTP-ish code, body)."""

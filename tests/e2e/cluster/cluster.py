@@ -33,7 +33,7 @@ from tests.e2e.cluster.network import (
 from tests.e2e.images.build import Images
 from tests.e2e.images.build import cache_dir as image_cache
 from tests.e2e.images.oci import manifest_digest, normalized
-from tests.e2e.stack import Process, wait_for
+from tests.e2e.stack import Kubectl, Process, wait_for
 from tests.pki import CertificateAuthority
 
 DEFAULT_DIR = Path(os.environ.get("KEDA_TENANCY_CLUSTER_DIR", "/tmp/keda-tenancy-cluster"))
@@ -66,7 +66,9 @@ class Timer:
         log(f"{what}: {self.marks[what]:.1f}s")
 
 
-class Cluster:
+class Cluster(Kubectl):
+    kubectl_timeout_s = 120.0
+
     def __init__(self, bin_dir: Path, images: Images, workdir: Path = DEFAULT_DIR) -> None:
         self.bin = bin_dir
         self.images = images
@@ -509,36 +511,6 @@ state = "{self.run_dir / "containerd"}"
         )
 
     # -- kubectl -------------------------------------------------------------------------
-
-    def kubectl(
-        self,
-        *args: str,
-        check: bool = True,
-        kubeconfig: Path | None = None,
-        stdin: str | None = None,
-        timeout_s: float = 120,
-    ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [str(self.bin / "kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-        if check and done.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
-        return done
-
-    def apply(self, *objects: dict[str, Any]) -> None:
-        self.kubectl(
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            "-",
-            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}),
-        )
 
     def helm(self, *args: str) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
