@@ -6,8 +6,8 @@ them changes who the tenant's KEDA thinks is calling. Everything else a caller m
 send (Authorization, Impersonate-*, hop-by-hop headers) stays behind.
 
 Both directions work on header lines exactly as received (validated by router.http1,
-each ending in CRLF): one compiled expression picks the lines, so the kept ones cross
-unchanged and no per-header Python runs on the request path.
+each ending in CRLF): one compiled expression cuts the other lines out, so the kept ones
+cross unchanged and no per-header Python runs on the request path.
 """
 
 from __future__ import annotations
@@ -37,13 +37,15 @@ class HeaderPolicy:
         kept = _alternatives(
             (*names.username, *names.group, *names.uid, *_PLAIN), names.extra_prefixes
         )
-        # The name must be followed by ':' at once, so "X-Remote-Userx" is not "X-Remote-User".
-        self._kept = re.compile(rb"^(?:" + kept + rb"):[^\r\n]*\r\n", re.I | re.M)
+        # On LF + lines: from the LF before each line not kept up to its CR. The name must be
+        # followed by ':' at once, so "X-Remote-Userx" is not "X-Remote-User". Kept lines
+        # are skipped at the name, not scanned: only the few dropped ones are read through.
+        self._dropped = re.compile(rb"\n(?!(?i:" + kept + rb"):)[^\n]+")
         self._username_names = tuple(n.lower().encode("latin-1") for n in names.username)
 
     def forwarded(self, lines: bytes) -> bytes:
         """The header lines to send upstream, in their original order, bytes unchanged."""
-        return b"".join(self._kept.findall(lines))
+        return self._dropped.sub(b"", b"\n" + lines)[1:]
 
     def username(self, lines: bytes, low: bytes | None = None) -> bytes:
         """The asserted user: the first non-empty value among the username headers.

@@ -32,12 +32,15 @@ _HEADER_LINES = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*"
 # 100-599 (RFC 9110 15): anything else would reach the caller as an invalid status line.
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9]{2})(?: [^\r\n]*)?")
 _HEADER = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*([^\r\n]*?)[ \t]*\r\n", re.M)
-# On `lowered` lines: one match per hop-by-hop header line, from its leading LF to its CR,
-# which is exactly that line's span (CRLF included) in the original lines.
-_HOP_BY_HOP = re.compile(
+# On `lowered` lines: one match per header line the response's framing or forwarding
+# depends on (the hop-by-hop ones, Date and Location), from its leading LF to its CR, which
+# is exactly that line's span (CRLF included) in the original lines; group 2 is the value
+# with its blanks (a lazy match to strip them costs more than the strip).
+_SPECIAL = re.compile(
     rb"\n(connection|keep-alive|proxy-authenticate|proxy-authorization|proxy-connection"
-    rb"|te|trailer|transfer-encoding|upgrade|content-length):[^\r]*\r"
+    rb"|te|trailer|transfer-encoding|upgrade|content-length|date|location):([^\r]*)\r"
 )
+_NOT_HOP_BY_HOP = (b"date", b"location")
 
 PHRASES = {
     200: "OK",
@@ -285,44 +288,60 @@ class ResponseReader:
         match = _STATUS_LINE.fullmatch(status_line)
         if match is None:
             raise ProtocolError("malformed status line", 502)
-        self.status = int(match[2])
+        status = self.status = int(match[2])
         self.keep_alive = match[1] == b"1"
         lines = _header_lines(block, 502)
         low = lowered(lines)
-        length: int | None = None
-        lengths = 0
-        if b"\ncontent-length:" in low:
-            values = field_values(lines, low, b"content-length")
-            if not values[0].isdigit() or any(value != values[0] for value in values):
-                raise ProtocolError("bad Content-Length in the response", 502)
-            length, lengths = int(values[0]), len(values)
-        chunked = False
-        if b"\ntransfer-encoding:" in low:
-            codings = field_values(lines, low, b"transfer-encoding")
-            if [coding.lower() for coding in codings] != [b"chunked"]:  # case-insensitive
-                raise ProtocolError("unsupported Transfer-Encoding in the response", 502)
-            chunked = True
-        # 204 and 304 never have a body (RFC 9112 6.3), so no length goes downstream:
-        # a 204 may not carry one, a 304's would describe another representation.
-        bodiless = self.status in (204, 304) or self.status < 200
-        # What goes downstream: the same lines minus hop-by-hop ones. One Content-Length
-        # that frames the body we pass on unchanged may stay; any other is recomputed.
-        keep_length = lengths == 1 and not chunked and not bodiless
-        self.framed = keep_length or bodiless  # nothing to add for a response with no body
-        parts, position = [], 0
+        # One pass over the few headers that matter here (on the hot path: most answers
+        # have just Content-Length and Date among them), instead of a lookup per name.
+        lengths: list[bytes] = []
+        codings: list[bytes] = []
         listed: list[bytes] = []
-        for hop in _HOP_BY_HOP.finditer(low):
-            start, end = hop.span()
-            if hop[1] == b"connection":
-                tokens = [t.strip(b" \t") for t in low[start + 12 : end - 1].split(b",")]
+        hops: list[re.Match[bytes]] = []
+        has_date = redirect = False
+        for special in _SPECIAL.finditer(low):
+            name = special[1]
+            if name in _NOT_HOP_BY_HOP:
+                if name == b"date":
+                    has_date = True
+                elif special[2].strip(b" \t"):
+                    redirect = 300 <= status < 400
+                continue
+            hops.append(special)
+            if name == b"content-length":
+                lengths.append(special[2].strip(b" \t"))
+            elif name == b"transfer-encoding":
+                codings.append(special[2].strip(b" \t"))
+            elif name == b"connection":
+                tokens = [token.strip(b" \t") for token in special[2].split(b",")]
                 if b"close" in tokens:
                     self.keep_alive = False
                 listed += tokens
-            elif keep_length and hop[1] == b"content-length":
-                continue
-            parts.append(lines[position:start])
-            position = end
-        forward = b"".join((*parts, lines[position:])) if position else lines
+        length: int | None = None
+        if lengths:
+            if not lengths[0].isdigit() or any(value != lengths[0] for value in lengths):
+                raise ProtocolError("bad Content-Length in the response", 502)
+            length = int(lengths[0])
+        chunked = bool(codings)
+        if chunked and codings != [b"chunked"]:  # compared lower-cased: case-insensitive
+            raise ProtocolError("unsupported Transfer-Encoding in the response", 502)
+        # 204 and 304 never have a body (RFC 9112 6.3), so no length goes downstream:
+        # a 204 may not carry one, a 304's would describe another representation.
+        bodiless = status in (204, 304) or status < 200
+        # What goes downstream: the same lines minus hop-by-hop ones. One Content-Length
+        # that frames the body we pass on unchanged may stay; any other is recomputed.
+        keep_length = len(lengths) == 1 and not chunked and not bodiless
+        self.framed = keep_length or bodiless  # nothing to add for a response with no body
+        forward = lines
+        if hops and not (keep_length and len(hops) == 1):
+            parts, position = [], 0
+            for hop in hops:
+                if keep_length and hop[1] == b"content-length":
+                    continue
+                start, end = hop.span()
+                parts.append(lines[position:start])
+                position = end
+            forward = b"".join((*parts, lines[position:]))
         listed = [t for t in listed if t and t not in (b"close", b"keep-alive")]
         if listed:  # headers the Connection header names are hop-by-hop too (RFC 9110 7.6.1)
             forward = b"".join(
@@ -332,10 +351,10 @@ class ResponseReader:
             )
         self.forward_lines = forward
         self.lines = lines
-        self.has_date = b"\ndate:" in low
-        self.redirect = 300 <= self.status < 400 and bool(first_value(lines, low, b"location"))
-        if 100 <= self.status < 200:  # interim (100 Continue): the real response follows
-            if self.status == 101:
+        self.has_date = has_date
+        self.redirect = redirect
+        if status < 200:  # interim (100 Continue): the real response follows
+            if status == 101:
                 raise ProtocolError("the upstream switched protocols", 502)
             self.lines, self.forward_lines, self.status = b"", b"", 0
             return

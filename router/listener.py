@@ -225,7 +225,8 @@ class ClientConnection(asyncio.Protocol):
             self._listener.changed()
             return
         self._since = time.monotonic()
-        self._proceed()
+        if self._buffer or self._paused:  # the usual: nothing waits, so nothing to do
+            self._proceed()
 
     def _proceed(self) -> None:
         """Read on and answer what waits, unless busy or the client is not reading."""

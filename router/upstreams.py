@@ -155,6 +155,9 @@ class _Connection(asyncio.Protocol):
             self.abort()
             self.pool.owner.fail(exchange, 502, f"sent an invalid response: {exc}")
             return
+        if complete:  # the usual: in one read; from here it is the client connection's
+            self._complete(exchange, reader)
+            return
         size = len(reader.body)
         if size != self.counted:
             pool = self.pool
@@ -164,9 +167,6 @@ class _Connection(asyncio.Protocol):
                 # The tenant's answers in flight are too large together: this one goes.
                 self.abort()
                 pool.owner.fail(exchange, 502, "sent answers too large together")
-                return
-        if complete:
-            self._complete(exchange, reader)
 
     def _uncount(self) -> None:
         if self.counted:
@@ -181,7 +181,8 @@ class _Connection(asyncio.Protocol):
 
     def _complete(self, exchange: _Exchange, reader: ResponseReader) -> None:
         self.exchange = self.reader = None
-        self._uncount()  # handed on: from here it is bounded by the client connection
+        if self.counted:
+            self._uncount()  # handed on: from here it is bounded by the client connection
         if self.fresh:
             self.fresh = False
             self.pool.keep_session(self.transport)
@@ -295,8 +296,8 @@ class Upstreams:
         request = b"GET " + target + b" HTTP/1.1\r\nHost: " + pool.host_header + headers + b"\r\n"
         exchange = _Exchange(pool, request, done, now)
         exchange.probe = probe
-        self._add_deadline(exchange)
-        self._dispatch(exchange)
+        self._add_deadline(exchange, now)
+        self._dispatch(exchange, now)
 
     def _fast_fail(self, pool: _Pool, done: Done) -> None:
         name = pool.backend.name
@@ -308,11 +309,11 @@ class Upstreams:
             )
         )
 
-    def _dispatch(self, exchange: _Exchange) -> None:
+    def _dispatch(self, exchange: _Exchange, now: float) -> None:
         pool = exchange.pool
         idle = pool.idle
         if idle:
-            oldest_allowed = self._clock() - self._settings.keepalive_s
+            oldest_allowed = now - self._settings.keepalive_s
             while idle:
                 connection = idle.pop()  # most recently used: the least likely to be stale
                 if connection.idle_since >= oldest_allowed and connection.transport is not None:
@@ -322,7 +323,7 @@ class Upstreams:
         # Wait for whichever comes first: a connection freed by another request, or a new
         # one (as Go's transport does). A new one nobody needs any more is kept idle.
         pool.waiters.append(exchange)
-        exchange.waiting_since = self._clock()
+        exchange.waiting_since = now
         self._grow(pool)
 
     def _on_dial_timer(self, pool: _Pool) -> None:
@@ -460,7 +461,7 @@ class Upstreams:
                 # A kept-alive connection the server had just closed: GET is safe to retry.
                 exchange.attempt = 2
                 exchange.connection = None
-                self._dispatch(exchange)
+                self._dispatch(exchange, self._clock())
             else:
                 self.fail(exchange, 502, "closed the connection before answering")
         self._grow(pool)
@@ -481,8 +482,8 @@ class Upstreams:
 
     # -- timeouts: a wheel of 100 ms slots swept by one timer, not a timer per request ------
 
-    def _add_deadline(self, exchange: _Exchange) -> None:
-        slot = int((self._clock() + self._settings.timeout_s) * _SLOTS_PER_S) + 1
+    def _add_deadline(self, exchange: _Exchange, now: float) -> None:
+        slot = int((now + self._settings.timeout_s) * _SLOTS_PER_S) + 1
         bucket = self._deadlines.get(slot)
         if bucket is None:
             bucket = self._deadlines[slot] = set()
@@ -533,8 +534,13 @@ class Upstreams:
         if exchange.finished:
             return
         exchange.finished = True
-        self._unqueue(exchange)
+        if exchange.bucket is not None:
+            exchange.bucket.discard(exchange)
+            exchange.bucket = None
         pool = exchange.pool
+        pool.inflight -= 1
+        if pool.retired and not pool.inflight:
+            self._close_pool(pool)
         if exchange.probe:
             pool.probing = False
             if isinstance(outcome, UpstreamResponse) or outcome.code == 502:
@@ -543,15 +549,6 @@ class Upstreams:
             elif outcome.code == 504:
                 self._mark_down(pool, "not answering in time")
         exchange.done(outcome)
-
-    def _unqueue(self, exchange: _Exchange) -> None:
-        if exchange.bucket is not None:
-            exchange.bucket.discard(exchange)
-            exchange.bucket = None
-        pool = exchange.pool
-        pool.inflight -= 1
-        if pool.retired and not pool.inflight:
-            self._close_pool(pool)
 
     # -- pools -------------------------------------------------------------------------------
 

@@ -106,6 +106,39 @@ def test_forwarded_lines_cross_byte_for_byte() -> None:
     assert policy.username(lines) == b"jane"
 
 
+def test_forwarded_keeps_exactly_the_allowed_lines_wherever_they_stand() -> None:
+    # Against a plain per-line reading of the allow-list, over every order of a mix of kept
+    # and dropped lines: the first or the last one dropped, all dropped, empty values.
+    policy = HeaderPolicy(HeaderNames())
+    kept_names = {b"x-remote-user", b"x-remote-group", b"x-remote-uid", b"audit-id"}
+    kept_names |= {b"accept", b"accept-encoding", b"user-agent"}
+    pool = [
+        b"Host: 10.96.0.1:443\r\n",
+        b"X-Remote-User: system:serviceaccount:kube-system:horizontal-pod-autoscaler\r\n",
+        b"X-Forwarded-Uri: /apis/external.metrics.k8s.io/v1beta1/namespaces/a/m\r\n",
+        b"x-remote-extra-scopes:\r\n",
+        b"Authorization: Bearer secret\r\n",
+        b"Accept: application/json, */*\r\n",
+        b"X-Remote-Group:g\r\n",
+        b"X-Remote-Extra-: the prefix alone\r\n",
+        b"X-Remote-Extrax: not the prefix\r\n",
+    ]
+
+    def reference(lines: list[bytes]) -> bytes:
+        def kept(line: bytes) -> bool:
+            name = line.partition(b":")[0].lower()
+            return name in kept_names or name.startswith(b"x-remote-extra-")
+
+        return b"".join(line for line in lines if kept(line))
+
+    for rotation in range(len(pool)):
+        lines = pool[rotation:] + pool[:rotation]
+        for cut in range(len(lines) + 1):
+            chosen = lines[:cut]
+            assert policy.forwarded(b"".join(chosen)) == reference(chosen)
+    assert policy.forwarded(b"Host: a\r\nAuthorization: b\r\n") == b""
+
+
 def _lines(raw: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(name + b": " + value + b"\r\n" for name, value in raw)
 
