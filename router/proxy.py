@@ -174,7 +174,7 @@ class ProxyHandler:
             self._reply(
                 request,
                 outcome.status,
-                outcome.lines,
+                outcome.forward_lines,
                 outcome.body,
                 date=not outcome.has_date,
                 framed=outcome.framed,

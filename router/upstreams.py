@@ -72,20 +72,9 @@ class UpstreamSettings:
     summed over its requests in flight (502 for the one that goes past it)."""
 
 
-class UpstreamResponse:
-    """What a backend answered (a plain class: built once per request, on the hot path)."""
-
-    __slots__ = ("body", "framed", "has_date", "lines", "redirect", "status")
-
-    def __init__(self, reader: ResponseReader) -> None:
-        self.status = reader.status
-        self.redirect = reader.redirect
-        self.lines = reader.forward_lines  # as received, minus hop-by-hop headers
-        self.body = reader.body
-        self.framed = reader.framed  # `lines` hold the Content-Length of `body`
-        self.has_date = reader.has_date
-
-
+UpstreamResponse = ResponseReader
+"""What a backend answered: its complete response's reader, handed on as it is (status,
+`forward_lines`, body), not copied into another object on the hot path."""
 Outcome = UpstreamResponse | StatusError
 Done = Callable[[Outcome], None]
 
@@ -188,7 +177,7 @@ class _Connection(asyncio.Protocol):
             self.pool.keep_session(self.transport)
         reusable = reader.keep_alive and not reader.leftover and not exchange.finished
         owner = self.pool.owner
-        owner.answered(exchange, UpstreamResponse(reader))
+        owner.answered(exchange, reader)
         if reusable:
             owner.release(self)
         else:
@@ -322,9 +311,13 @@ class Upstreams:
                 connection.abort()
         # Wait for whichever comes first: a connection freed by another request, or a new
         # one (as Go's transport does). A new one nobody needs any more is kept idle.
-        pool.waiters.append(exchange)
+        waiters = pool.waiters
+        waiters.append(exchange)
         exchange.waiting_since = now
-        self._grow(pool)
+        if pool.dial_timer is None or len(waiters) > pool.opened - len(pool.idle):
+            # Otherwise every waiter has a busy or opening connection ahead of it, and the
+            # timer armed for the longest-waiting young one looks again (see _grow).
+            self._grow(pool)
 
     def _on_dial_timer(self, pool: _Pool) -> None:
         pool.dial_timer = None
