@@ -52,6 +52,12 @@ demo-loopback: $(STAMP) binaries
 bench: $(STAMP)
 	$(PY) -m bench
 
+# Instructions per forwarded request under valgrind (deterministic, unlike requests/s on a
+# shared machine); BASELINE=<git revision> compares with that revision's router.
+.PHONY: bench-instructions
+bench-instructions: $(STAMP)
+	$(PY) -m bench.instructions $(if $(BASELINE),--baseline $(BASELINE))
+
 # The reloader's restart timing (burst coalescing, label-change latency); not part of `bench`.
 .PHONY: bench-reloader
 bench-reloader: $(STAMP)

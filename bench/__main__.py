@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -396,9 +396,14 @@ def router_process(
     tenants: int,
     namespaces: int,
     kubeconfig: str | None = None,
+    *,
+    wrapper: Sequence[str] = (),
+    root: Path = ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """The router, pinned to CPU 0. Namespaces come from a static tenancy file, or with
-    `kubeconfig` from the cluster's namespace labels (the file then only gives upstreams)."""
+    `kubeconfig` from the cluster's namespace labels (the file then only gives upstreams).
+    `wrapper` runs it under another program (valgrind); `root` is the source tree it runs
+    from (another revision's worktree, say)."""
     tenancy = workdir / f"tenancy-{tenants}{'-cluster' if kubeconfig else ''}.yaml"
     per_tenant = max(1, namespaces // tenants)
     lines = ["tenants:"]
@@ -419,6 +424,7 @@ def router_process(
             "taskset",
             "-c",
             "0",
+            *wrapper,
             sys.executable,
             "-m",
             "router",
@@ -437,11 +443,11 @@ def router_process(
             *cluster,
             "--log-level=error",
         ],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(root)},
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_ready(health)
+        wait_ready(health, 600 if wrapper else 60)
         yield process
     finally:
         process.send_signal(signal.SIGTERM)

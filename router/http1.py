@@ -291,7 +291,7 @@ class ResponseReader:
         status = self.status = int(match[2])
         self.keep_alive = match[1] == b"1"
         lines = _header_lines(block, 502)
-        low = lowered(lines)
+        low = b"\n" + lines.lower()  # lowered(lines)
         # One pass over the few headers that matter here (on the hot path: most answers
         # have just Content-Length and Date among them), instead of a lookup per name.
         lengths: list[bytes] = []
@@ -313,13 +313,18 @@ class ResponseReader:
             elif name == b"transfer-encoding":
                 codings.append(special[2].strip(b" \t"))
             elif name == b"connection":
-                tokens = [token.strip(b" \t") for token in special[2].split(b",")]
+                value = special[2].strip(b" \t")
+                if value == b"keep-alive":  # the usual one: nothing to do
+                    continue
+                tokens = [token.strip(b" \t") for token in value.split(b",")]
                 if b"close" in tokens:
                     self.keep_alive = False
-                listed += tokens
+                listed += [t for t in tokens if t and t not in (b"close", b"keep-alive")]
         length: int | None = None
         if lengths:
-            if not lengths[0].isdigit() or any(value != lengths[0] for value in lengths):
+            if not lengths[0].isdigit() or (
+                len(lengths) > 1 and any(value != lengths[0] for value in lengths)
+            ):
                 raise ProtocolError("bad Content-Length in the response", 502)
             length = int(lengths[0])
         chunked = bool(codings)
@@ -342,7 +347,6 @@ class ResponseReader:
                 parts.append(lines[position:start])
                 position = end
             forward = b"".join((*parts, lines[position:]))
-        listed = [t for t in listed if t and t not in (b"close", b"keep-alive")]
         if listed:  # headers the Connection header names are hop-by-hop too (RFC 9110 7.6.1)
             forward = b"".join(
                 line + b"\r\n"

@@ -159,9 +159,7 @@ class ProxyHandler:
         request.tenant = backend.name
         forwarded = request.state.policy.forwarded(head.lines)
         # The raw target was validated above; it goes upstream byte-for-byte, query included.
-        self._upstreams.forward(
-            backend, head.target, forwarded, lambda outcome: self._answered(request, outcome)
-        )
+        self._upstreams.forward(backend, head.target, forwarded, self._answered, request)
 
     def _answered(self, request: _Request, outcome: Outcome) -> None:
         try:
@@ -171,14 +169,15 @@ class ProxyHandler:
                 self._refuse(request, outcome)
                 return
             request.outcome = "forwarded"
-            self._reply(
-                request,
-                outcome.status,
+            status = outcome.status
+            request.connection.respond(
+                status,
                 outcome.forward_lines,
                 outcome.body,
                 date=not outcome.has_date,
                 framed=outcome.framed,
             )
+            self._observe(request, status)
         except Exception:
             access_log.exception("unexpected error", extra={"namespace": request.namespace})
             self._refuse(request, StatusError(500, "internal error"))

@@ -26,7 +26,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from router.backends import Backend
 from router.http1 import ProtocolError, ResponseReader
@@ -76,16 +76,19 @@ UpstreamResponse = ResponseReader
 """What a backend answered: its complete response's reader, handed on as it is (status,
 `forward_lines`, body), not copied into another object on the hot path."""
 Outcome = UpstreamResponse | StatusError
-Done = Callable[[Outcome], None]
+Done = Callable[[Any, Outcome], None]
+"""Called with the caller's context and the outcome (a bound method and its argument, not a
+closure made per request)."""
 
 
 class _Exchange:
-    """One request on its way to a backend; `done` is called exactly once."""
+    """One request on its way to a backend; `done(context, outcome)` is called exactly once."""
 
     __slots__ = (
         "attempt",
         "bucket",
         "connection",
+        "context",
         "done",
         "finished",
         "pool",
@@ -95,10 +98,13 @@ class _Exchange:
         "waiting_since",
     )
 
-    def __init__(self, pool: _Pool, request: bytes, done: Done, started: float) -> None:
+    def __init__(
+        self, pool: _Pool, request: bytes, done: Done, context: object, started: float
+    ) -> None:
         self.pool = pool
         self.request = request
         self.done = done
+        self.context = context
         self.started = started
         self.probe = False  # let through to find out whether a down tenant is back
         self.attempt = 1
@@ -267,35 +273,39 @@ class Upstreams:
 
     # -- the request path --------------------------------------------------------------------
 
-    def forward(self, backend: Backend, target: bytes, headers: bytes, done: Done) -> None:
-        """GET `target` from `backend` with `headers` (complete lines); `done` gets the outcome."""
+    def forward(
+        self, backend: Backend, target: bytes, headers: bytes, done: Done, context: object
+    ) -> None:
+        """GET `target` from `backend` with `headers` (complete lines); then `done(context,
+        outcome)`."""
         pool = self._pool(backend)
         now = self._clock()
         probe = False
         if pool.down_until:
             if now < pool.down_until or pool.probing:
-                self._fast_fail(pool, done)
+                self._fast_fail(pool, done, context)
                 return
             probe = True  # the cooldown is over: this one finds out
         if pool.inflight >= pool.max_concurrent:
-            done(StatusError(429, f"too many requests in flight to {backend.name}"))
+            done(context, StatusError(429, f"too many requests in flight to {backend.name}"))
             return
         pool.probing = probe or pool.probing
         pool.inflight += 1
         request = b"GET " + target + b" HTTP/1.1\r\nHost: " + pool.host_header + headers + b"\r\n"
-        exchange = _Exchange(pool, request, done, now)
+        exchange = _Exchange(pool, request, done, context, now)
         exchange.probe = probe
         self._add_deadline(exchange, now)
         self._dispatch(exchange, now)
 
-    def _fast_fail(self, pool: _Pool, done: Done) -> None:
+    def _fast_fail(self, pool: _Pool, done: Done, context: object) -> None:
         name = pool.backend.name
         self.fast_failed[name] = self.fast_failed.get(name, 0) + 1
         done(
+            context,
             StatusError(
                 503,
                 f"the metrics server of {name} is unavailable ({pool.down_reason}); failing fast",
-            )
+            ),
         )
 
     def _dispatch(self, exchange: _Exchange, now: float) -> None:
@@ -541,7 +551,7 @@ class Upstreams:
                 pool.down_until = pool.cooldown_s = 0.0
             elif outcome.code == 504:
                 self._mark_down(pool, "not answering in time")
-        exchange.done(outcome)
+        exchange.done(exchange.context, outcome)
 
     # -- pools -------------------------------------------------------------------------------
 

@@ -1,0 +1,155 @@
+"""Instructions per forwarded request: `python -m bench.instructions` (or `make bench-instructions`).
+
+Requests/s on a shared 2-core machine vary by 10-20% from one run to the next; the number of
+instructions the router executes per request does not. This runs the router of
+`python -m bench` (3 tenants, c=16, the NGINX tenant backend, the same load generator) under
+valgrind's callgrind, which counts every instruction in the process (about 50 times slower,
+so no time is read from it). After warm-up passes it counts three windows: idle for a few
+seconds (timers), one request per load-generator connection (their TLS handshakes), and
+--passes requests per connection; the difference of the last two, less the idle rate over
+the extra time, divided by the extra requests, is what one request costs, user space only
+(the kernel's share of each send and receive is not counted).
+
+`--baseline REV` measures a worktree of that git revision the same way (same venv, same
+load), alternately with this tree, and prints both and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench.__main__ import (
+    ROOT,
+    Nginx,
+    Pki,
+    backend_block,
+    free_port,
+    measure,
+    namespace_count,
+    router_process,
+    wait_port,
+)
+
+TENANTS = 3
+CONCURRENCY = 16
+IDLE_S = 5.0
+
+
+def _totals(directory: Path, dump: int) -> int:
+    (found,) = directory.glob(f"callgrind.*.{dump}")
+    match = re.search(rb"^(?:summary|totals): (\d+)", found.read_bytes(), re.M)
+    assert match is not None, f"no totals in {found}"
+    return int(match[1])
+
+
+def per_request(pki: Pki, workdir: Path, backend_port: int, root: Path, passes: int) -> float:
+    """Instructions per request of the router in `root` (see the module docstring)."""
+    out = Path(tempfile.mkdtemp(prefix="callgrind-", dir=workdir))
+    namespaces = [f"t{i}--ns0" for i in range(TENANTS)]
+    port = free_port()
+    wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/callgrind.%p"]
+
+    def control(option: str, pid: int) -> None:
+        subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
+
+    def load(n: int) -> float:
+        started = time.monotonic()
+        measure(pki, port, namespaces, CONCURRENCY, 0, [], False, passes=n)
+        return time.monotonic() - started
+
+    with router_process(
+        pki,
+        workdir,
+        port,
+        backend_port,
+        TENANTS,
+        namespace_count(TENANTS),
+        wrapper=wrapper,
+        root=root,
+    ) as router:
+        load(60)  # pools and caches warm, as in every cell of `python -m bench`
+        control("--zero", router.pid)
+        time.sleep(IDLE_S)
+        control("--dump", router.pid)  # 1: idle
+        few_s = load(1)
+        control("--dump", router.pid)  # 2: a request per connection, handshakes included
+        many_s = load(passes + 1)
+        control("--dump", router.pid)  # 3: the same plus `passes` requests per connection
+    idle_per_s = _totals(out, 1) / IDLE_S
+    extra = _totals(out, 3) - _totals(out, 2) - idle_per_s * max(many_s - few_s, 0.0)
+    return extra / (passes * CONCURRENCY)
+
+
+@contextlib.contextmanager
+def worktree(revision: str) -> Iterator[Path]:
+    """A detached worktree of `revision`, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="keda-tenancy-baseline-")) / "tree"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), revision],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
+            check=False,
+            capture_output=True,
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.instructions", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--passes", type=int, default=200, help="requests per connection")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per tree (median)")
+    parser.add_argument("--baseline", help="a git revision to compare with (its worktree)")
+    args = parser.parse_args()
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found: apt-get install valgrind")
+    workdir = Path(tempfile.mkdtemp(prefix="keda-tenancy-instructions-"))
+    pki = Pki(workdir)
+    backend_port = free_port()
+    backend = Nginx("backend", workdir, backend_block(pki, backend_port), cpu=1)
+    results: dict[str, list[float]] = {"this tree": [], args.baseline or "": []}
+    try:
+        wait_port(backend_port)
+        with contextlib.ExitStack() as stack:
+            trees = {"this tree": ROOT}
+            if args.baseline:
+                trees[args.baseline] = stack.enter_context(worktree(args.baseline))
+            for _ in range(args.repeat):
+                for name, root in trees.items():  # alternately, as the throughput A/B does
+                    value = per_request(pki, workdir, backend_port, root, args.passes)
+                    results[name].append(value)
+                    print(f"{name}: {value:,.0f} instructions per request", flush=True)
+    finally:
+        backend.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    medians = {name: sorted(v)[len(v) // 2] for name, v in results.items() if v}
+    print(
+        f"\ninstructions per forwarded request ({TENANTS} tenants, c={CONCURRENCY}, "
+        f"{args.passes} requests per connection, median of {args.repeat}):"
+    )
+    for name, value in medians.items():
+        print(f"  {name:>12}: {value:,.0f}")
+    if args.baseline:
+        ratio = medians["this tree"] / medians[args.baseline]
+        print(f"  this tree / {args.baseline}: {ratio:.3f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
