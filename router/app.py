@@ -55,7 +55,7 @@ class RequestHeaderSource:
             assert self._config.requestheader_client_ca_file is not None
             return tls.file_source(self._config.requestheader_client_ca_file)()
         if self._ca_pem is None:
-            raise OSError("requestheader CA not read from the cluster yet")
+            raise tls.NotYetAvailableError("requestheader CA not read from the cluster yet")
         return self._ca_pem
 
     def update_from_configmap(self, data: dict[str, str]) -> bool:
@@ -282,7 +282,10 @@ class Router:
             self.reload_certificates()
             if self.serving.loaded and self._auth is not None:
                 return
-            logger.warning("waiting for certificates", extra={"error": self.serving.last_error})
+            error = self.serving.last_error
+            # Only the requestheader CA from the cluster still to come: every start waits so.
+            level = logging.INFO if (error or "").startswith("waiting:") else logging.WARNING
+            logger.log(level, "waiting for certificates", extra={"error": error})
             await wait_stopped(stop, 1.0)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -147,6 +147,11 @@ def client_context(
     return context
 
 
+class NotYetAvailableError(OSError):
+    """An input that is not there yet by design (read from the cluster after start): waited
+    for, not reported as a failure."""
+
+
 class Reloadable(Generic[T]):
     """A value built from some PEM inputs, rebuilt whenever their content changes.
 
@@ -186,6 +191,12 @@ class Reloadable(Generic[T]):
         """Reload if the inputs changed; True when a new value was built."""
         try:
             inputs = tuple(source() for source in self._sources)
+        except NotYetAvailableError as exc:
+            message = f"waiting: {exc}"
+            if self._value is None and message != self.last_error:
+                logger.info("waiting for %s: %s", self.name, exc, extra={"tls": self.name})
+                self.last_error = message
+            return False
         except OSError as exc:
             self._fail(exc)
             return False

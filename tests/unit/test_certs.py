@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from router.certs_pki import (
     new_authority,
     reissue_reason,
 )
+from tenancy_common import tls
 
 NOW = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
 DAY = datetime.timedelta(days=1)
@@ -216,3 +218,29 @@ def test_flags() -> None:
     assert not config.once
     with pytest.raises(SystemExit):
         CertsConfig.from_args(["--spec-file=x", "--resync-interval=soon"], {})
+
+
+def test_an_input_not_there_yet_is_waited_for_not_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The router's serving context waits for the requestheader CA it reads from the cluster:
+    # every start goes through this, so it is no error and no reload failure.
+    errors: list[str] = []
+    available: list[bytes] = []
+
+    def source() -> bytes:
+        if not available:
+            raise tls.NotYetAvailableError("requestheader CA not read from the cluster yet")
+        return available[0]
+
+    reloadable = tls.Reloadable(
+        "serving certificate", [source], lambda pem: pem[0], on_error=lambda n, e: errors.append(n)
+    )
+    with caplog.at_level(logging.INFO, logger="tenancy_common.tls"):
+        assert not reloadable.poll()
+        assert not reloadable.poll()
+    assert errors == []
+    assert [r.levelname for r in caplog.records] == ["INFO"]  # said once, as a wait
+    available.append(b"pem")
+    assert reloadable.poll()
+    assert reloadable.value == b"pem"
