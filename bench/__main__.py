@@ -444,6 +444,7 @@ def router_process(
             "--log-level=error",
         ],
         env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=root,  # `python -m` looks in the working directory first, before PYTHONPATH
         stderr=subprocess.DEVNULL,
     )
     try:

@@ -1,14 +1,17 @@
 """Instructions per forwarded request: `python -m bench.instructions` (or `make bench-instructions`).
 
 Requests/s on a shared 2-core machine vary by 10-20% from one run to the next; the number of
-instructions the router executes per request does not. This runs the router of
-`python -m bench` (3 tenants, c=16, the NGINX tenant backend, the same load generator) under
+instructions the router executes per request hardly does. This runs the router of
+`python -m bench` (3 tenants, the NGINX tenant backend, the same load generator) under
 valgrind's callgrind, which counts every instruction in the process (about 50 times slower,
 so no time is read from it). After warm-up passes it counts three windows: idle for a few
 seconds (timers), one request per load-generator connection (their TLS handshakes), and
 --passes requests per connection; the difference of the last two, less the idle rate over
 the extra time, divided by the extra requests, is what one request costs, user space only
-(the kernel's share of each send and receive is not counted).
+(the kernel's share of each send and receive is not counted). At the default concurrency 1
+every request takes the same path (no waits for a busy connection, no new upstream
+connections, one request per event-loop turn), so two runs agree within a fraction of a
+percent; at higher concurrency how requests batch depends on timing, and runs vary by 5%.
 
 `--baseline REV` measures a worktree of that git revision the same way (same venv, same
 load), alternately with this tree, and prints both and their ratio.
@@ -40,7 +43,6 @@ from bench.__main__ import (
 )
 
 TENANTS = 3
-CONCURRENCY = 16
 IDLE_S = 5.0
 
 
@@ -51,7 +53,9 @@ def _totals(directory: Path, dump: int) -> int:
     return int(match[1])
 
 
-def per_request(pki: Pki, workdir: Path, backend_port: int, root: Path, passes: int) -> float:
+def per_request(
+    pki: Pki, workdir: Path, backend_port: int, root: Path, passes: int, concurrency: int
+) -> float:
     """Instructions per request of the router in `root` (see the module docstring)."""
     out = Path(tempfile.mkdtemp(prefix="callgrind-", dir=workdir))
     namespaces = [f"t{i}--ns0" for i in range(TENANTS)]
@@ -63,7 +67,7 @@ def per_request(pki: Pki, workdir: Path, backend_port: int, root: Path, passes: 
 
     def load(n: int) -> float:
         started = time.monotonic()
-        measure(pki, port, namespaces, CONCURRENCY, 0, [], False, passes=n)
+        measure(pki, port, namespaces, concurrency, 0, [], False, passes=n)
         return time.monotonic() - started
 
     with router_process(
@@ -86,7 +90,8 @@ def per_request(pki: Pki, workdir: Path, backend_port: int, root: Path, passes: 
         control("--dump", router.pid)  # 3: the same plus `passes` requests per connection
     idle_per_s = _totals(out, 1) / IDLE_S
     extra = _totals(out, 3) - _totals(out, 2) - idle_per_s * max(many_s - few_s, 0.0)
-    return extra / (passes * CONCURRENCY)
+    # -passes: every worker makes `passes` rounds over ceil(tenants / concurrency) namespaces.
+    return extra / (passes * concurrency * -(-TENANTS // concurrency))
 
 
 @contextlib.contextmanager
@@ -112,9 +117,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.instructions", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--passes", type=int, default=200, help="requests per connection")
+    parser.add_argument("--passes", type=int, default=1000, help="rounds over the tenants")
+    parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2, help="runs per tree (median)")
     parser.add_argument("--baseline", help="a git revision to compare with (its worktree)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the callgrind files (callgrind_annotate them)"
+    )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
@@ -132,16 +141,23 @@ def main() -> int:
                 trees[args.baseline] = stack.enter_context(worktree(args.baseline))
             for _ in range(args.repeat):
                 for name, root in trees.items():  # alternately, as the throughput A/B does
-                    value = per_request(pki, workdir, backend_port, root, args.passes)
+                    value = per_request(
+                        pki, workdir, backend_port, root, args.passes, args.concurrency
+                    )
                     results[name].append(value)
                     print(f"{name}: {value:,.0f} instructions per request", flush=True)
+                    if args.keep:
+                        print(f"  {sorted(workdir.glob('callgrind-*'))[-1]}", flush=True)
     finally:
         backend.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            print(f"callgrind files (window 3 is the measured one): {workdir}/callgrind-*")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     medians = {name: sorted(v)[len(v) // 2] for name, v in results.items() if v}
     print(
-        f"\ninstructions per forwarded request ({TENANTS} tenants, c={CONCURRENCY}, "
-        f"{args.passes} requests per connection, median of {args.repeat}):"
+        f"\ninstructions per forwarded request ({TENANTS} tenants, c={args.concurrency}, "
+        f"{args.passes} rounds, median of {args.repeat}):"
     )
     for name, value in medians.items():
         print(f"  {name:>12}: {value:,.0f}")

@@ -17,7 +17,7 @@ import ssl
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from cryptography import x509
 
@@ -65,6 +65,24 @@ def not_after(pem: bytes) -> datetime.datetime:
     return parse_certificates(pem)[0].not_valid_after_utc
 
 
+class DirectSSLObject(ssl.SSLObject):
+    """An ssl.SSLObject whose read, write and pending are the `_ssl` methods themselves.
+
+    uvloop calls them several times per request and connection; ssl.py's wrappers only pass
+    their arguments on (read's `len` is always given by uvloop), at the cost of a Python call
+    each. Everything else (handshake, certificates, shutdown) is ssl.SSLObject's own.
+    """
+
+    @classmethod
+    def _create(cls, *args: Any, **kwargs: Any) -> DirectSSLObject:
+        obj = super()._create(*args, **kwargs)  # type: ignore[misc]
+        native = obj._sslobj
+        obj.read = native.read
+        obj.write = native.write
+        obj.pending = native.pending
+        return cast(DirectSSLObject, obj)
+
+
 def server_context(cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes | None) -> ssl.SSLContext:
     """TLS 1.2+ server; asks for a client certificate and verifies it against `client_ca_pem`.
 
@@ -88,6 +106,7 @@ def server_context(cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes | None)
         context.options |= ssl.OP_NO_TICKET
         context.num_tickets = 0
     release_idle_buffers(context)
+    context.sslobject_class = DirectSSLObject
     return context
 
 
@@ -144,6 +163,7 @@ def client_context(
         with _pem_path(cert_pem) as cert, _pem_path(key_pem) as key:
             context.load_cert_chain(cert, key)
     release_idle_buffers(context)
+    context.sslobject_class = DirectSSLObject
     return context
 
 
