@@ -150,7 +150,7 @@ class _Connection(asyncio.Protocol):
             self.abort()
             self.pool.owner.fail(exchange, 502, f"sent an invalid response: {exc}")
             return
-        if complete:  # the usual: in one read; from here it is the client connection's
+        if complete and not self.counted:  # the usual: whole in its first read, handed on
             self._complete(exchange, reader)
             return
         size = len(reader.body)
@@ -162,6 +162,9 @@ class _Connection(asyncio.Protocol):
                 # The tenant's answers in flight are too large together: this one goes.
                 self.abort()
                 pool.owner.fail(exchange, 502, "sent answers too large together")
+                return
+        if complete:
+            self._complete(exchange, reader)
 
     def _uncount(self) -> None:
         if self.counted:
