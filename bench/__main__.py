@@ -352,8 +352,11 @@ def measure(
     proxy_pids: list[int],
     direct: bool,
     passes: int = 0,
+    aggregator_headers: bool = False,
 ) -> Result:
-    """One load-generator run; with `passes`, every namespace exactly that many times."""
+    """One load-generator run; with `passes`, every namespace exactly that many times. With
+    `aggregator_headers`, each request carries what kube-apiserver's aggregator sends with an
+    HPA's request, not only the identity headers."""
     cert, key = (
         ("proxy-client.crt", "proxy-client.key") if direct else ("aggregator.crt", "aggregator.key")
     )
@@ -370,6 +373,7 @@ def measure(
             f"-namespaces={','.join(namespaces)}",
             f"-c={concurrency}",
             *([f"-passes={passes}"] if passes else [f"-d={seconds}s", "-warmup=0.5s"]),
+            *(["-aggregator-headers"] if aggregator_headers else []),
             f"-cert={pki.path(cert)}",
             f"-key={pki.path(key)}",
             f"-ca={pki.path(ca)}",

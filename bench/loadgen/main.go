@@ -31,6 +31,7 @@ func main() {
 	keyFile := flag.String("key", "", "client key")
 	caFile := flag.String("ca", "", "CA for the server")
 	serverName := flag.String("server-name", "localhost", "TLS server name")
+	aggregator := flag.Bool("aggregator-headers", false, "send the headers kube-apiserver's aggregator sends with an HPA's request (Audit-Id, X-Forwarded-*, the controller's user agent, three groups, the service account's extras), not only user, groups and Accept")
 	passes := flag.Int("passes", 0, "instead of -d: request every namespace this many times, split across the workers, then stop (warming every tenant's path)")
 	flag.Parse()
 
@@ -89,6 +90,19 @@ func main() {
 				req.Header["X-Remote-User"] = []string{"system:serviceaccount:kube-system:horizontal-pod-autoscaler"}
 				req.Header["X-Remote-Group"] = []string{"system:serviceaccounts", "system:authenticated"}
 				req.Header["Accept"] = []string{"application/json"}
+				if *aggregator {
+					req.Header["User-Agent"] = []string{"kube-controller-manager/v1.35.4 (linux/amd64) kubernetes/6c2f1b3/system:serviceaccount:kube-system:horizontal-pod-autoscaler"}
+					req.Header["Accept"] = []string{"application/vnd.kubernetes.protobuf, */*"}
+					req.Header["Audit-Id"] = []string{fmt.Sprintf("1f3b6c2e-8d55-4c3e-9a8e-%012d", step)}
+					req.Header["X-Forwarded-For"] = []string{"10.0.0.4"}
+					req.Header["X-Forwarded-Host"] = []string{"10.96.0.1:443"}
+					req.Header["X-Forwarded-Proto"] = []string{"https"}
+					req.Header["X-Forwarded-Uri"] = []string{strings.ReplaceAll(*pathTemplate, "{ns}", ns)}
+					req.Header["X-Remote-Group"] = []string{"system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"}
+					req.Header["X-Remote-Extra-Authentication.kubernetes.io%2fcredential-Id"] = []string{"JTI=6c1b9d0e-61a2-4f7e-b3a5-9d8f2c1e0b7a"}
+					req.Header["X-Remote-Extra-Authentication.kubernetes.io%2fnode-Name"] = []string{"node-1"}
+					req.Header["X-Remote-Extra-Authentication.kubernetes.io%2fpod-Name"] = []string{"kube-controller-manager-node-1"}
+				}
 				t0 := time.Now()
 				resp, err := client.Do(req)
 				ok := err == nil
