@@ -157,7 +157,7 @@ class ProxyHandler:
         request.namespace = route.namespace
         backend = self._directory.backend_for(route.namespace)
         request.tenant = backend.name
-        forwarded = request.state.policy.forwarded(head.lines)
+        forwarded = request.state.policy.forwarded(head.lines, head.low)
         # The raw target was validated above; it goes upstream byte-for-byte, query included.
         self._upstreams.forward(backend, head.target, forwarded, self._answered, request)
 
