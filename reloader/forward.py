@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 DIAL_INTERVAL_S = 0.05
+DIAL_TIMEOUT_S = 1.0
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -178,6 +179,11 @@ class Forwarder:
                 extra={"busy": idle.count(False), "max_s": max_s},
             )
 
+    @property
+    def open_connections(self) -> int:
+        """Adapter connections accepted and not yet closed (held or spliced)."""
+        return len(self._connections)
+
     def resume(self) -> None:
         """The next operator is started: connections may reach it (once it listens)."""
         self._dialing.set()
@@ -188,7 +194,9 @@ class Forwarder:
         while True:
             try:
                 if self._dialing.is_set():
-                    return await asyncio.open_connection(*self._target)
+                    # Bounded: a target that drops SYNs (a blackholed address) is dialed again.
+                    async with asyncio.timeout(DIAL_TIMEOUT_S):
+                        return await asyncio.open_connection(*self._target)
             except OSError:
                 if loop.time() >= deadline:
                     return None
