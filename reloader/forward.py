@@ -1,4 +1,5 @@
-"""Process mode: hold the operator's gRPC port across restarts and splice it to the operator.
+"""Process mode: hold the operator's gRPC port across restarts and splice it to the operator
+(and, as keda-tenancy-grpc-forward next to the adapter, deployment mode: reloader/forward_cli.py).
 
 KEDA's metrics adapter reaches the operator's gRPC metrics service through one long-lived
 connection. When the operator restarts, that connection drops and the adapter reconnects at
@@ -27,7 +28,10 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 DIAL_INTERVAL_S = 0.05
-DIAL_TIMEOUT_S = 1.0
+DIAL_TIMEOUT_S = 0.25
+DIAL_TIMEOUT_MAX_S = 2.0
+"""A dial's first timeout, doubled after each that passes: a connection on a working path is
+made in milliseconds."""
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -190,14 +194,35 @@ class Forwarder:
 
     async def _dial(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._dial_wait_s
+        started = loop.time()
+        deadline = started + self._dial_wait_s
+        timeout_s = DIAL_TIMEOUT_S
+        dials, error = 0, ""
         while True:
-            try:
-                if self._dialing.is_set():
-                    # Bounded: a target that drops SYNs (a blackholed address) is dialed again.
-                    async with asyncio.timeout(DIAL_TIMEOUT_S):
-                        return await asyncio.open_connection(*self._target)
-            except OSError:
+            if self._dialing.is_set():
+                dials += 1
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        upstream = await asyncio.open_connection(*self._target)
+                except TimeoutError:
+                    # No answer at all: an address that is gone (a pod that has just exited,
+                    # a Service rule not yet updated). Dial again rather than wait on it, each
+                    # time allowing longer, for a slow network.
+                    error = f"no answer in {timeout_s:g}s"
+                    timeout_s = min(timeout_s * 2, DIAL_TIMEOUT_MAX_S)
+                except OSError as exc:
+                    error = exc.strerror or type(exc).__name__
+                else:
+                    if dials > 1:
+                        logger.info(
+                            "reached the operator's gRPC port",
+                            extra={
+                                "dials": dials,
+                                "waited_s": round(loop.time() - started, 3),
+                                "last_error": error,
+                            },
+                        )
+                    return upstream
                 if loop.time() >= deadline:
                     return None
             await asyncio.sleep(DIAL_INTERVAL_S)

@@ -53,6 +53,26 @@ async def ports() -> AsyncIterator[tuple[int, int, subprocess.Popen[bytes]]]:
         process.wait(5)
 
 
+class Operators:
+    """Operator stand-ins (tests.integration.test_reloader_forward.echo) whose connections can
+    be waited for, so none is left running when a test ends."""
+
+    def __init__(self) -> None:
+        self.handlers: set[asyncio.Task[None]] = set()
+
+    async def serve(self, port: int) -> asyncio.Server:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self.handlers.add(task)
+            await echo(reader, writer)
+
+        return await asyncio.start_server(handle, "127.0.0.1", port)
+
+    async def finished(self) -> None:
+        await asyncio.wait_for(asyncio.gather(*self.handlers, return_exceptions=True), 5)
+
+
 async def exchange(listen: int, text: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", listen)
     writer.write(text)
@@ -64,7 +84,8 @@ async def test_a_rolled_operator_is_reached_without_a_refused_reconnect(
     ports: tuple[int, int, subprocess.Popen[bytes]],
 ) -> None:
     listen, target, _ = ports
-    old = await asyncio.start_server(echo, "127.0.0.1", target)
+    operators = Operators()
+    old = await operators.serve(target)
     reader, writer = await exchange(listen, b"one")
     assert await asyncio.wait_for(reader.readexactly(3), 5) == b"ONE"
     writer.write(b"bye")  # the old operator's end closes (its pod is gone) ...
@@ -75,20 +96,22 @@ async def test_a_rolled_operator_is_reached_without_a_refused_reconnect(
     # The adapter reconnects at once: accepted and held while nothing listens, not refused.
     reader, writer = await exchange(listen, b"two")
     await asyncio.sleep(0.5)
-    new = await asyncio.start_server(echo, "127.0.0.1", target)  # the new leader listens
+    new = await operators.serve(target)  # the new leader listens
     try:
         assert await asyncio.wait_for(reader.readexactly(3), 5) == b"TWO"
     finally:
         writer.close()
         new.close()
         await new.wait_closed()
+        await operators.finished()  # each ends once the forwarder has closed its side
 
 
 async def test_sigterm_forwards_until_the_adapter_is_gone(
     ports: tuple[int, int, subprocess.Popen[bytes]],
 ) -> None:
     listen, target, process = ports
-    server = await asyncio.start_server(echo, "127.0.0.1", target)
+    operators = Operators()
+    server = await operators.serve(target)
     try:
         reader, writer = await exchange(listen, b"before")
         assert await asyncio.wait_for(reader.readexactly(6), 5) == b"BEFORE"
@@ -106,6 +129,7 @@ async def test_sigterm_forwards_until_the_adapter_is_gone(
     finally:
         server.close()
         await server.wait_closed()
+        await operators.finished()
 
 
 def test_a_target_is_required() -> None:
