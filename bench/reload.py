@@ -184,7 +184,9 @@ def run(args: argparse.Namespace) -> int:
     source = MetricSource(VALUE)
     workdir = Path(tempfile.mkdtemp(prefix="bench-reload-"))
     env = [dict(zip(("name", "value"), e.split("=", 1), strict=True)) for e in args.operator_env]
-    values = {"operator": {"env": env}} if env else {}
+    values: dict[str, dict[str, object]] = {"operator": {"env": env}} if env else {}
+    if args.retry_period:
+        values.setdefault("operator", {})["leaderElectionRetryPeriod"] = args.retry_period
     with running_stack(workdir, flags, values) as stack:
         bring_up(stack, source, args.mode)
         quiet = Reader(stack, args.rate)
@@ -240,6 +242,8 @@ def report(
         mode += "; pods run by tests/e2e/pod_runner.py, a stand-in kubelet"
     for extra in args.operator_env:
         mode += f"; {extra}"
+    if args.retry_period:
+        mode += f"; operator.leaderElectionRetryPeriod={args.retry_period}"
     print(f"reload benchmark ({mode}; chart's KEDA flags, --leader-elect)")
     for what, took in changes:
         print(f"  {what}: operator restarted {took:.1f} s after the change")
@@ -280,6 +284,12 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="extra operator env (the chart's operator.env), e.g. "
         "KEDA_OPERATOR_LEADER_ELECTION_RETRY_PERIOD=1s",
+    )
+    parser.add_argument(
+        "--retry-period",
+        default="",
+        metavar="DURATION",
+        help="the chart's operator.leaderElectionRetryPeriod (default: the chart's own)",
     )
     parser.add_argument(
         "--no-release-lease",

@@ -1,4 +1,5 @@
-"""Process mode: hold the operator's gRPC port across restarts and splice it to the operator.
+"""Process mode: hold the operator's gRPC port across restarts and splice it to the operator
+(and, as keda-tenancy-grpc-forward next to the adapter, deployment mode: reloader/forward_cli.py).
 
 KEDA's metrics adapter reaches the operator's gRPC metrics service through one long-lived
 connection. When the operator restarts, that connection drops and the adapter reconnects at
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 DIAL_INTERVAL_S = 0.05
+DIAL_TIMEOUT_S = 2.0
+DIALS_AT_ONCE = 20
+"""Dials pending at once: one every DIAL_INTERVAL_S, each given DIAL_TIMEOUT_S."""
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -178,21 +182,82 @@ class Forwarder:
                 extra={"busy": idle.count(False), "max_s": max_s},
             )
 
+    @property
+    def open_connections(self) -> int:
+        """Adapter connections accepted and not yet closed (held or spliced)."""
+        return len(self._connections)
+
     def resume(self) -> None:
         """The next operator is started: connections may reach it (once it listens)."""
         self._dialing.set()
 
     async def _dial(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A new dial every DIAL_INTERVAL_S, without waiting for those still pending: one that
+        gets no answer at all (an address that is gone: a pod that has just exited, a Service
+        rule not yet updated) holds up nothing. The first connection made wins."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._dial_wait_s
-        while True:
-            try:
-                if self._dialing.is_set():
-                    return await asyncio.open_connection(*self._target)
-            except OSError:
+        started = loop.time()
+        deadline = started + self._dial_wait_s
+        pending: set[asyncio.Task[Stream]] = set()
+        dials, error = 0, ""
+        next_dial = started
+        try:
+            while True:
+                now = loop.time()
+                if self._dialing.is_set() and len(pending) < DIALS_AT_ONCE and now >= next_dial:
+                    dials += 1
+                    pending.add(asyncio.ensure_future(self._dial_once()))
+                    next_dial = now + DIAL_INTERVAL_S
+                more = self._dialing.is_set() and len(pending) < DIALS_AT_ONCE
+                wait_s = max(next_dial - loop.time(), 0.001) if more else DIAL_INTERVAL_S
+                if not pending:
+                    await asyncio.sleep(wait_s)
+                    continue
+                done, pending = await asyncio.wait(
+                    pending, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                made = [t.result() for t in done if t.exception() is None]
+                for task in done:
+                    exc = task.exception()
+                    if exc is not None:
+                        error = _reason(exc)
+                if made:
+                    for _, extra in made[1:]:
+                        extra.close()
+                    if dials > 1:
+                        logger.info(
+                            "reached the operator's gRPC port",
+                            extra={
+                                "dials": dials,
+                                "waited_s": round(loop.time() - started, 3),
+                                "last_error": error,
+                            },
+                        )
+                    return made[0]
                 if loop.time() >= deadline:
                     return None
-            await asyncio.sleep(DIAL_INTERVAL_S)
+        finally:
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    _, writer = await task
+                    writer.close()  # made just as it was cancelled
+
+    async def _dial_once(self) -> Stream:
+        async with asyncio.timeout(DIAL_TIMEOUT_S):
+            return await asyncio.open_connection(*self._target)
+
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer in {DIAL_TIMEOUT_S:g}s"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return repr(exc)
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

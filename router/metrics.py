@@ -94,6 +94,7 @@ class UpstreamStats(Collector):
     def __init__(self) -> None:
         self.timeouts: Callable[[], Mapping[str, int]] = dict
         self.fast_failed: Callable[[], Mapping[str, int]] = dict
+        self.unavailable_retries: Callable[[], Mapping[str, int]] = dict
         self.pools: Callable[[], Mapping[str, tuple[int, int]]] = dict
 
     def collect(self) -> Iterator[Metric]:
@@ -113,6 +114,15 @@ class UpstreamStats(Collector):
         for tenant, value in sorted(self.fast_failed().items()):
             fast_failed.add_metric([tenant], value)
         yield fast_failed
+        retries = CounterMetricFamily(
+            PREFIX + "upstream_unavailable_retries",
+            "Requests sent to the tenant again, once, because its metrics adapter answered 500 "
+            "with the operator's gRPC Unavailable (the operator went away under the request).",
+            labels=["tenant"],
+        )
+        for tenant, value in sorted(self.unavailable_retries().items()):
+            retries.add_metric([tenant], value)
+        yield retries
         connections = GaugeMetricFamily(
             PREFIX + "upstream_connections",
             "Open connections to the tenant's metrics server (busy and idle).",

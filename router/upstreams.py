@@ -31,6 +31,7 @@ from typing import Any, cast
 from router.backends import Backend
 from router.http1 import ProtocolError, ResponseReader
 from router.status import StatusError
+from router.unavailable import is_operator_unavailable
 from tenancy_common.tls import ResumingClientContext
 
 logger = logging.getLogger(__name__)
@@ -273,6 +274,8 @@ class Upstreams:
         """Requests answered 504 per tenant (kept across pool rebuilds)."""
         self.fast_failed: dict[str, int] = {}
         """Requests answered 503 at once per tenant, because it was down."""
+        self.unavailable_retries: dict[str, int] = {}
+        """Requests sent again per tenant after its adapter answered gRPC Unavailable."""
 
     # -- the request path --------------------------------------------------------------------
 
@@ -478,7 +481,23 @@ class Upstreams:
             # As kube-apiserver's aggregator does: a backend may not send callers elsewhere.
             self.fail(exchange, 502, "attempted to redirect, which is not permitted")
             return
+        if response.status == 500 and self._retry_unavailable(exchange, response):
+            return
         self._finish(exchange, response)
+
+    def _retry_unavailable(self, exchange: _Exchange, response: UpstreamResponse) -> bool:
+        """Send a GET again, once, when the tenant's KEDA adapter answered that its operator's
+        gRPC went away under the request (router/unavailable.py): the next attempt waits in
+        the adapter for the new operator. Same tenant, same deadline; at most two attempts."""
+        if exchange.attempt != 1 or exchange.finished or not is_operator_unavailable(response.body):
+            return False
+        exchange.attempt = 2
+        exchange.connection = None
+        name = exchange.pool.backend.name
+        self.unavailable_retries[name] = self.unavailable_retries.get(name, 0) + 1
+        logger.info("retrying a request the operator's gRPC dropped", extra={"tenant": name})
+        self._dispatch(exchange, self._clock())
+        return True
 
     def fail(self, exchange: _Exchange, code: int, message: str, *, prefixed: bool = False) -> None:
         text = (

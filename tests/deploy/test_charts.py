@@ -17,6 +17,7 @@ import yaml
 from cryptography import x509
 from prometheus_client import CollectorRegistry
 
+from reloader import forward_cli
 from reloader.config import ReloaderConfig
 from router.certs_bootstrap import TENANT_AUTHORITY, CertsConfig, CertsMetrics, Spec
 from router.config import RouterConfig
@@ -608,6 +609,39 @@ def test_tenant_metrics_server_trusts_only_the_router(helm: Helm, router_docs: l
         assert "caBundle" not in hook["clientConfig"]
 
 
+@pytest.mark.parametrize("name", ["label-process", "label-deployment", "hnc-deployment-cilium"])
+def test_deployment_mode_adapter_reaches_the_operator_through_grpc_forward(
+    helm: Helm, router_docs: list[Doc], name: str
+) -> None:
+    values = tenant_values(name, "tenant-a", router_docs)
+    docs = render_tenant(helm, values)
+    adapter = find(docs, "Deployment", "keda-operator-metrics-apiserver")
+    containers = {c["name"]: c for c in adapter["spec"]["template"]["spec"]["containers"]}
+    args = containers["keda-operator-metrics-apiserver"]["args"]
+    service = "keda-operator.keda-tenant-a.svc.cluster.local"
+    if values.get("reloader", {}).get("mode") != "deployment":
+        # Process mode: the operator's own reloader holds its gRPC port (--forward-grpc).
+        assert set(containers) == {"keda-operator-metrics-apiserver"}
+        assert flag(args, "metrics-service-address") == f"{service}:9666"
+        return
+    # The rolled operator pods are reached through the sidecar on loopback; TLS is end to end
+    # and the adapter still verifies the operator's certificate by the Service's name.
+    assert set(containers) == {"keda-operator-metrics-apiserver", "grpc-forward"}
+    assert flag(args, "metrics-service-address") == "127.0.0.1:9666"
+    assert flag(args, "metrics-service-grpc-authority") == service
+    forward = containers["grpc-forward"]
+    # The project's image (the reloader's), next to KEDA's unchanged adapter image.
+    assert (
+        forward["image"] == container(find(docs, "Deployment", "keda-namespace-reloader"))["image"]
+    )
+    assert forward["command"] == ["keda-tenancy-grpc-forward"]
+    assert flag(forward["args"], "listen") == "127.0.0.1:9666"
+    assert flag(forward["args"], "target") == f"{service}:9666"
+    assert "ports" not in forward  # loopback only: nothing else reaches it
+    parsed = forward_cli.build_parser().parse_args(forward["args"])
+    assert (parsed.listen, parsed.target) == ("127.0.0.1:9666", f"{service}:9666")
+
+
 def test_tenant_cert_manager_uses_the_router_tenant_serving_issuer(helm: Helm) -> None:
     values = deep_merge(
         {"tenant": "tenant-a", "router": {"clientCA": router_client_ca_pem()}},
@@ -1126,9 +1160,12 @@ def test_keda_operator_accepts_the_rendered_flags(
     _accepts(keda, args)
 
 
-def test_keda_adapter_accepts_the_rendered_flags(helm: Helm, router_docs: list[Doc]) -> None:
+@pytest.mark.parametrize("name", ["label-process", "label-deployment"])
+def test_keda_adapter_accepts_the_rendered_flags(
+    helm: Helm, router_docs: list[Doc], name: str
+) -> None:
     adapter = _keda_binary(helm, "keda-adapter")
-    docs = render_tenant(helm, tenant_values("label-process", "tenant-a", router_docs))
+    docs = render_tenant(helm, tenant_values(name, "tenant-a", router_docs))
     _accepts(
         adapter, container(find(docs, "Deployment", "keda-operator-metrics-apiserver"))["args"]
     )

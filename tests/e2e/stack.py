@@ -550,6 +550,7 @@ class Stack(Kubectl):
             localize=localize,
             logs=self.logs,
         ).start()
+        self.start_grpc_forward(tenant, docs)
         reloader = next(
             d
             for d in docs
@@ -571,6 +572,39 @@ class Stack(Kubectl):
         )
         return tenant.operator
 
+    def start_grpc_forward(self, tenant: Tenant, docs: list[dict[str, Any]]) -> Process:
+        """Deployment mode: the chart's grpc-forward container of the adapter's pod, between
+        the adapter and the operator pods' gRPC address (start_adapter dials it)."""
+        adapter = next(
+            d
+            for d in docs
+            if d["kind"] == "Deployment"
+            and d["metadata"]["name"] == "keda-operator-metrics-apiserver"
+        )
+        forward = next(
+            c
+            for c in adapter["spec"]["template"]["spec"]["containers"]
+            if c["name"] == "grpc-forward"
+        )
+        if forward["command"] != ["keda-tenancy-grpc-forward"]:
+            raise AssertionError(f"the chart's grpc-forward runs {forward['command']}")
+        ports = tenant.operator_ports
+        ports["grpc-forward"] = free_port()
+        local = {
+            "--listen": f"127.0.0.1:{ports['grpc-forward']}",
+            "--target": f"127.0.0.1:{ports['grpc']}",
+        }
+        return self.run(
+            f"grpc-forward-{tenant.name}",
+            [
+                sys.executable,
+                "-m",
+                "reloader.forward_cli",
+                *_rewrite([str(a) for a in forward["args"]], local),
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+
     def start_adapter(self, tenant: Tenant) -> Process:
         c = self.certs
         # As the chart runs it: a fixed WATCH_NAMESPACE (its own namespace), never restarted
@@ -591,7 +625,9 @@ class Stack(Kubectl):
                 f"--authorization-kubeconfig={self.kubeconfig}",
                 f"--kubeconfig={self.kubeconfig}",
                 f"--lister-kubeconfig={self.kubeconfig}",
-                f"--metrics-service-address=127.0.0.1:{tenant.operator_ports['grpc']}",
+                # Deployment mode: through the chart's grpc-forward container, as in its pod.
+                "--metrics-service-address=127.0.0.1:"
+                f"{tenant.operator_ports.get('grpc-forward', tenant.operator_ports['grpc'])}",
                 "--metrics-service-grpc-authority=localhost",
                 f"--port={free_port()}",
                 "--authorization-webhook-cache-authorized-ttl=0s",

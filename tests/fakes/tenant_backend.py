@@ -48,6 +48,9 @@ class TenantBackend:
     flight at once: a request queued behind a held one would never be answered)."""
     pad_bytes: int = 0
     """Extra bytes in every answer's body (a tenant with very large answers)."""
+    scripted: list[tuple[int, str, bytes, float]] = field(default_factory=list)
+    """Answers to give first, one per request, in order: (status, Content-Type, body,
+    seconds to wait before answering); then `mode` as usual."""
     received: list[Received] = field(default_factory=list)
     port: int = 0
     hang_released: asyncio.Event = field(default_factory=asyncio.Event)
@@ -116,6 +119,10 @@ class TenantBackend:
         identity = _identity(request.raw_headers)
         if not identity["user"]:
             return _status(401, "no X-Remote-User")
+        if self.scripted:
+            status, content_type, body, wait_s = self.scripted.pop(0)
+            await asyncio.sleep(wait_s)
+            return web.Response(status=status, body=body, headers={"Content-Type": content_type})
         if self.mode == "hang" or (
             self.mode.startswith("hang:") and request.path.endswith("/" + self.mode[5:])
         ):

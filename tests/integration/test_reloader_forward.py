@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator
 
@@ -63,6 +64,37 @@ async def test_a_connection_waits_for_the_operator_and_ends_with_it() -> None:
             writer.close()
             server.close()
             await server.wait_closed()
+
+
+async def test_a_target_that_does_not_answer_is_dialed_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SYNs unanswered (a pod that has just exited, a Service rule not yet updated): no dial
+    sits on it, and the held connection gets through once the operator answers."""
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    port = int(blackhole.getsockname()[1])
+    queued = socket.create_connection(("127.0.0.1", port))  # accept queue full: SYNs dropped
+    caplog.set_level(logging.INFO, logger="reloader.forward")
+    async with forwarding(port) as forwarder:
+        assert forwarder.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", forwarder.port)
+        writer.write(b"hello")
+        await writer.drain()
+        await asyncio.sleep(0.6)  # longer than the first dial's timeout
+        queued.close()
+        blackhole.close()
+        server = await asyncio.start_server(echo, "127.0.0.1", port)
+        try:
+            assert await asyncio.wait_for(reader.readexactly(5), 5) == b"HELLO"
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+    reached = [r for r in caplog.records if r.getMessage() == "reached the operator's gRPC port"]
+    assert len(reached) == 1
+    assert reached[0].dials >= 2  # type: ignore[attr-defined]
 
 
 async def test_no_operator_in_time_closes_the_connection() -> None:

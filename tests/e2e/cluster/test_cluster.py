@@ -207,6 +207,64 @@ def test_06_a_new_tenant_namespace_is_picked_up(installed: Installed) -> None:
     )
 
 
+def test_06b_deployment_mode_namespace_changes_without_failed_reads(installed: Installed) -> None:
+    """beta runs deployment mode: each change of its namespaces makes the reloader apply a new
+    WATCH_NAMESPACE, and the operator's Deployment rolls (surge first, the dead pod's Lease
+    released, the adapter's reconnect held by grpc-forward, a request cut with the old
+    operator retried by the router). beta's existing namespace is read meanwhile: no read
+    fails. Slowest and failed reads are printed, not asserted on (kubectl per read)."""
+    beta, expected = APPS["beta"], str(VALUES["beta"])
+    settled(installed, beta, expected)
+    cluster = installed.cluster
+    namespace = tenant_namespace("beta")
+
+    def watched() -> list[str]:
+        done = cluster.kubectl("-n", namespace, "get", "deployment", "keda-operator", "-o", "json")
+        pod = json.loads(done.stdout)["spec"]["template"]["spec"]
+        keda = next(c for c in pod["containers"] if c["name"] == "keda-operator")
+        env = {e["name"]: e.get("value", "") for e in keda.get("env") or []}
+        return env.get("WATCH_NAMESPACE", "").split(",")
+
+    events_before = hpa_failure_events(installed, beta)
+    changes = 0
+    with Poller(installed, beta, expected) as poller:
+        for i in range(4):
+            name = f"beta-preview-{i // 2}"
+            added = i % 2 == 0
+            if added:
+                installed.tenant_namespace("beta", name)
+            else:
+                cluster.kubectl("delete", "namespace", name, "--wait=false")
+            wait_for(
+                lambda n=name, a=added: (n in watched()) == a,
+                f"beta's operator Deployment {'with' if added else 'without'} {name}",
+                180,
+                0.5,
+            )
+            cluster.kubectl(
+                "-n", namespace, "rollout", "status", "deployment/keda-operator", "--timeout=180s"
+            )
+            changes += 1
+            time.sleep(3)  # the new operator serving, the old pod gone
+    events = hpa_failure_events(installed, beta) - events_before
+    print(
+        f"\n[cluster] beta (deployment mode), {changes} namespace changes: {poller.reads} reads "
+        f"of {beta}, {len(poller.failures)} failed, slowest {poller.slowest_s:.1f}s "
+        f"(kubectl per read); HPA failure events {events}"
+    )
+    assert poller.reads > 20
+    assert not poller.failures, f"failed reads while beta's operator rolled: {poller.failures}"
+
+
+def hpa_failure_events(installed: Installed, namespace: str) -> int:
+    done = installed.cluster.kubectl("get", "events", "-n", namespace, "-o", "json")
+    return sum(
+        int(event.get("count") or 1)
+        for event in json.loads(done.stdout)["items"]
+        if event.get("reason") in ("FailedGetExternalMetric", "FailedComputeMetricsReplicas")
+    )
+
+
 def test_07_deleting_a_namespace_with_a_scaledobject_completes(installed: Installed) -> None:
     installed.tenant_namespace("alpha", "alpha-doomed")
     installed.scaled_app("alpha-doomed", 3)
