@@ -191,7 +191,7 @@ class Forwarder:
         """The next operator is started: connections may reach it (once it listens)."""
         self._dialing.set()
 
-    async def _dial(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _dial(self) -> Stream | None:
         """A new dial every DIAL_INTERVAL_S, without waiting for those still pending: one that
         gets no answer at all (an address that is gone: a pod that has just exited, a Service
         rule not yet updated) holds up nothing. The first connection made wins."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from router.http1 import field_entries, first_value, lowered
+from router.http1 import field_entries, first_value, lowered, without_lines
 from router.requestheader import HeaderNames
 
 _PLAIN = ("audit-id", "accept", "accept-encoding", "user-agent")
@@ -51,15 +51,7 @@ class HeaderPolicy:
 
         `low` is `router.http1.lowered(lines)` when the caller has it already."""
         low = lowered(lines) if low is None else low
-        parts, position = [], 0
-        for dropped in self._dropped.finditer(low):
-            start, end = dropped.span()
-            parts.append(lines[position:start])
-            position = end
-        if not position:
-            return lines  # nothing to cut
-        parts.append(lines[position:])
-        return b"".join(parts)
+        return without_lines(lines, self._dropped.finditer(low))
 
     def username(self, lines: bytes, low: bytes | None = None) -> bytes:
         """The asserted user: the first non-empty value among the username headers.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from email.utils import formatdate
 
 from router.status import REASONS
@@ -70,6 +71,20 @@ def lowered(lines: bytes) -> bytes:
     """Header lines in lower case behind a LF, so that `b"\\nname:" in lowered(lines)`
     finds a header by name at C speed (offsets run one ahead of those in `lines`)."""
     return b"\n" + lines.lower()
+
+
+def without_lines(lines: bytes, found: Iterable[re.Match[bytes]]) -> bytes:
+    """`lines` without the header lines that `found` (matches on `lowered(lines)`, in order,
+    each from a line's leading LF to its CR) cover; `lines` itself when there are none."""
+    parts, position = [], 0
+    for match in found:
+        start, end = match.span()
+        parts.append(lines[position:start])
+        position = end
+    if not position:
+        return lines
+    parts.append(lines[position:])
+    return b"".join(parts)
 
 
 def field_entries(lines: bytes, low: bytes, name: bytes) -> list[tuple[int, bytes]]:
@@ -291,7 +306,7 @@ class ResponseReader:
         status = self.status = int(match[2])
         self.keep_alive = match[1] == b"1"
         lines = _header_lines(block, 502)
-        low = b"\n" + lines.lower()  # lowered(lines)
+        low = lowered(lines)
         # One pass over the few headers that matter here (on the hot path: most answers
         # have just Content-Length and Date among them), instead of a lookup per name.
         lengths: list[bytes] = []
@@ -337,16 +352,9 @@ class ResponseReader:
         # that frames the body we pass on unchanged may stay; any other is recomputed.
         keep_length = len(lengths) == 1 and not chunked and not bodiless
         self.framed = keep_length or bodiless  # nothing to add for a response with no body
-        forward = lines
-        if hops and not (keep_length and len(hops) == 1):
-            parts, position = [], 0
-            for hop in hops:
-                if keep_length and hop[1] == b"content-length":
-                    continue
-                start, end = hop.span()
-                parts.append(lines[position:start])
-                position = end
-            forward = b"".join((*parts, lines[position:]))
+        if keep_length:
+            hops = [hop for hop in hops if hop[1] != b"content-length"]
+        forward = without_lines(lines, hops)
         if listed:  # headers the Connection header names are hop-by-hop too (RFC 9110 7.6.1)
             forward = b"".join(
                 line + b"\r\n"

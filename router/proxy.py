@@ -169,15 +169,14 @@ class ProxyHandler:
                 self._refuse(request, outcome)
                 return
             request.outcome = "forwarded"
-            status = outcome.status
-            request.connection.respond(
-                status,
+            self._reply(
+                request,
+                outcome.status,
                 outcome.forward_lines,
                 outcome.body,
                 date=not outcome.has_date,
                 framed=outcome.framed,
             )
-            self._observe(request, status)
         except Exception:
             access_log.exception("unexpected error", extra={"namespace": request.namespace})
             self._refuse(request, StatusError(500, "internal error"))

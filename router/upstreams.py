@@ -468,9 +468,7 @@ class Upstreams:
         if exchange is not None and not exchange.finished:
             if not answered and not connection.fresh and exchange.attempt == 1:
                 # A kept-alive connection the server had just closed: GET is safe to retry.
-                exchange.attempt = 2
-                exchange.connection = None
-                self._dispatch(exchange, self._clock())
+                self._resend(exchange)
             else:
                 self.fail(exchange, 502, "closed the connection before answering")
         self._grow(pool)
@@ -491,13 +489,17 @@ class Upstreams:
         the adapter for the new operator. Same tenant, same deadline; at most two attempts."""
         if exchange.attempt != 1 or exchange.finished or not is_operator_unavailable(response.body):
             return False
-        exchange.attempt = 2
-        exchange.connection = None
         name = exchange.pool.backend.name
         self.unavailable_retries[name] = self.unavailable_retries.get(name, 0) + 1
         logger.info("retrying a request the operator's gRPC dropped", extra={"tenant": name})
-        self._dispatch(exchange, self._clock())
+        self._resend(exchange)
         return True
+
+    def _resend(self, exchange: _Exchange) -> None:
+        """The second and last attempt of a GET, on the same tenant within its deadline."""
+        exchange.attempt = 2
+        exchange.connection = None
+        self._dispatch(exchange, self._clock())
 
     def fail(self, exchange: _Exchange, code: int, message: str, *, prefixed: bool = False) -> None:
         text = (
