@@ -283,10 +283,9 @@ class Router:
             self.reload_certificates()
             if self.serving.loaded and self._auth is not None:
                 return
-            error = self.serving.last_error
             # Only the requestheader CA from the cluster still to come: every start waits so.
-            level = logging.INFO if (error or "").startswith("waiting:") else logging.WARNING
-            logger.log(level, "waiting for certificates", extra={"error": error})
+            level = logging.INFO if self.serving.waiting else logging.WARNING
+            logger.log(level, "waiting for certificates", extra={"error": self.serving.last_error})
             await wait_stopped(stop, 1.0)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -196,6 +196,8 @@ class Reloadable(Generic[T]):
         self.inputs: tuple[bytes, ...] = ()
         self.generation = 0
         self.last_error: str | None = None
+        self.waiting = False
+        """Not loaded yet only because an input is not there yet (NotYetAvailableError)."""
 
     @property
     def loaded(self) -> bool:
@@ -212,10 +214,11 @@ class Reloadable(Generic[T]):
         try:
             inputs = tuple(source() for source in self._sources)
         except NotYetAvailableError as exc:
-            message = f"waiting: {exc}"
-            if self._value is None and message != self.last_error:
-                logger.info("waiting for %s: %s", self.name, exc, extra={"tls": self.name})
-                self.last_error = message
+            if self._value is None:
+                message = f"waiting: {exc}"
+                if message != self.last_error:
+                    logger.info("waiting for %s: %s", self.name, exc, extra={"tls": self.name})
+                self.last_error, self.waiting = message, True
             return False
         except OSError as exc:
             self._fail(exc)
@@ -231,6 +234,7 @@ class Reloadable(Generic[T]):
         self._value, self._digest, self.inputs = value, digest, inputs
         self.generation += 1
         self.last_error = None
+        self.waiting = False
         logger.info("loaded %s", self.name, extra={"tls": self.name, "generation": self.generation})
         return True
 
@@ -242,6 +246,6 @@ class Reloadable(Generic[T]):
                 self.name,
                 extra={"tls": self.name, "error": message},
             )
-        self.last_error = message
+        self.last_error, self.waiting = message, False
         if self._on_error is not None:
             self._on_error(self.name, exc)

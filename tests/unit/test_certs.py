@@ -240,7 +240,9 @@ def test_an_input_not_there_yet_is_waited_for_not_reported(
         assert not reloadable.poll()
         assert not reloadable.poll()
     assert errors == []
+    assert reloadable.waiting
     assert [r.levelname for r in caplog.records] == ["INFO"]  # said once, as a wait
     available.append(b"pem")
     assert reloadable.poll()
     assert reloadable.value == b"pem"
+    assert not reloadable.waiting
