@@ -40,7 +40,7 @@ class ChildProcess:
     def __init__(
         self,
         command: Sequence[str],
-        env_name: str,
+        env_name: str | None,
         *,
         grace_period_s: float,
         kill_wait_s: float,
@@ -67,13 +67,15 @@ class ChildProcess:
         """True for the operator's pid, and for any pid while a spawn is in flight."""
         return self._spawning or pid == self.pid
 
-    def environment(self, value: str) -> dict[str, str]:
+    def environment(self, value: str | None) -> dict[str, str]:
         env = dict(self._environ)
-        env[self._env_name] = value
+        if self._env_name is not None and value is not None:
+            env[self._env_name] = value
         return env
 
-    async def start(self, value: str) -> None:
-        """Start the operator with `value`; ChildStartError when it cannot be executed."""
+    async def start(self, value: str | None) -> None:
+        """Start the operator with `value` in the target variable (None: our environment as
+        it is); ChildStartError when it cannot be executed."""
         assert not self.running, "stop the running child first"
         self._spawning = True
         try:
@@ -87,10 +89,8 @@ class ChildProcess:
         finally:
             self._spawning = False
         self.value = value
-        logger.info(
-            "operator started",
-            extra={"pid": self._process.pid, "namespaces": len(value.split(","))},
-        )
+        counted = {} if value is None else {"namespaces": len(value.split(","))}
+        logger.info("operator started", extra={"pid": self._process.pid, **counted})
 
     async def wait(self) -> int:
         """The child's exit status as a shell reports it (128+N when killed by signal N)."""

@@ -6,7 +6,8 @@ stops matching arrives as DELETED, one that starts matching as ADDED, as kube-ap
 does), BOOKMARKs, timeoutSeconds, and `410 Gone` for compacted versions. Test knobs drop
 or silence open watches. Also ConfigMaps and Deployments (GET, strategic-merge PATCH of
 container env) for the router's and reloader's other reads and writes, and Leases (GET, PUT
-with the resourceVersion precondition: a stale one is refused with 409 Conflict).
+with the resourceVersion precondition: a stale one is refused with 409 Conflict; LIST and WATCH
+by `fieldSelector=metadata.name=...`, as a single Lease is followed).
 
 RBAC, for the operator's RoleBindings: RoleBindings (cluster-wide LIST by label, create,
 delete with a uid precondition) with the API server's escalation check (a binding can only be
@@ -39,7 +40,7 @@ class _Event:
     old: Obj | None
     new: Obj | None
     resource: str = "namespaces"
-    """"namespaces", or "pods/<namespace>"."""
+    """"namespaces", "pods/<namespace>" or "leases/<namespace>/<name>"."""
 
 
 def _parse_selector(selector: str) -> list[tuple[str, str, set[str]]]:
@@ -131,6 +132,7 @@ class FakeKubeAPI:
         app.router.add_get("/api/v1/namespaces/{ns}/pods", self._pods)
         lease = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}"
         app.router.add_get(lease, self._lease)
+        app.router.add_get("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", self._leases)
         app.router.add_put(lease, self._put_lease)
         app.router.add_patch("/api/v1/namespaces/{ns}/configmaps/{name}", self._patch_configmap)
         rbac = "/apis/rbac.authorization.k8s.io/v1"
@@ -331,8 +333,9 @@ class FakeKubeAPI:
                         await response.write(json.dumps(line).encode() + b"\n")
                         sent = True
                 if not sent and bookmarks and not self._silent:
+                    kinds = {"namespaces": "Namespace", "pods": "Pod", "leases": "Lease"}
                     mark = {
-                        "kind": "Namespace" if resource == "namespaces" else "Pod",
+                        "kind": kinds[resource.partition("/")[0]],
                         "apiVersion": "v1",
                         "metadata": {"resourceVersion": str(self._rv)},
                     }
@@ -451,6 +454,25 @@ class FakeKubeAPI:
             self.put_lease(obj["metadata"]["namespace"], obj["metadata"]["name"], obj["spec"])
         return response
 
+    async def _leases(self, request: web.Request) -> web.StreamResponse:
+        namespace = request.match_info["ns"]
+        field, _, name = request.query.get("fieldSelector", "").partition("=")
+        if field != "metadata.name" or not name:
+            return _status(400, "BadRequest", "this fake lists Leases by metadata.name only")
+        if _true(request.query.get("watch")):
+            self.requests["watch lease"] += 1
+            return await self._watch(request, [], f"leases/{namespace}/{name}")
+        self.requests["list lease"] += 1
+        obj = self.leases.get((namespace, name))
+        return web.json_response(
+            {
+                "kind": "LeaseList",
+                "apiVersion": "coordination.k8s.io/v1",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "items": [obj] if obj is not None else [],
+            }
+        )
+
     async def _put_lease(self, request: web.Request) -> web.Response:
         self.requests["put lease"] += 1
         key = (request.match_info["ns"], request.match_info["name"])
@@ -471,15 +493,20 @@ class FakeKubeAPI:
 
     def put_lease(self, namespace: str, name: str, spec: Obj) -> Obj:
         """Create or replace a Lease (as a leader acquiring or renewing it would)."""
-        self._rv += 1
+        old = copy.deepcopy(self.leases.get((namespace, name)))
         obj = {
             "kind": "Lease",
             "apiVersion": "coordination.k8s.io/v1",
-            "metadata": {"name": name, "namespace": namespace, "resourceVersion": str(self._rv)},
+            "metadata": {"name": name, "namespace": namespace},
             "spec": copy.deepcopy(spec),
         }
         self.leases[(namespace, name)] = obj
+        self._record("MODIFIED" if old else "ADDED", old, obj, f"leases/{namespace}/{name}")
         return obj
+
+    def delete_lease(self, namespace: str, name: str) -> None:
+        obj = self.leases.pop((namespace, name))
+        self._record("DELETED", obj, obj, f"leases/{namespace}/{name}")
 
     def add_deployment(
         self, namespace: str, name: str, containers: list[Obj], replicas: int = 1
