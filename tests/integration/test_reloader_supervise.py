@@ -92,7 +92,8 @@ async def test_the_operator_starts_when_the_old_pods_operator_lets_go(
         await eventually(lambda: kube_api.requests["watch lease"] == 1)
         # Ready while it waits: the Deployment stops the old pod only once this one is ready.
         status, body = await run.readyz()
-        assert status == 200 and "waiting for the Lease" in body
+        assert status == 200
+        assert "waiting for the Lease" in body
         for _ in range(3):  # the old leader renews: still waiting
             await asyncio.sleep(0.2)
             hold(kube_api, "keda-operator-7f9c-old_1b4e")
@@ -115,7 +116,8 @@ async def test_no_lease_starts_the_operator_at_once_with_its_environment_untouch
         await eventually(lambda: len(run.log.starts()) == 1, timeout_s=3)
         start = run.log.events("start")[0]
         # Never an empty WATCH_NAMESPACE: KEDA reads that as every namespace.
-        assert start["has_env"] is False and start["other"] == "kept"
+        assert start["has_env"] is False
+        assert start["other"] == "kept"
         assert kube_api.requests["watch lease"] == 0
 
 
@@ -239,7 +241,12 @@ def test_bad_flags_are_refused_clearly(
 
 def test_flags_and_their_environment_defaults() -> None:
     config = parse_config(
-        ["--lease=keda-alpha/alpha.operator.keda-tenancy.io", "--", "/keda", "--zap-log-level=info"],
+        [
+            "--lease=keda-alpha/alpha.operator.keda-tenancy.io",
+            "--",
+            "/keda",
+            "--zap-log-level=info",
+        ],
         {"KEDA_TENANCY_SUPERVISE_LEASE_WAIT": "5s"},
     )
     assert config.lease == LEASE
