@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from reloader import forward_cli
 from reloader.config import ReloaderConfig
+from reloader.supervise import parse_config as parse_supervisor_config
 from router.certs_bootstrap import TENANT_AUTHORITY, CertsConfig, CertsMetrics, Spec
 from router.config import RouterConfig
 from tests.deploy.charts import (
@@ -512,17 +513,28 @@ def test_tenant_flags_are_accepted_by_reloader_and_scope_keda_to_the_tenant(
     env = {e["name"]: e for e in keda["env"]}
     assert env["KEDA_CLUSTER_OBJECT_NAMESPACE"]["value"] == "keda-tenant-a"
     assert "WATCH_NAMESPACE" not in env, "the reloader owns WATCH_NAMESPACE, never empty"
+    # A new operator starts only once the Lease is released (by the reloader in process
+    # mode, by the old pod's supervisor in deployment mode): KEDA's own retry period.
+    assert "KEDA_OPERATOR_LEADER_ELECTION_RETRY_PERIOD" not in env
+    assert keda["livenessProbe"]["httpGet"]["port"] == "reloader"
+    assert keda["readinessProbe"]["httpGet"]["port"] == "reloader"
     if values.get("reloader", {}).get("mode") == "deployment":
-        assert keda["command"] == ["/keda"]
-        keda_args = keda["args"]
+        assert keda["command"] == ["keda-tenancy-supervise"]
+        supervisor = parse_supervisor_config(keda["args"], {})
+        assert supervisor.command[0] == "/keda"
+        keda_args = list(supervisor.command[1:])
+        # The Lease it waits for and releases is the one KEDA elects with.
+        assert supervisor.lease == ("keda-tenant-a", "tenant-a.operator.keda-tenancy.io")
+        assert supervisor.health_port == next(
+            p["containerPort"] for p in keda["ports"] if p["name"] == "reloader"
+        )
         # The reloader's two fields are left out (it server-side applies them), so Helm or a
         # GitOps controller applying this never resets them.
         assert "replicas" not in operator["spec"]
         assert "annotations" not in operator["metadata"]
-        # The new pod waits as a standby before the old one stops; the reloader hands over.
+        # The new pod is ready (waiting for the Lease) before the old one stops.
         assert operator["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
-        # ... which takes the released Lease at its next retry.
-        assert env["KEDA_OPERATOR_LEADER_ELECTION_RETRY_PERIOD"]["value"] == "500ms"
+        assert operator["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 60
         reloader = container(find(docs, "Deployment", "keda-namespace-reloader"))
         config = ReloaderConfig.from_args(reloader["args"], {})
         assert config.mode == "deployment"
@@ -531,14 +543,10 @@ def test_tenant_flags_are_accepted_by_reloader_and_scope_keda_to_the_tenant(
         assert config.replicas == 1
     else:
         assert keda["command"] == ["keda-tenancy-reloader"]
-        # The next operator starts only after the Lease is released: KEDA's own retry period.
-        assert "KEDA_OPERATOR_LEADER_ELECTION_RETRY_PERIOD" not in env
         config = ReloaderConfig.from_args(keda["args"], {})
         assert config.mode == "process"
         assert config.command[0] == "/keda"
         keda_args = list(config.command[1:])
-        probe_port = keda["livenessProbe"]["httpGet"]["port"]
-        assert probe_port == "reloader"
         assert config.health_port == next(
             p["containerPort"] for p in keda["ports"] if p["name"] == "reloader"
         )

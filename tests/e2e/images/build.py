@@ -46,7 +46,6 @@ class BuiltImage:
 class Images:
     router: BuiltImage
     tenant: BuiltImage
-    keda: BuiltImage
     metrics_apiserver: BuiltImage
     webhooks: BuiltImage
     pause: BuiltImage
@@ -137,7 +136,6 @@ class Builder:
             tenant=self.dockerfile(
                 "keda-tenancy-keda", ROOT / "deploy/images/keda-tenant.Dockerfile"
             ),
-            keda=self.static(f"ghcr.io/kedacore/keda:{tag}", b.keda),
             metrics_apiserver=self.static(
                 f"ghcr.io/kedacore/keda-metrics-apiserver:{tag}", b.keda_metrics_apiserver
             ),
