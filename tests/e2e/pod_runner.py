@@ -2,7 +2,7 @@
 
 There is no kubelet here: kube-controller-manager's Deployment and ReplicaSet controllers create
 real Pod objects, and this runs each one as a local process, the way a kubelet would as far as
-the reloader and KEDA can tell: the container's args and env from the pod (fieldRefs filled in),
+the reloader and KEDA can tell: the container's command, args and env from the pod (fieldRefs filled in),
 its own UTS namespace with the pod's name as hostname (so controller-runtime's leader identity
 is `<pod>_<uuid>`, as in a cluster), status reported through pods/status (running, Ready once
 the container's /readyz answers, terminated with finishedAt), SIGTERM when the pod is deleted
@@ -35,7 +35,7 @@ RESTART_DELAY_S = 1.0
 """Before starting an exited container again (the kubelet backs off from 10 s)."""
 
 Localize = Callable[[str, list[str]], tuple[list[str], dict[str, str], int]]
-"""(pod name, container args) -> (args to run, extra env, readiness port)."""
+"""(pod name, the container's command and args) -> (argv to run, extra env, readiness port)."""
 
 
 def _now() -> str:
@@ -62,7 +62,6 @@ class PodRunner:
         namespace: str,
         selector: str,
         container: str,
-        binary: str,
         localize: Localize,
         logs: Path,
     ) -> None:
@@ -70,7 +69,6 @@ class PodRunner:
         self._namespace = namespace
         self._selector = selector
         self._container = container
-        self._binary = binary
         self._localize = localize
         self._logs = logs
         self._context = ssl.create_default_context(cafile=str(certs / "cluster-ca.crt"))
@@ -204,7 +202,9 @@ class PodRunner:
                 "application/json",
             )
         spec = next(c for c in pod["spec"]["containers"] if c["name"] == self._container)
-        args, extra_env, ready_port = self._localize(name, [str(a) for a in spec.get("args") or []])
+        argv, extra_env, ready_port = self._localize(
+            name, [str(a) for a in [*(spec.get("command") or []), *(spec.get("args") or [])]]
+        )
         env = {**os.environ, **extra_env}
         env.pop("WATCH_NAMESPACE", None)
         for entry in spec.get("env") or []:
@@ -224,8 +224,7 @@ class PodRunner:
                 "-c",
                 'hostname "$0" && exec "$@"',
                 name,
-                self._binary,
-                *args,
+                *argv,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -529,16 +529,34 @@ class Stack(Kubectl):
         self.apply(account, deployment)
         match = deployment["spec"]["selector"]["matchLabels"]
 
-        def localize(pod: str, args: list[str]) -> tuple[list[str], dict[str, str], int]:
-            probe = free_port()
+        def localize(pod: str, argv: list[str]) -> tuple[list[str], dict[str, str], int]:
+            """The chart's `keda-tenancy-supervise [flags] -- /keda [flags]`, on loopback."""
+            if argv[0] != "keda-tenancy-supervise" or "--" not in argv:
+                raise AssertionError(f"the chart's operator container runs {argv[:1]}")
+            split = argv.index("--")
+            if argv[split + 1] != "/keda":
+                raise AssertionError(f"the supervisor runs {argv[split + 1]}, not /keda")
+            health = free_port()
+            supervisor = _rewrite(argv[1:split], {"--health-port": str(health)})
             local = {
                 "--metrics-bind-address": f"127.0.0.1:{free_port()}",
-                "--health-probe-bind-address": f"127.0.0.1:{probe}",
+                "--health-probe-bind-address": f"127.0.0.1:{free_port()}",
                 "--cert-dir": str(self.certs / f"keda-{tenant.name}"),
             }
             # One gRPC address for every pod: only the leader listens (as behind the Service).
             grpc = f"--metrics-service-bind-address=127.0.0.1:{ports['grpc']}"
-            return [*_rewrite(args, local), grpc], {"KUBECONFIG": str(self.kubeconfig)}, probe
+            keda = [str(self.bin / "keda"), *_rewrite(argv[split + 2 :], local), grpc]
+            run = [
+                sys.executable,
+                "-m",
+                "reloader.supervise",
+                *supervisor,
+                "--health-bind-address=127.0.0.1",
+                f"--kubeconfig={self.kubeconfig}",
+                "--",
+                *keda,
+            ]
+            return run, {"KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": str(ROOT)}, health
 
         self.pod_runners[tenant.name] = PodRunner(
             server=f"https://127.0.0.1:{self.apiserver_port}",
@@ -546,7 +564,6 @@ class Stack(Kubectl):
             namespace=tenant.namespace,
             selector=",".join(f"{k}={v}" for k, v in sorted(match.items())),
             container="keda-operator",
-            binary=str(self.bin / "keda"),
             localize=localize,
             logs=self.logs,
         ).start()

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from reloader.lease import format_micro_time, holder_hostname, release_for
+from reloader.lease_gate import verdict
 
 DIED = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 NOW = DIED + timedelta(seconds=1)
@@ -95,3 +96,21 @@ def test_a_pods_operator_died_when_its_container_terminated() -> None:
     assert died_at(pod({"waiting": {}}), "keda-operator") is None
     assert died_at(pod(finished, name="sidecar"), "keda-operator") is None
     assert died_at({"status": {}}, "keda-operator") is None
+
+
+@pytest.mark.parametrize(
+    ("holder", "expected"),
+    [
+        ("", "free"),  # released, as client-go and the supervisor release one
+        ("keda-operator-7f9c-new_5d1a", "own"),  # this pod's earlier container
+        ("keda-operator-7f9c-old_1b4e", "held"),
+        ("keda-operator-7f9c-new", "held"),  # not a controller-runtime identity
+        ("keda-operator-7f9c-new-x_5d1a", "held"),  # a longer pod name is someone else
+    ],
+)
+def test_when_the_supervisor_may_start_the_operator(holder: str, expected: str) -> None:
+    assert verdict(lease(holder, NOW), "keda-operator-7f9c-new") == expected
+
+
+def test_no_lease_at_all_is_free() -> None:
+    assert verdict(None, "keda-operator-7f9c-new") == "free"
