@@ -30,6 +30,7 @@ from reloader.deployment import DeploymentPatcher
 from reloader.desired import Desired, desired_namespaces
 from reloader.forward import Forwarder
 from reloader.lease import LeaseReleaser
+from reloader.lease_gate import LeaseGate
 from reloader.metrics import ReloaderMetrics
 from reloader.operator_pods import OperatorPodWatch, selector_of
 from reloader.publishing import PublishingTarget
@@ -81,6 +82,7 @@ class Reloader:
         )
         self._environ = os.environ if environ is None else environ
         self.controller: Controller | None = None
+        self.process_target: ProcessTarget | None = None
         self.gate: Gate | None = None
         self.binding_loop: BindingLoop | None = None
         self.publisher: PublishingTarget | None = None
@@ -120,6 +122,10 @@ class Reloader:
         def operator() -> str | None:
             if self.controller is None:
                 return "not started"
+            if self.process_target is not None and self.process_target.waiting_for_lease:
+                # Ready: a rolling update stops the old pod (whose operator holds the Lease)
+                # only once this one is ready.
+                return None
             return self.controller.readiness()
 
         def role_bindings() -> str | None:
@@ -138,6 +144,10 @@ class Reloader:
         """Shown in /readyz without failing it: the operator's pod must stay in its Service
         (the metrics server reaches it there) while one new namespace waits for access."""
 
+        def lease() -> str | None:
+            waiting = self.process_target is not None and self.process_target.waiting_for_lease
+            return "waiting for the operator's Lease to be free" if waiting else None
+
         def access() -> str | None:
             waiting = self.gate.waiting if self.gate is not None else {}
             if not waiting:
@@ -149,7 +159,7 @@ class Reloader:
         def published() -> str | None:
             return self.publisher.last_error if self.publisher is not None else None
 
-        return {"namespace-access": access, "watched-published": published}
+        return {"lease": lease, "namespace-access": access, "watched-published": published}
 
     # -- running -----------------------------------------------------------------------
 
@@ -292,9 +302,21 @@ class Reloader:
             LeaseReleaser(api, *self.config.release_lease) if self.config.release_lease else None
         )
         if self.child is not None:
-            target: Target = ProcessTarget(
-                self.child, self.metrics, stop, releaser=releaser, forwarder=self.forwarder
+            gate = (
+                LeaseGate(api, *self.config.release_lease, socket.gethostname())
+                if self.config.release_lease and self.config.lease_wait_s > 0
+                else None
             )
+            self.process_target = ProcessTarget(
+                self.child,
+                self.metrics,
+                stop,
+                releaser=releaser,
+                forwarder=self.forwarder,
+                lease_gate=gate,
+                lease_wait_s=self.config.lease_wait_s,
+            )
+            target: Target = self.process_target
             if self.config.check_operator_access:
                 self.gate = SelfAccessGate(api, BindingMetrics(self.registry), clock=self._clock)
             if self.config.watched_configmap is not None:

@@ -55,6 +55,9 @@ class ReloaderConfig:
     release_lease: tuple[str, str] | None
     """(namespace, name) of the operator's leader-election Lease, released when the operator
     holding it has died; None: never touched."""
+    lease_wait_s: float
+    """Process mode with release_lease: before the first start, wait at most this long for the
+    Lease to be free (a rolling update's old pod still leading); 0: start at once."""
     health_bind_address: str
     health_port: int
     log_level: str
@@ -203,6 +206,7 @@ class ReloaderConfig:
             resync_period_s=_duration("--resync-period", args.resync_period),
             forward_grpc=forward_grpc,
             release_lease=release_lease,
+            lease_wait_s=_duration("--lease-wait", args.lease_wait),
             health_bind_address=args.health_bind_address,
             health_port=args.health_port,
             log_level=args.log_level,
@@ -401,7 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         metavar="NAMESPACE/NAME",
         help="the operator's leader-election Lease: released once the operator holding it has "
-        "died (never a live holder's), so its successor need not wait it out",
+        "died (never a live holder's), so its successor need not wait it out; in process mode "
+        "also waited for before the first start (see --lease-wait)",
+    )
+    target.add_argument(
+        "--lease-wait",
+        default="30s",
+        help="process mode with --release-lease: start the first operator once the Lease is "
+        "free (another pod's operator stopped), or after this long; 0s: at once",
     )
     bind = parser.add_argument_group(
         "operator access",

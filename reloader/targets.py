@@ -20,6 +20,7 @@ from reloader.child import ChildProcess
 from reloader.deployment import DeploymentPatcher
 from reloader.forward import Forwarder
 from reloader.lease import LeaseReleaser
+from reloader.lease_gate import LeaseGate
 from reloader.metrics import ReloaderMetrics
 
 
@@ -51,7 +52,10 @@ class ProcessTarget:
     """The operator as our child: restarted with the new environment on every change.
 
     With a `releaser`, the Lease a dead child still holds is released before the next one
-    starts (that child's identity carries our hostname; see reloader.lease)."""
+    starts and when we shut down (that child's identity carries our hostname; see
+    reloader.lease). With a `lease_gate`, the first child starts only once no other pod's
+    operator holds the Lease (a rolling update's old pod: reloader.lease_gate), so it leads at
+    its first attempt instead of waiting as a standby; `waiting_for_lease` says so meanwhile."""
 
     def __init__(
         self,
@@ -62,6 +66,8 @@ class ProcessTarget:
         releaser: LeaseReleaser | None = None,
         hostname: str | None = None,
         forwarder: Forwarder | None = None,
+        lease_gate: LeaseGate | None = None,
+        lease_wait_s: float = 30.0,
     ) -> None:
         self.child = child
         self._metrics = metrics
@@ -70,6 +76,9 @@ class ProcessTarget:
         self._releaser = releaser
         self._forwarder = forwarder
         self._hostname = hostname or socket.gethostname()
+        self._lease_gate = lease_gate
+        self._lease_wait_s = lease_wait_s
+        self.waiting_for_lease = False
         # Any operator of an earlier run of this container died before we started.
         self._died_at: datetime | None = datetime.now(UTC)
 
@@ -98,7 +107,7 @@ class ProcessTarget:
             self._ended(code)
             acted = True
         # A stop signal that came in while the old one was stopping: don't start anew.
-        if value and not self._stop.is_set():
+        if value and not self._stop.is_set() and await self._lease_free():
             await self._release_lease()
             await self.child.start(value)
             if self._forwarder is not None:
@@ -114,7 +123,20 @@ class ProcessTarget:
         unseen = not self._exit_seen
         code = await self.child.stop(sig)
         self._ended(code)
+        if not self.child.running:
+            await self._release_lease()  # KEDA does not: the next pod's need not wait it out
         return code if unseen else None
+
+    async def _lease_free(self) -> bool:
+        """Before the first start only: wait for the Lease to be free; False when stopped."""
+        gate, self._lease_gate = self._lease_gate, None
+        if gate is None:
+            return True
+        self.waiting_for_lease = True
+        try:
+            return await gate.wait(self._stop, self._lease_wait_s) != "stopped"
+        finally:
+            self.waiting_for_lease = False
 
     async def _release_lease(self) -> None:
         releaser, died_at = self._releaser, self._died_at

@@ -3,10 +3,12 @@ the one that just died, and a live holder's Lease is never taken."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 from prometheus_client import CollectorRegistry
 
 from reloader.lease import LeaseReleaser, format_micro_time
@@ -113,3 +115,54 @@ async def test_a_renewal_between_read_and_write_wins(
         assert not await releaser.release(hostname="pod-a", died_at=died)
     finally:
         await api.close()
+
+
+async def test_a_rolling_updates_new_pod_starts_its_operator_once_the_old_one_lets_go(
+    kube_api: FakeKubeAPI, kubeconfig: str, tmp_path: Path
+) -> None:
+    """The chart's process mode rolled (an upgrade): the old pod's operator still leads when
+    the new pod starts. Its operator starts only once the Lease is free, and leads at once."""
+    log = ChildLog(tmp_path / "child.log")
+    kube_api.relabel_new("a1", label("alpha"))
+    held_by(kube_api, "keda-operator-old-pod_uuid")
+    args = reloader_args(kubeconfig, log.path, f"--release-lease={LEASE[0]}/{LEASE[1]}")
+    async with running_reloader(args) as r:
+        await eventually(lambda: kube_api.requests["watch lease"] == 1)
+        await eventually(lambda: r.health_port is not None)
+        url = f"http://127.0.0.1:{r.health_port}/readyz"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            # Ready meanwhile: the Deployment stops the old pod only once this one is ready.
+            assert response.status == 200
+            assert "waiting for the operator's Lease" in await response.text()
+        await asyncio.sleep(0.3)
+        assert log.starts() == []
+        held_by(kube_api, "")  # the old pod's reloader released it at its shutdown
+        await eventually(lambda: log.starts() == ["a1"], timeout_s=2)
+
+
+async def test_shutdown_releases_the_lease_of_the_operator_it_stopped(
+    kube_api: FakeKubeAPI, kubeconfig: str, tmp_path: Path
+) -> None:
+    log = ChildLog(tmp_path / "child.log")
+    kube_api.relabel_new("a1", label("alpha"))
+    args = reloader_args(kubeconfig, log.path, f"--release-lease={LEASE[0]}/{LEASE[1]}")
+    async with running_reloader(args) as r:
+        await eventually(lambda: log.starts() == ["a1"])
+        held_by(kube_api, f"{socket.gethostname()}_child")  # the child became leader
+        registry = r.registry
+    assert holder(kube_api) == ""
+    assert releases(registry) == 1
+
+
+async def test_lease_wait_zero_starts_at_once(
+    kube_api: FakeKubeAPI, kubeconfig: str, tmp_path: Path
+) -> None:
+    log = ChildLog(tmp_path / "child.log")
+    kube_api.relabel_new("a1", label("alpha"))
+    held_by(kube_api, "keda-operator-old-pod_uuid")
+    args = reloader_args(
+        kubeconfig, log.path, f"--release-lease={LEASE[0]}/{LEASE[1]}", "--lease-wait=0s"
+    )
+    async with running_reloader(args):
+        await eventually(lambda: log.starts() == ["a1"])
+        assert kube_api.requests["watch lease"] == 0
