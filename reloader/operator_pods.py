@@ -1,10 +1,11 @@
 """Deployment mode: watch the operator's pods and release the Lease of one that has died.
 
-A rolling update starts the new pod first; its operator waits as a standby (caches warm) for
-the Lease, which the old pod's KEDA does not release on exit. When the old pod's operator
-container has terminated, or the pod is gone, the Lease it still holds is released
-(reloader.lease checks that the holder is that pod and did not renew after it died), and the
-standby takes over at its next retry instead of after the whole lease duration.
+Each operator pod's supervisor (reloader.supervise) releases its KEDA's Lease the moment KEDA
+exits, and the next pod's starts KEDA once it is free. A pod that died without that (its
+supervisor SIGKILLed, its node lost) would leave the Lease held for its whole duration; so when
+an operator pod's container has terminated, or the pod is gone, the Lease it still holds is
+released here (reloader.lease checks that the holder is that pod and did not renew after it
+died), and the next operator takes over at once.
 
 A pod's hostname is its name (the chart sets no `hostname` and no `hostNetwork`); a holder
 whose hostname is not a pod seen here is never touched.
