@@ -3,6 +3,7 @@ against running pods, plus NetworkPolicy isolation between tenants."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -227,6 +228,7 @@ def test_06b_deployment_mode_namespace_changes_without_failed_reads(installed: I
 
     events_before = hpa_failure_events(installed, beta)
     changes = 0
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with Poller(installed, beta, expected) as poller:
         for i in range(4):
             name = f"beta-preview-{i // 2}"
@@ -247,13 +249,37 @@ def test_06b_deployment_mode_namespace_changes_without_failed_reads(installed: I
             changes += 1
             time.sleep(3)  # the new operator serving, the old pod gone
     events = hpa_failure_events(installed, beta) - events_before
+    slowest = sorted(router_durations_ms(installed, beta, since), reverse=True)[:4]
     print(
         f"\n[cluster] beta (deployment mode), {changes} namespace changes: {poller.reads} reads "
         f"of {beta}, {len(poller.failures)} failed, slowest {poller.slowest_s:.1f}s "
-        f"(kubectl per read); HPA failure events {events}"
+        f"(kubectl per read), slowest in the router's access log "
+        f"{', '.join(f'{ms / 1000:.2f}s' for ms in slowest)}; HPA failure events {events}"
     )
     assert poller.reads > 20
     assert not poller.failures, f"failed reads while beta's operator rolled: {poller.failures}"
+
+
+def router_durations_ms(installed: Installed, namespace: str, since: str) -> list[float]:
+    """How long each router pod took for the requests about `namespace` since `since` (RFC
+    3339), from its JSON access log: the time the read waited, without kubectl's own."""
+    done = installed.cluster.kubectl(
+        "-n",
+        ROUTER_NAMESPACE,
+        "logs",
+        f"-lapp.kubernetes.io/instance={ROUTER_RELEASE},app.kubernetes.io/component=router",
+        f"--since-time={since}",
+        "--tail=-1",
+        "--prefix=false",
+        check=False,
+    )
+    durations = []
+    for line in done.stdout.splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and entry.get("namespace") == namespace:
+                durations.append(float(entry.get("duration_ms") or 0.0))
+    return durations
 
 
 def hpa_failure_events(installed: Installed, namespace: str) -> int:
