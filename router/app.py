@@ -117,7 +117,7 @@ class Router:
         self.metrics.requests.in_flight = self.upstreams.in_flight
         self.metrics.upstream.timeouts = lambda: self.upstreams.timeouts
         self.metrics.upstream.fast_failed = lambda: self.upstreams.fast_failed
-        self.metrics.upstream.unavailable_retries = lambda: self.upstreams.unavailable_retries
+        self.metrics.upstream.transient_retries = lambda: self.upstreams.transient_retries
         self.metrics.upstream.pools = self.upstreams.pool_sizes
         self.cache = NamespaceCache()
         self.directory = TenantDirectory(

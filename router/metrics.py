@@ -94,7 +94,7 @@ class UpstreamStats(Collector):
     def __init__(self) -> None:
         self.timeouts: Callable[[], Mapping[str, int]] = dict
         self.fast_failed: Callable[[], Mapping[str, int]] = dict
-        self.unavailable_retries: Callable[[], Mapping[str, int]] = dict
+        self.transient_retries: Callable[[], Mapping[tuple[str, str], int]] = dict
         self.pools: Callable[[], Mapping[str, tuple[int, int]]] = dict
 
     def collect(self) -> Iterator[Metric]:
@@ -115,13 +115,14 @@ class UpstreamStats(Collector):
             fast_failed.add_metric([tenant], value)
         yield fast_failed
         retries = CounterMetricFamily(
-            PREFIX + "upstream_unavailable_retries",
-            "Requests sent to the tenant again, once, because its metrics adapter answered 500 "
-            "with the operator's gRPC Unavailable (the operator went away under the request).",
-            labels=["tenant"],
+            PREFIX + "upstream_transient_retries",
+            "Requests sent to the tenant again, once, because its KEDA adapter answered 500 with "
+            "a transient error, by reason: unavailable (the operator's gRPC went away under the "
+            "request), scalers-cache (KEDA replaced the scalers cache the request was reading).",
+            labels=["tenant", "reason"],
         )
-        for tenant, value in sorted(self.unavailable_retries().items()):
-            retries.add_metric([tenant], value)
+        for (tenant, reason), value in sorted(self.transient_retries().items()):
+            retries.add_metric([tenant, reason], value)
         yield retries
         connections = GaugeMetricFamily(
             PREFIX + "upstream_connections",

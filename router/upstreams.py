@@ -31,7 +31,7 @@ from typing import Any, cast
 from router.backends import Backend
 from router.http1 import ProtocolError, ResponseReader
 from router.status import StatusError
-from router.unavailable import is_operator_unavailable
+from router.transient import transient_reason
 from tenancy_common.tls import ResumingClientContext
 
 logger = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ class Upstreams:
         """Requests answered 504 per tenant (kept across pool rebuilds)."""
         self.fast_failed: dict[str, int] = {}
         """Requests answered 503 at once per tenant, because it was down."""
-        self.unavailable_retries: dict[str, int] = {}
+        self.transient_retries: dict[tuple[str, str], int] = {}
         """Requests sent again per tenant after its adapter answered gRPC Unavailable."""
 
     # -- the request path --------------------------------------------------------------------
@@ -479,19 +479,26 @@ class Upstreams:
             # As kube-apiserver's aggregator does: a backend may not send callers elsewhere.
             self.fail(exchange, 502, "attempted to redirect, which is not permitted")
             return
-        if response.status == 500 and self._retry_unavailable(exchange, response):
+        if response.status == 500 and self._retry_transient(exchange, response):
             return
         self._finish(exchange, response)
 
-    def _retry_unavailable(self, exchange: _Exchange, response: UpstreamResponse) -> bool:
-        """Send a GET again, once, when the tenant's KEDA adapter answered that its operator's
-        gRPC went away under the request (router/unavailable.py): the next attempt waits in
-        the adapter for the new operator. Same tenant, same deadline; at most two attempts."""
-        if exchange.attempt != 1 or exchange.finished or not is_operator_unavailable(response.body):
+    def _retry_transient(self, exchange: _Exchange, response: UpstreamResponse) -> bool:
+        """Send a GET again, once, when the tenant's KEDA adapter answered with one of its
+        transient errors (router/transient.py: the operator's gRPC went away under the
+        request; a scalers cache replaced while it was read). Same tenant, same deadline; at
+        most two attempts."""
+        if exchange.attempt != 1 or exchange.finished:
             return False
-        name = exchange.pool.backend.name
-        self.unavailable_retries[name] = self.unavailable_retries.get(name, 0) + 1
-        logger.info("retrying a request the operator's gRPC dropped", extra={"tenant": name})
+        reason = transient_reason(response.body)
+        if reason is None:
+            return False
+        key = (exchange.pool.backend.name, reason)
+        self.transient_retries[key] = self.transient_retries.get(key, 0) + 1
+        logger.info(
+            "retrying a request the tenant's KEDA answered with a transient error",
+            extra={"tenant": key[0], "reason": reason},
+        )
         self._resend(exchange)
         return True
 

@@ -1,5 +1,6 @@
 """A GET is sent again, once, when the tenant's KEDA adapter answers that the operator's gRPC
-went away under it (500, `rpc error: code = Unavailable ...`); nothing else is retried."""
+went away under it (500, `rpc error: code = Unavailable ...`) or that the scalers cache it read
+was replaced (500, `... no matching metrics found for ...`); nothing else is retried."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ ALPHA = METRIC_PATH.format(ns="alpha-ns", metric="s0-metric-api-value")
 JSON = "application/json"
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 UNAVAILABLE = "rpc error: code = Unavailable desc = error reading from server: EOF"
+NO_MATCHING = (
+    "rpc error: code = Unknown desc = error when getting metric values no matching metrics "
+    "found for s0-metric-api-value"
+)
 
 
 def json_status(code: int, message: str, reason: str | None = None) -> bytes:
@@ -87,25 +92,32 @@ async def retries_metric(router: Router) -> str:
     return "\n".join(
         line
         for line in text.splitlines()
-        if line.startswith("keda_tenancy_router_upstream_unavailable_retries_total{")
+        if line.startswith("keda_tenancy_router_upstream_transient_retries_total{")
     )
 
 
 @pytest.mark.parametrize(
-    ("content_type", "body"),
+    ("content_type", "body", "reason"),
     [
-        (JSON, json_status(500, UNAVAILABLE)),
-        (PROTOBUF, protobuf_status(500, UNAVAILABLE)),
-        (JSON, json_status(500, "rpc error: code = Unavailable desc = connection error")),
+        (JSON, json_status(500, UNAVAILABLE), "unavailable"),
+        (PROTOBUF, protobuf_status(500, UNAVAILABLE), "unavailable"),
+        (
+            JSON,
+            json_status(500, "rpc error: code = Unavailable desc = connection error"),
+            "unavailable",
+        ),
+        (JSON, json_status(500, NO_MATCHING), "scalers-cache"),
+        (PROTOBUF, protobuf_status(500, NO_MATCHING), "scalers-cache"),
     ],
-    ids=["json", "protobuf", "json-connection-error"],
+    ids=["json", "protobuf", "json-connection-error", "json-cache", "protobuf-cache"],
 )
-async def test_unavailable_once_is_retried_and_served(
+async def test_a_transient_answer_once_is_retried_and_served(
     router: Router,
     aggregator: ssl.SSLContext,
     backends: dict[str, TenantBackend],
     content_type: str,
     body: bytes,
+    reason: str,
 ) -> None:
     assert router.secure_port
     backends["alpha"].scripted = [(500, content_type, body, 0.0)]
@@ -115,7 +127,7 @@ async def test_unavailable_once_is_retried_and_served(
     assert len(backends["alpha"].received) == 2
     assert not backends["beta"].received  # the same tenant only
     assert await retries_metric(router) == (
-        'keda_tenancy_router_upstream_unavailable_retries_total{tenant="alpha"} 1.0'
+        f'keda_tenancy_router_upstream_transient_retries_total{{reason="{reason}",tenant="alpha"}} 1.0'
     )
 
 
@@ -135,7 +147,7 @@ async def test_always_unavailable_is_retried_once_then_passed_through(
     assert response.status == 500
     assert len(backends["alpha"].received) == 4
     assert await retries_metric(router) == (
-        'keda_tenancy_router_upstream_unavailable_retries_total{tenant="alpha"} 2.0'
+        'keda_tenancy_router_upstream_transient_retries_total{reason="unavailable",tenant="alpha"} 2.0'
     )
 
 
@@ -153,6 +165,8 @@ async def test_always_unavailable_is_retried_once_then_passed_through(
         (500, JSON, b"[" + json_status(500, UNAVAILABLE) + b"]"),
         (500, JSON, json_status(500, UNAVAILABLE)[:-1]),  # truncated
         (500, PROTOBUF, protobuf_status(500, "rpc error: code = Unknown desc = x")),
+        (500, JSON, json_status(500, "rpc error: code = Unknown desc = error when getting x")),
+        (500, JSON, json_status(500, "no matching metrics found for s0-metric-api-value")),
         (500, PROTOBUF, protobuf_status(500, UNAVAILABLE)[:-3]),  # truncated
         (500, PROTOBUF, protobuf_status(503, UNAVAILABLE)),
     ],
