@@ -282,6 +282,40 @@ def router_durations_ms(installed: Installed, namespace: str, since: str) -> lis
     return durations
 
 
+@pytest.mark.parametrize("tenant", ["alpha", "beta"], ids=["process-mode", "deployment-mode"])
+def test_06c_an_operator_rollout_fails_no_read(installed: Installed, tenant: str) -> None:
+    """A chart upgrade, a drain or `kubectl rollout restart` rolls the operator's pod: the new
+    pod is ready while it waits for the Lease, the old pod's KEDA exits and its Lease is
+    released at once (the reloader, the supervisor), and the new KEDA leads at its first
+    attempt. The tenant's existing namespace is read meanwhile: no read fails."""
+    namespace, expected = APPS[tenant], str(VALUES[tenant])
+    settled(installed, namespace, expected)
+    cluster = installed.cluster
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with Poller(installed, namespace, expected) as poller:
+        for _ in range(2):
+            cluster.kubectl(
+                "-n", tenant_namespace(tenant), "rollout", "restart", "deployment/keda-operator"
+            )
+            cluster.kubectl(
+                "-n",
+                tenant_namespace(tenant),
+                "rollout",
+                "status",
+                "deployment/keda-operator",
+                "--timeout=180s",
+            )
+            time.sleep(3)  # the new operator serving, the old pod gone
+    slowest = sorted(router_durations_ms(installed, namespace, since), reverse=True)[:3]
+    print(
+        f"\n[cluster] {tenant}, 2 operator rollouts: {poller.reads} reads of {namespace}, "
+        f"{len(poller.failures)} failed, slowest in the router's access log "
+        f"{', '.join(f'{ms / 1000:.2f}s' for ms in slowest)}"
+    )
+    assert poller.reads > 10
+    assert not poller.failures, f"failed reads while {tenant}'s operator rolled: {poller.failures}"
+
+
 def hpa_failure_events(installed: Installed, namespace: str) -> int:
     done = installed.cluster.kubectl("get", "events", "-n", namespace, "-o", "json")
     return sum(
