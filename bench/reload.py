@@ -13,8 +13,8 @@ events, and exits 1 when a target is missed (0 failed reads, longest read <= 1 s
 
 `--mode deployment` runs the chart's deployment mode: kube-controller-manager's Deployment and
 ReplicaSet controllers roll the operator's Deployment, and tests/e2e/pod_runner.py runs its pods
-as local processes in place of a kubelet (an emulation: the kubelet-backed cluster is where
-deployment mode really runs). `--no-release-lease` runs the reloader without --release-lease (what the chart did before):
+(the chart's keda-tenancy-supervise running /keda) as local processes in place of a kubelet (an
+emulation: the kubelet-backed cluster is where deployment mode really runs). `--no-release-lease` runs the reloader without --release-lease (what the chart did before):
 the restarted operator then waits out its predecessor's Lease.
 """
 
