@@ -17,13 +17,14 @@ import asyncio
 import json
 import logging
 import random
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from reloader.lease import holder_hostname
+from tenancy_common.kube import open_stream, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -137,19 +138,11 @@ class LeaseGate:
         return None
 
     async def _list(self) -> tuple[dict[str, Any] | None, str]:
-        response = cast(
-            aiohttp.ClientResponse,
-            await self._coordination.list_namespaced_lease(
+        listing = await read_json(
+            self._coordination.list_namespaced_lease(
                 self.namespace, field_selector=f"metadata.name={self.name}", _preload_content=False
-            ),
+            )
         )
-        try:
-            body = await response.read()
-            if response.status != 200:
-                raise ApiException(status=response.status, reason=body[:300].decode())
-            listing = json.loads(body)
-        finally:
-            response.release()
         items = listing.get("items") or []
         version = str((listing.get("metadata") or {}).get("resourceVersion", ""))
         return (items[0] if items else None), version
@@ -158,9 +151,8 @@ class LeaseGate:
         """Follow the Lease from `resource_version`; an outcome, or None to list again (the
         watch ended, or the version is too old)."""
         loop = asyncio.get_running_loop()
-        response = cast(
-            aiohttp.ClientResponse,
-            await self._coordination.list_namespaced_lease(
+        response = await open_stream(
+            self._coordination.list_namespaced_lease(
                 self.namespace,
                 field_selector=f"metadata.name={self.name}",
                 watch=True,
@@ -169,12 +161,9 @@ class LeaseGate:
                 timeout_seconds=max(1, int(self._deadline - loop.time()) + 1),
                 _preload_content=False,
                 _request_timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
-            ),
+            )
         )
         try:
-            if response.status != 200:
-                body = await response.read()
-                raise ApiException(status=response.status, reason=body[:300].decode())
             while line := await response.content.readline():
                 event = json.loads(line)
                 kind = event.get("type")

@@ -19,7 +19,7 @@ import logging
 import random
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
@@ -27,6 +27,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from reloader.lease import LeaseReleaser, parse_micro_time
 from reloader.metrics import ReloaderMetrics
+from tenancy_common.kube import open_stream, read_json
 from tenancy_common.lifecycle import wait_stopped
 
 logger = logging.getLogger(__name__)
@@ -106,19 +107,11 @@ class OperatorPodWatch:
                 await wait_stopped(stop, delay_s)
 
     async def _list(self, selector: str) -> str:
-        response = cast(
-            aiohttp.ClientResponse,
-            await self._core.list_namespaced_pod(
+        listing = await read_json(
+            self._core.list_namespaced_pod(
                 self._namespace, label_selector=selector, _preload_content=False
-            ),
+            )
         )
-        try:
-            body = await response.read()
-            if response.status != 200:
-                raise ApiException(status=response.status, reason=body[:300].decode())
-            listing = json.loads(body)
-        finally:
-            response.release()
         pods = listing.get("items") or []
         names = {pod["metadata"]["name"] for pod in pods}
         for gone in sorted(self._known - names):  # deleted while we were not watching
@@ -129,9 +122,8 @@ class OperatorPodWatch:
         return str((listing.get("metadata") or {}).get("resourceVersion", ""))
 
     async def _watch(self, selector: str, resource_version: str) -> None:
-        response = cast(
-            aiohttp.ClientResponse,
-            await self._core.list_namespaced_pod(
+        response = await open_stream(
+            self._core.list_namespaced_pod(
                 self._namespace,
                 label_selector=selector,
                 watch=True,
@@ -141,12 +133,9 @@ class OperatorPodWatch:
                 _request_timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=30, sock_read=INACTIVITY_TIMEOUT_S
                 ),
-            ),
+            )
         )
         try:
-            if response.status != 200:
-                body = await response.read()
-                raise ApiException(status=response.status, reason=body[:300].decode())
             while line := await response.content.readline():
                 event = json.loads(line)
                 pod = event.get("object") or {}

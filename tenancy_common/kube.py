@@ -35,3 +35,16 @@ async def read_json(call: Awaitable[object]) -> dict[str, Any]:
         return dict(json.loads(body))
     finally:
         response.release()
+
+
+async def open_stream(call: Awaitable[object]) -> aiohttp.ClientResponse:
+    """Await a kubernetes_asyncio watch made with `_preload_content=False`: the response, to
+    read line by line and release; raises ApiException (and releases it) for any non-200."""
+    response = cast(aiohttp.ClientResponse, await call)
+    if response.status != 200:
+        try:
+            body = await response.read()
+        finally:
+            response.release()
+        raise ApiException(status=response.status, reason=body[:300].decode("utf-8", "replace"))
+    return response
