@@ -20,6 +20,7 @@ Terminating namespace (at once when the namespace is not terminating: our own de
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterable
@@ -152,6 +153,9 @@ class RoleBindingManager:
         self._custom = CustomObjectsApi(api)
         self.spec = spec
         self._metrics = metrics
+        # The binding loop and, in deployment mode, the gate before each patch both create
+        # bindings; one at a time, so neither takes the other's new binding for a stranger's.
+        self._lock = asyncio.Lock()
 
     async def owned(self) -> dict[str, dict[str, Any]]:
         """Our bindings by namespace (label and name both ours)."""
@@ -172,7 +176,11 @@ class RoleBindingManager:
 
     async def reconcile(self, desired: Iterable[str], keep: Iterable[str] = ()) -> ReconcileResult:
         """Bind every desired namespace; unbind ours that are neither desired nor in `keep`."""
-        wanted = set(desired)
+        async with self._lock:
+            return await self._reconcile(set(desired), keep)
+
+    async def _reconcile(self, desired: set[str], keep: Iterable[str]) -> ReconcileResult:
+        wanted = desired
         keep_set = wanted | set(keep)
         owned = await self.owned()
         result = ReconcileResult()
@@ -213,6 +221,10 @@ class RoleBindingManager:
 
     async def ensure(self, namespaces: Iterable[str]) -> ReconcileResult:
         """Create the missing bindings of `namespaces`, deleting nothing."""
+        async with self._lock:
+            return await self._ensure(namespaces)
+
+    async def _ensure(self, namespaces: Iterable[str]) -> ReconcileResult:
         owned = await self.owned()
         result = ReconcileResult()
         for namespace in sorted(set(namespaces)):

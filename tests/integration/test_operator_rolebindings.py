@@ -7,6 +7,7 @@ namespace only once the operator can read it, and publishes what its operator ru
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aiohttp
@@ -512,3 +513,29 @@ async def test_deployment_mode_leaves_out_a_namespace_it_cannot_bind(
         assert r.gate is not None
         assert "not ours" in r.gate.waiting["a2"]
         assert "a2" in (r.binding_loop.readiness() or "")  # type: ignore[union-attr]
+
+
+async def test_the_gate_and_the_loop_binding_a_new_namespace_at_once_is_no_error(
+    rbac: FakeKubeAPI, kubeconfig: str
+) -> None:
+    """Deployment mode: a new namespace wakes the binding loop, and the gate ensures its binding
+    before the Deployment is patched, both at once. One creates it; the other must not report
+    the new binding as a stranger's (an error, and a /readyz warning)."""
+    api = await make_api_client(kubeconfig)
+    registry = CollectorRegistry()
+    try:
+        manager = RoleBindingManager(api, SPEC, BindingMetrics(registry))
+        ensured, reconciled = await asyncio.gather(
+            manager.ensure({"a1"}), manager.reconcile({"a1"})
+        )
+        assert ensured.failed == {}
+        assert reconciled.failed == {}
+        assert "a1" in ensured.bound
+        assert "a1" in reconciled.bound
+        assert sorted(ensured.created + reconciled.created) == ["a1"]
+        errors = registry.get_sample_value(
+            "keda_tenancy_reloader_role_binding_errors_total", {"operation": "create"}
+        )
+        assert not errors
+    finally:
+        await api.close()
