@@ -4,7 +4,9 @@ The real stack of tests/e2e on loopback (etcd, kube-apiserver with the aggregato
 KEDA 2.20.2, kube-controller-manager's HPA controller), with the tenant chart's own KEDA
 configuration: the operator container as the chart renders it (the reloader in process mode
 running /keda with --leader-elect and the chart's leader-election id, the chart's reloader
-timing) and the metrics adapter with a fixed WATCH_NAMESPACE. One tenant, one ScaledObject in
+timing), each component under the chart's ServiceAccount and RBAC (a TokenRequest token each;
+the chart's RoleBinding manager binds the operator in the tenant's namespaces; `--admin` runs
+them with the admin kubeconfig instead), and the metrics adapter with a fixed WATCH_NAMESPACE. One tenant, one ScaledObject in
 an existing namespace. While the tenant's namespaces change --changes times (a namespace
 added, then removed again, alternately), that namespace's metric is read --rate times a second
 through kube-apiserver. Prints the failed reads, the longest read, the p99 added over a quiet
@@ -187,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     values: dict[str, dict[str, object]] = {"operator": {"env": env}} if env else {}
     if args.retry_period:
         values.setdefault("operator", {})["leaderElectionRetryPeriod"] = args.retry_period
-    with running_stack(workdir, flags, values) as stack:
+    with running_stack(workdir, flags, values, chart_rbac=not args.admin) as stack:
         bring_up(stack, source, args.mode)
         quiet = Reader(stack, args.rate)
         quiet.start()
@@ -238,6 +240,7 @@ def report(
     base_p99 = p99([r.took_s for r in baseline if r.ok])
     load_p99 = p99([r.took_s for r in reads])
     mode = f"{args.mode} mode" + (", no --release-lease" if args.no_release_lease else "")
+    mode += ", admin kubeconfig" if args.admin else ", the chart's ServiceAccounts and RBAC"
     if args.mode == "deployment":
         mode += "; pods run by tests/e2e/pod_runner.py, a stand-in kubelet"
     for extra in args.operator_env:
@@ -290,6 +293,12 @@ def main() -> None:
         default="",
         metavar="DURATION",
         help="the chart's operator.leaderElectionRetryPeriod (default: the chart's own)",
+    )
+    parser.add_argument(
+        "--admin",
+        action="store_true",
+        help="run the tenant's components with the admin kubeconfig instead of the chart's "
+        "ServiceAccounts and RBAC",
     )
     parser.add_argument(
         "--no-release-lease",

@@ -172,6 +172,10 @@ class Stack(Kubectl):
     """Tenant chart values on top of the defaults, for every tenant."""
     pod_runners: dict[str, Any] = field(default_factory=dict)
     """Deployment mode: each tenant's stand-in kubelet (tests/e2e/pod_runner.py)."""
+    chart_rbac: bool = False
+    """Run each tenant's components under the ServiceAccounts and RBAC the tenant chart
+    renders (a TokenRequest token each, the chart's RoleBinding manager binding the operator
+    in the tenant's namespaces), not with the admin kubeconfig."""
 
     def __post_init__(self) -> None:
         self.certs = self.workdir / "certs"
@@ -273,6 +277,37 @@ class Stack(Kubectl):
         )
 
     # -- processes ---------------------------------------------------------------------
+
+    def service_account_kubeconfig(self, namespace: str, name: str) -> Path:
+        """A kubeconfig with a token for the ServiceAccount, from the TokenRequest API."""
+        done = self.kubectl("create", "token", name, "-n", namespace, "--duration=2h")
+        path = self.workdir / f"{namespace}-{name}.kubeconfig"
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": "e2e",
+                            "cluster": {
+                                "server": f"https://127.0.0.1:{self.apiserver_port}",
+                                "certificate-authority": str(self.certs / "cluster-ca.crt"),
+                            },
+                        }
+                    ],
+                    "users": [{"name": name, "user": {"token": done.stdout.strip()}}],
+                    "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": name}}],
+                    "current-context": "e2e",
+                }
+            )
+        )
+        return path
+
+    def apply_chart_rbac(self, docs: list[dict[str, Any]]) -> None:
+        """The ServiceAccounts, (Cluster)Roles and bindings of a rendered tenant release, and
+        the ConfigMap the process-mode reloader publishes to."""
+        self.apply(*chart_rbac_objects(docs))
 
     def run(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
         process = Process(name, argv, self.logs / f"{name}.log", env).start()
@@ -458,6 +493,9 @@ class Stack(Kubectl):
         self.apply(
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": tenant.namespace}}
         )
+        if self.chart_rbac:
+            values = {**self.chart_values, "reloader": {"mode": mode}}
+            self.apply_chart_rbac(chart_docs(name, tenant.namespace, **values))
         if mode == "process":
             self.start_operator(tenant, *self.reloader_flags)
         else:
@@ -490,11 +528,16 @@ class Stack(Kubectl):
             *reloader_flags,
         ]
         operator = [str(self.bin / "keda"), *_rewrite(chart.operator_args, local)]
+        kubeconfig = self.kubeconfig
+        if self.chart_rbac:
+            kubeconfig = self.service_account_kubeconfig(tenant.namespace, "keda-operator")
+            reloader = _rewrite(reloader, {"--kubeconfig": str(kubeconfig)})
+            self.start_rolebinding_manager(tenant)
         env = {
             **os.environ,
             **chart.env,
             "PYTHONPATH": str(ROOT),
-            "KUBECONFIG": str(self.kubeconfig),
+            "KUBECONFIG": str(kubeconfig),
             "POD_NAME": f"keda-operator-{tenant.name}",
             "POD_NAMESPACE": tenant.namespace,
         }
@@ -502,12 +545,37 @@ class Stack(Kubectl):
         tenant.operator = self.run(f"operator-{tenant.name}", [*reloader, "--", *operator], env=env)
         return tenant.operator
 
+    def start_rolebinding_manager(self, tenant: Tenant) -> Process:
+        """Process mode under the chart's RBAC: the chart's keda-rolebinding-manager (the
+        reloader in bindings mode, its own ServiceAccount), which binds the operator in the
+        tenant's namespaces."""
+        docs = chart_docs(tenant.name, tenant.namespace, **self.chart_values)
+        manager = next(
+            d
+            for d in docs
+            if d["kind"] == "Deployment" and d["metadata"]["name"] == "keda-rolebinding-manager"
+        )
+        args = [str(a) for a in manager["spec"]["template"]["spec"]["containers"][0]["args"]]
+        kubeconfig = self.service_account_kubeconfig(tenant.namespace, "keda-rolebinding-manager")
+        return self.run(
+            f"rolebinding-manager-{tenant.name}",
+            [
+                sys.executable,
+                "-m",
+                "reloader",
+                *_rewrite(args, {"--health-port": str(free_port())}),
+                f"--kubeconfig={kubeconfig}",
+                "--health-bind-address=127.0.0.1",
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+
     def start_operator_deployment(self, tenant: Tenant) -> Process:
         """Deployment mode as the tenant chart renders it: the chart's keda-operator
         Deployment (and its ServiceAccount) applied to the API server, kube-controller-manager
         rolling it (start_hpa_controller(deployments=True)), tests/e2e/pod_runner.py running its
         pods as a kubelet would, and the reloader with the chart's keda-namespace-reloader
-        flags. The reloader runs with the admin kubeconfig here, not the chart's RBAC."""
+        flags; each under the chart's ServiceAccount with `chart_rbac`, else as admin."""
         from tests.e2e.pod_runner import PodRunner  # noqa: PLC0415
 
         ports = tenant.operator_ports
@@ -528,6 +596,12 @@ class Stack(Kubectl):
         )
         self.apply(account, deployment)
         match = deployment["spec"]["selector"]["matchLabels"]
+        operator_kubeconfig, reloader_kubeconfig = self.kubeconfig, self.kubeconfig
+        if self.chart_rbac:
+            operator_kubeconfig = self.service_account_kubeconfig(tenant.namespace, "keda-operator")
+            reloader_kubeconfig = self.service_account_kubeconfig(
+                tenant.namespace, "keda-namespace-reloader"
+            )
 
         def localize(pod: str, argv: list[str]) -> tuple[list[str], dict[str, str], int]:
             """The chart's `keda-tenancy-supervise [flags] -- /keda [flags]`, on loopback."""
@@ -552,11 +626,11 @@ class Stack(Kubectl):
                 "reloader.supervise",
                 *supervisor,
                 "--health-bind-address=127.0.0.1",
-                f"--kubeconfig={self.kubeconfig}",
+                f"--kubeconfig={operator_kubeconfig}",
                 "--",
                 *keda,
             ]
-            return run, {"KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": str(ROOT)}, health
+            return run, {"KUBECONFIG": str(operator_kubeconfig), "PYTHONPATH": str(ROOT)}, health
 
         self.pod_runners[tenant.name] = PodRunner(
             server=f"https://127.0.0.1:{self.apiserver_port}",
@@ -581,7 +655,7 @@ class Stack(Kubectl):
                 "-m",
                 "reloader",
                 *_rewrite(args, {"--health-port": str(ports["reloader"])}),
-                f"--kubeconfig={self.kubeconfig}",
+                f"--kubeconfig={reloader_kubeconfig}",
                 "--health-bind-address=127.0.0.1",
                 *self.reloader_flags,
             ],
@@ -796,6 +870,18 @@ def chart_docs(tenant: str, namespace: str, **values: Any) -> list[dict[str, Any
     )
 
 
+def chart_rbac_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a rendered tenant release grants: ServiceAccounts, (Cluster)Roles, their bindings,
+    and the ConfigMap the process-mode reloader publishes its namespaces to."""
+    kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    return [
+        d
+        for d in docs
+        if d["kind"] in kinds
+        or (d["kind"] == "ConfigMap" and d["metadata"]["name"] == "keda-operator-watched")
+    ]
+
+
 def chart_operator(tenant: str, namespace: str, **values: Any) -> ChartOperator:
     """The operator container of the tenant chart in process mode."""
     from tests.deploy.charts import container, find  # noqa: PLC0415
@@ -824,9 +910,15 @@ def running_stack(
     workdir: Path,
     reloader_flags: tuple[str, ...] = (),
     chart_values: dict[str, Any] | None = None,
+    *,
+    chart_rbac: bool = False,
 ) -> Iterator[Stack]:
     stack = Stack(
-        build_binaries(), workdir, reloader_flags=reloader_flags, chart_values=chart_values or {}
+        build_binaries(),
+        workdir,
+        reloader_flags=reloader_flags,
+        chart_values=chart_values or {},
+        chart_rbac=chart_rbac,
     )
 
     try:

@@ -40,48 +40,12 @@ def chart_docs() -> list[Doc]:
     return render_installation(helm, tenants=(TENANT,)).tenants[TENANT]
 
 
-def rbac_objects(docs: list[Doc]) -> list[Doc]:
-    kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-    wanted = [d for d in docs if d["kind"] in kinds]
-    wanted += [
-        d
-        for d in docs
-        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "keda-operator-watched"
-    ]
-    return wanted
-
-
 def deployment(docs: list[Doc], name: str) -> Doc:
     return next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
 
 
 def token_kubeconfig(stack: Stack, service_account: str) -> Path:
-    """A kubeconfig with a token for the ServiceAccount, from the TokenRequest API."""
-    done = stack.kubectl("create", "token", service_account, "-n", KEDA_NS, "--duration=2h")
-    path = stack.workdir / f"{KEDA_NS}-{service_account}.kubeconfig"
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "e2e",
-                        "cluster": {
-                            "server": f"https://127.0.0.1:{stack.apiserver_port}",
-                            "certificate-authority": str(stack.certs / "cluster-ca.crt"),
-                        },
-                    }
-                ],
-                "users": [{"name": service_account, "user": {"token": done.stdout.strip()}}],
-                "contexts": [
-                    {"name": "e2e", "context": {"cluster": "e2e", "user": service_account}}
-                ],
-                "current-context": "e2e",
-            }
-        )
-    )
-    return path
+    return stack.service_account_kubeconfig(KEDA_NS, service_account)
 
 
 def replace_flag(args: list[str], flag: str, value: str) -> list[str]:
@@ -120,7 +84,7 @@ def reloader_argv(container: dict[str, Any], kubeconfig: Path, health_port: int)
 def tenant(stack: Stack, sources: dict[str, MetricSource]) -> Iterator[dict[str, Any]]:
     docs = chart_docs()
     stack.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEDA_NS}})
-    stack.apply(*rbac_objects(docs))
+    stack.apply_chart_rbac(docs)
     stack.tenant_namespace(TENANT, "lp-one")
     stack.scaled_app("lp-one", sources["alpha"].url)
     # No admin credentials anywhere in the environment: only the token kubeconfigs below.
