@@ -240,7 +240,14 @@ class Stack(Kubectl):
         ).write(self.certs, "router-serving")
 
     def write_kubeconfig(self, user: str, cert: Path, key: Path) -> Path:
-        path = self.workdir / f"{user}.kubeconfig"
+        return self._kubeconfig(
+            self.workdir / f"{user}.kubeconfig",
+            user,
+            {"client-certificate": str(cert), "client-key": str(key)},
+        )
+
+    def _kubeconfig(self, path: Path, user: str, credentials: dict[str, str]) -> Path:
+        """A kubeconfig for this API server, as `user` with `credentials`."""
         path.write_text(
             json.dumps(
                 {
@@ -255,12 +262,7 @@ class Stack(Kubectl):
                             },
                         }
                     ],
-                    "users": [
-                        {
-                            "name": user,
-                            "user": {"client-certificate": str(cert), "client-key": str(key)},
-                        }
-                    ],
+                    "users": [{"name": user, "user": credentials}],
                     "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
                     "current-context": "e2e",
                 }
@@ -278,31 +280,16 @@ class Stack(Kubectl):
 
     # -- processes ---------------------------------------------------------------------
 
-    def service_account_kubeconfig(self, namespace: str, name: str) -> Path:
-        """A kubeconfig with a token for the ServiceAccount, from the TokenRequest API."""
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, path: Path | None = None
+    ) -> Path:
+        """A kubeconfig with a TokenRequest token of the ServiceAccount: what its pod gets."""
         done = self.kubectl("create", "token", name, "-n", namespace, "--duration=2h")
-        path = self.workdir / f"{namespace}-{name}.kubeconfig"
-        path.write_text(
-            json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [
-                        {
-                            "name": "e2e",
-                            "cluster": {
-                                "server": f"https://127.0.0.1:{self.apiserver_port}",
-                                "certificate-authority": str(self.certs / "cluster-ca.crt"),
-                            },
-                        }
-                    ],
-                    "users": [{"name": name, "user": {"token": done.stdout.strip()}}],
-                    "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": name}}],
-                    "current-context": "e2e",
-                }
-            )
+        return self._kubeconfig(
+            path or self.workdir / f"{namespace}-{name}.kubeconfig",
+            name,
+            {"token": done.stdout.strip()},
         )
-        return path
 
     def apply_chart_rbac(self, docs: list[dict[str, Any]]) -> None:
         """The ServiceAccounts, (Cluster)Roles and bindings of a rendered tenant release, and

@@ -102,28 +102,7 @@ class Trust:
 
 def token_kubeconfig(stack: Stack, namespace: str, account: str, path: Path) -> Path:
     """A kubeconfig with a TokenRequest token of the ServiceAccount: what its pod would get."""
-    token = stack.kubectl("create", "token", account, "-n", namespace, "--duration=2h")
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "e2e",
-                        "cluster": {
-                            "server": f"https://127.0.0.1:{stack.apiserver_port}",
-                            "certificate-authority": str(stack.certs / "cluster-ca.crt"),
-                        },
-                    }
-                ],
-                "users": [{"name": account, "user": {"token": token.stdout.strip()}}],
-                "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": account}}],
-                "current-context": "e2e",
-            }
-        )
-    )
-    return path
+    return stack.service_account_kubeconfig(namespace, account, path)
 
 
 def apply_docs(stack: Stack, docs: list[Doc]) -> None:
