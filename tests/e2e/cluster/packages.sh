@@ -2,10 +2,11 @@
 # Debian packages the kubelet-backed cluster and its image build use; installs the missing ones.
 #   containerd runc containernetworking-plugins: the node's runtime and pod network (bridge CNI)
 #   iptables conntrack ipset: kube-proxy and kube-router (NetworkPolicy)
+#   nftables: `nft`, with which the cluster's teardown drops the nf_tables tables iptables made
 #   mmdebstrap: the Debian root filesystem in place of python:3.11-slim
 #   busybox-static gcc libc6-dev: the workload image and the pod sandbox (pause) binary
 set -euo pipefail
-packages=(containerd runc containernetworking-plugins iptables conntrack ipset mmdebstrap
+packages=(containerd runc containernetworking-plugins iptables conntrack ipset nftables mmdebstrap
   busybox-static gcc libc6-dev)
 missing=()
 for p in "${packages[@]}"; do
