@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test check unit binaries demo demo-loopback e2e e2e-fast e2e-cluster cluster-packages bench clean
+.PHONY: test check unit binaries demo demo-loopback e2e e2e-fast e2e-cluster cluster-packages bench-packages bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,7 +32,11 @@ e2e-fast: $(STAMP) binaries
 # The kubelet-backed cluster on this machine with both charts installed (root; Debian packages
 # installed when missing; images built into ~/.cache/keda-tenancy/images).
 cluster-packages:
-	bash tests/e2e/cluster/packages.sh
+	bash tests/packages.sh cluster
+
+# What the benchmarks run (NGINX, valgrind); not part of `make test`.
+bench-packages:
+	bash tests/packages.sh bench
 
 e2e-cluster: $(STAMP) binaries cluster-packages
 	$(PY) -m pytest tests/e2e/cluster -v -s --timeout=2400
@@ -49,13 +53,13 @@ demo: $(STAMP) binaries cluster-packages
 demo-loopback: $(STAMP) binaries
 	$(PY) -m tests.demo_loopback
 
-bench: $(STAMP)
+bench: $(STAMP) bench-packages
 	$(PY) -m bench
 
 # Instructions per forwarded request under valgrind (deterministic, unlike requests/s on a
 # shared machine); BASELINE=<git revision> compares with that revision's router.
 .PHONY: bench-instructions
-bench-instructions: $(STAMP)
+bench-instructions: $(STAMP) bench-packages
 	$(PY) -m bench.instructions $(if $(BASELINE),--baseline $(BASELINE))
 
 # The reloader's restart timing (burst coalescing, label-change latency); not part of `bench`.
