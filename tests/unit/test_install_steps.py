@@ -28,14 +28,13 @@ ARGV_CALLS = {"run", "Popen", "check_output", "check_call", "call", "start"}
 NAME_CALLS = {"sh", "which"}
 # What README.md asks a new machine to have; `.ci/run` installs make itself.
 PREREQUISITES = {"go", "python3"}
-SHELL_WORDS = set(
-    (
-        "if then else elif fi for while until do done case esac in function return exit set "
-        "shift local export declare readonly unset source . : true false echo printf read cd pwd "
-        "test [ [[ ]] { } ! time command exec eval trap wait kill type hash break continue let "
-        "mapfile pushd popd shopt getopts umask"
-    ).split()  # noqa: SIM905 (a sentence reads better than 60 quoted words)
+BASH_WORDS = (
+    "if then else elif fi for while until do done case esac in function return exit set shift "
+    "local export declare readonly unset source . : true false echo printf read cd pwd test [ [[ "
+    "]] { } ! time command exec eval trap wait kill type hash break continue let mapfile pushd "
+    "popd shopt getopts umask"
 )
+SHELL_WORDS = set(BASH_WORDS.split())
 
 
 def python_commands(path: Path) -> Iterator[tuple[str, str]]:
