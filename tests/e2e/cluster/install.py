@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,8 @@ class Installed:
             }
         )
 
-    def everything(self) -> None:
+    def everything(self, say: Callable[[str], None] = lambda _: None) -> None:
+        """Install it all, then wait until what the demo and the scenarios use is ready."""
         self.keda_crds()
         self.tenant_namespace("beta", HNC_ROOT)
         for tenant, namespace in APPS.items():
@@ -147,9 +149,31 @@ class Installed:
         self.router()
         for tenant in APPS:
             self.tenant(tenant)
-        wait_for(self.apiservice_available, "APIService Available", 120)
         for tenant, namespace in APPS.items():
             self.scaled_app(namespace, VALUES[tenant])
+        self.wait_ready(say)
+
+    def wait_ready(self, say: Callable[[str], None] = lambda _: None) -> None:
+        """The metric sources and scaled Deployments rolled out, the APIService Available, and
+        each tenant's first value served through the router (issue 25: writing a value before
+        its pod ran crashed the demo)."""
+        for namespace in APPS.values():
+            for name in ("app-metric", "app"):
+                say(f"waiting for {namespace}/{name} to roll out")
+                self.cluster.kubectl(
+                    "-n", namespace, "rollout", "status", f"deploy/{name}", "--timeout=180s",
+                    timeout_s=200,
+                )  # fmt: skip
+        say("waiting for the APIService v1beta1.external.metrics.k8s.io to be Available")
+        wait_for(self.apiservice_available, "APIService Available", 120)
+        for tenant, namespace in APPS.items():
+            say(f"waiting for {tenant}'s first value through the router ({namespace})")
+            wait_for(
+                lambda ns=namespace: self.metric_value(ns),
+                f"{tenant}'s first value through the router",
+                180,
+                1,
+            )
 
     # -- workloads -----------------------------------------------------------------------
 
@@ -200,16 +224,17 @@ class Installed:
         )
 
     def set_value(self, namespace: str, value: float, name: str = "app") -> None:
-        self.cluster.kubectl(
-            "-n",
-            namespace,
-            "exec",
-            f"deploy/{name}-metric",
-            "--",
-            "sh",
-            "-c",
-            f"echo {value} > /tmp/value",
-        )
+        """Write the metric source's value, once its pod runs: `exec` into a pod that is not
+        running yet fails ("container not found"), so that is waited out, for up to a minute."""
+        wait_for(
+            lambda: self.cluster.kubectl(
+                "-n", namespace, "exec", f"deploy/{name}-metric", "--",
+                "sh", "-c", f"echo {value} > /tmp/value", check=False,
+            ).returncode == 0,
+            f"{namespace}/{name}-metric to take the value {value}",
+            60,
+            1,
+        )  # fmt: skip
 
     # -- reading -------------------------------------------------------------------------
 
