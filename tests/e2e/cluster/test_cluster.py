@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.deploy.charts import ROUTER_CHART, ROUTER_NAMESPACE, ROUTER_RELEASE
+from tests.e2e.cluster import rbac_matrix
 from tests.e2e.cluster.cluster import Cluster
 from tests.e2e.cluster.install import (
     APPS,
@@ -607,3 +608,96 @@ def test_12_each_operator_reads_secrets_only_in_its_tenants_namespaces(
         for subject in item.get("subjects") or []:
             if subject.get("name") == "keda-operator":
                 assert item["roleRef"]["name"].endswith("-operator-cluster"), item["metadata"]
+
+
+def test_13_rbac_matrix(installed: Installed) -> None:
+    """Issue 27: every identity both charts create, asked of kube-apiserver (SubjectAccessReview)
+    for the table deploy/README.md shows, both ways; then the escalation itself, binding any
+    tenant's operator role outside its namespaces as each identity (server-side dry run), is
+    refused: by RBAC, or for the identities that may create RoleBindings by the admission policy."""
+    cluster = installed.cluster
+    created = json.loads(
+        cluster.kubectl(
+            "get", "serviceaccounts", "-A", "-l", "app.kubernetes.io/part-of=keda-tenancy",
+            "-o", "json",
+        ).stdout
+    )  # fmt: skip
+    found = {(sa["metadata"]["namespace"], sa["metadata"]["name"]) for sa in created["items"]}
+    assert found == set(rbac_matrix.identities())  # a new identity needs its rows
+
+    checks = rbac_matrix.checks()
+    reviews = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "spec": {
+                    "user": c.subject,
+                    "groups": [
+                        "system:serviceaccounts",
+                        f"system:serviceaccounts:{c.subject.split(':')[2]}",
+                        "system:authenticated",
+                    ],
+                    "resourceAttributes": {
+                        "verb": c.verb,
+                        "group": c.resource.split("/")[0].partition(".")[2],
+                        "resource": c.resource.split("/")[0].partition(".")[0],
+                        "name": c.resource.partition("/")[2],
+                        "subresource": c.subresource,
+                        "namespace": c.namespace,
+                    },
+                },
+            }
+            for c in checks
+        ],
+    }
+    answers = json.loads(
+        cluster.kubectl("create", "-o", "json", "-f", "-", stdin=json.dumps(reviews)).stdout
+    )["items"]
+    wrong = [
+        f"{c.row}: {'allowed' if a['status'].get('allowed') else 'denied'}"
+        for c, a in zip(checks, answers, strict=True)
+        if bool(a["status"].get("allowed")) != c.allowed
+    ]
+    assert not wrong, "\n".join(wrong)
+
+    # The escalation: each identity binds each tenant's operator role where it must not.
+    forbidden_places = ("kube-system", ROUTER_NAMESPACE, "default")
+    refused_by_policy = []
+    for namespace, name in rbac_matrix.identities():
+        subject = f"system:serviceaccount:{namespace}:{name}"
+        for tenant in rbac_matrix.TENANTS:
+            other = next(t for t in rbac_matrix.TENANTS if t != tenant)
+            for place in (*forbidden_places, APPS[other], tenant_namespace(other)):
+                done = cluster.kubectl(
+                    "create", "rolebinding", f"escalation-{tenant}", "-n", place,
+                    f"--clusterrole=keda-tenancy-{tenant}-operator",
+                    f"--serviceaccount={tenant_namespace(tenant)}:keda-operator",
+                    "--dry-run=server", "--as", subject, check=False,
+                )  # fmt: skip
+                assert done.returncode != 0, f"{subject} bound {tenant}'s operator in {place}"
+                if "keda-tenancy: RoleBinding" in done.stderr:
+                    refused_by_policy.append((name, tenant, place))
+                else:
+                    assert "forbidden" in done.stderr, done.stderr
+    # The managers hold RoleBinding rights: for them it is the policy that refuses (so this
+    # test fails without it), and their own tenant's namespace stays open to them.
+    for tenant, manager in rbac_matrix.BINDING_MANAGERS.items():
+        assert (manager, tenant, "kube-system") in refused_by_policy
+        assert (
+            manager,
+            tenant,
+            APPS["beta" if tenant == "alpha" else "alpha"],
+        ) in refused_by_policy
+        done = cluster.kubectl(
+            "create", "rolebinding", "escalation-control", "-n", APPS[tenant],
+            f"--clusterrole=keda-tenancy-{tenant}-operator",
+            f"--serviceaccount={tenant_namespace(tenant)}:keda-operator", "--dry-run=server",
+            "--as", f"system:serviceaccount:{tenant_namespace(tenant)}:{manager}",
+        )  # fmt: skip
+        assert done.returncode == 0
+    print(
+        f"\nRBAC matrix: {len(checks)} checks, {len(refused_by_policy)} escalations refused by the policy"
+    )

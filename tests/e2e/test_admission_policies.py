@@ -1,0 +1,250 @@
+"""Issue 27: the router chart's admission policies, on the real kube-apiserver.
+
+A RoleBinding that grants a tenant's operator role, or names an identity of a tenant's KEDA
+namespace, is admitted only where the tenancy rule gives the namespace to that tenant alone (or in
+the tenant's own KEDA namespace), whoever asks: cluster admins included. Each rule kind the
+router takes (label keys, HNC roots, HNC root label, name pattern, static lists) is tried, with
+conflicts. And only the named identities may change the labels that decide ownership.
+
+Every request is a server-side dry run: RBAC and admission run, nothing is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.deploy.charts import ROUTER_CHART, ROUTER_NAMESPACE, ROUTER_RELEASE, Helm, find_helm
+from tests.e2e.stack import Stack, wait_for
+
+pytestmark = pytest.mark.e2e
+
+LABEL = "keda-tenancy.io/tenant"
+TREE = ".tree.hnc.x-k8s.io/depth"
+REFUSED = "keda-tenancy: RoleBinding"
+
+
+def namespace(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels or {}},
+    }
+
+
+def policies(values: dict[str, Any]) -> list[dict[str, Any]]:
+    docs = Helm(find_helm()).template(
+        ROUTER_CHART, release=ROUTER_RELEASE, namespace=ROUTER_NAMESPACE, values=values
+    )
+    return [d for d in docs if d and d["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+class Policies:
+    """The router chart's policies for some values, in force on the stack's kube-apiserver."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.applied: list[dict[str, Any]] = []
+
+    def use(self, values: dict[str, Any], probe_namespace: str) -> None:
+        self.remove()
+        self.applied = policies(values)
+        assert {d["kind"] for d in self.applied} == {
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        }
+        self.stack.apply(*self.applied)
+        # Policies take effect when kube-apiserver's informer sees them: wait until one bites.
+        wait_for(
+            lambda: REFUSED in self.bind("probe", probe_namespace).stderr,
+            "the admission policy in force",
+            30,
+            0.2,
+        )
+
+    def remove(self) -> None:
+        for doc in reversed(self.applied):
+            self.stack.kubectl(
+                "delete", doc["kind"], doc["metadata"]["name"], "--ignore-not-found", check=False
+            )
+        self.applied = []
+
+    def bind(self, tenant: str, ns: str, *, role: bool = True, subject: str | None = None) -> Any:
+        """`kubectl create rolebinding --dry-run=server`: the operator role of `tenant`, to its
+        operator ServiceAccount (or `subject`, a --serviceaccount NS:NAME)."""
+        args = ["create", "rolebinding", "probe", "-n", ns, "--dry-run=server"]
+        args += [f"--clusterrole={f'keda-tenancy-{tenant}-operator' if role else 'view'}"]
+        args += [f"--serviceaccount={subject or f'keda-{tenant}:keda-operator'}"]
+        return self.stack.kubectl(*args, check=False)
+
+    def admitted(self, tenant: str, ns: str, **kwargs: Any) -> bool:
+        done = self.bind(tenant, ns, **kwargs)
+        if done.returncode == 0:
+            return True
+        assert REFUSED in done.stderr, done.stderr  # refused by the policy, not anything else
+        return False
+
+
+@pytest.fixture(scope="module")
+def admission(stack: Stack) -> Iterator[Policies]:
+    stack.apply(
+        namespace("adm-a", {LABEL: "a"}),
+        namespace("adm-b", {LABEL: "b"}),
+        namespace("adm-none"),
+        namespace("keda-a"),
+        namespace("keda-b"),
+        namespace(ROUTER_NAMESPACE),
+        # HNC as it labels: root a-root holds a-dev and the root b-root (nested), which holds b-dev.
+        namespace("a-root", {f"a-root{TREE}": "0"}),
+        namespace("a-dev", {f"a-root{TREE}": "1", f"a-dev{TREE}": "0"}),
+        namespace("b-root", {f"a-root{TREE}": "1", f"b-root{TREE}": "0"}),
+        namespace("b-dev", {f"a-root{TREE}": "2", f"b-root{TREE}": "1", f"b-dev{TREE}": "0"}),
+        # Two label rules that disagree.
+        namespace("adm-split", {LABEL: "a", "capsule.clastix.io/tenant": "b"}),
+        namespace("a--prod"),
+        namespace("static-ns"),
+    )
+    policies_ = Policies(stack)
+    yield policies_
+    policies_.remove()
+
+
+def test_label_rule_binds_only_in_the_tenants_namespaces(admission: Policies) -> None:
+    admission.use({}, "kube-system")  # the chart's defaults: the label keda-tenancy.io/tenant
+    assert admission.admitted("a", "adm-a")
+    assert admission.admitted("b", "adm-b")
+    assert admission.admitted("a", "keda-a")  # its own KEDA namespace
+    for ns in ("adm-b", "adm-none", "keda-b", "kube-system", "kube-public", "kube-node-lease",
+               "default", ROUTER_NAMESPACE):  # fmt: skip
+        assert not admission.admitted("a", ns), ns
+    # The same, named by its identity only: another role for a's ServiceAccounts, or a's group.
+    assert not admission.admitted("a", "adm-b", role=False)
+    assert not admission.admitted("x", "adm-b", role=False, subject="keda-a:keda-metrics-server")
+    assert admission.admitted("x", "adm-b", role=False, subject="adm-b:app")  # not a tenant's
+    done = admission.stack.kubectl(
+        "create", "rolebinding", "probe", "-n", "adm-b", "--clusterrole=view",
+        "--group=system:serviceaccounts:keda-a", "--dry-run=server", check=False,
+    )  # fmt: skip
+    assert REFUSED in done.stderr
+    # The message says what and where.
+    message = admission.bind("a", "kube-system").stderr
+    assert "tenant(s) a in namespace kube-system" in message
+    assert "protected namespace" in message
+
+
+def test_conflicting_rules_give_the_namespace_to_nobody(admission: Policies) -> None:
+    admission.use({"tenancy": {"labelKeys": [LABEL, "capsule.clastix.io/tenant"]}}, "kube-system")
+    assert admission.admitted("a", "adm-a")
+    assert not admission.admitted("a", "adm-split")
+    assert not admission.admitted("b", "adm-split")
+
+
+def test_hnc_roots_nested_roots_are_a_conflict(admission: Policies) -> None:
+    admission.use(
+        {"tenancy": {"labelKeys": [], "hnc": {"roots": ["a-root", "b-root"]}}}, "kube-system"
+    )
+    assert admission.admitted("a-root", "a-root")
+    assert admission.admitted("a-root", "a-dev")
+    # b-root and b-dev sit under both roots: the router calls them a conflict, so may no one.
+    for tenant in ("a-root", "b-root"):
+        for ns in ("b-root", "b-dev"):
+            assert not admission.admitted(tenant, ns), (tenant, ns)
+    assert not admission.admitted("a-root", "adm-a")
+
+
+def test_hnc_root_label_bounds_a_tenant_to_its_subtree(admission: Policies) -> None:
+    admission.use(
+        {"tenancy": {"labelKeys": [], "hnc": {"rootLabel": "keda-tenancy.io/tenant-root"}}},
+        "kube-system",
+    )
+    assert admission.admitted("a-root", "a-dev")
+    assert not admission.admitted("a-root", "adm-a")
+    assert not admission.admitted("b-root", "a-dev")
+
+
+def test_name_pattern_and_static_lists(admission: Policies) -> None:
+    admission.use(
+        {
+            "tenancy": {
+                "labelKeys": [],
+                "namespaceNamePattern": "(?P<tenant>[a-z0-9-]+?)--.+",
+                "tenants": {"s": {"namespaces": ["static-ns"]}},
+            }
+        },
+        "kube-system",
+    )
+    assert admission.admitted("a", "a--prod")
+    assert not admission.admitted("b", "a--prod")
+    assert admission.admitted("s", "static-ns")
+    assert not admission.admitted("a", "static-ns")
+    assert not admission.admitted("s", "a--prod")
+
+
+def test_only_named_identities_change_tenancy_labels(admission: Policies) -> None:
+    admission.use({}, "kube-system")
+    stack = admission.stack
+    owner = "tenant-owner"  # someone allowed by RBAC to label namespaces (a Capsule owner)
+    stack.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "adm-namespace-labeller"},
+            "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "patch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "adm-namespace-labeller"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "adm-namespace-labeller",
+            },
+            "subjects": [{"kind": "User", "name": owner, "apiGroup": "rbac.authorization.k8s.io"}],
+        },
+    )
+
+    def label(ns: str, change: dict[str, str | None], as_user: str | None = owner) -> Any:
+        args = ["patch", "namespace", ns, "--type=merge", "--dry-run=server"]
+        args += ["-p", json.dumps({"metadata": {"labels": change}})]
+        if as_user:
+            args += ["--as", as_user]
+        return stack.kubectl(*args, check=False)
+
+    try:
+        for change in ({LABEL: "b"}, {LABEL: None}):
+            done = label("adm-a", change)
+            assert done.returncode != 0
+            assert f"may not set or change the tenancy label(s) {LABEL}" in done.stderr
+        assert "may not set" in label("adm-none", {LABEL: "a"}).stderr  # set where none was
+        assert label("adm-a", {"team": "payments"}).returncode == 0  # other labels: fine
+        assert label("adm-a", {LABEL: "b"}, as_user=None).returncode == 0  # system:masters
+        # Nor may it make a tenant KEDA namespace, whose release would get certificates.
+        stack.apply(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": "adm-namespace-labeller"},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["namespaces"],
+                        "verbs": ["get", "patch", "create"],
+                    }
+                ],
+            }
+        )
+        create = ["create", "namespace", "--dry-run=server", "--as", owner]
+        done = stack.kubectl(*create, "keda-evil", check=False)
+        assert "may not create keda-evil, a tenant KEDA namespace" in done.stderr
+        assert stack.kubectl(*create, "evil-apps", check=False).returncode == 0
+    finally:
+        stack.kubectl("delete", "clusterrolebinding,clusterrole", "adm-namespace-labeller",
+                      "--ignore-not-found", check=False)  # fmt: skip
+
+
+def test_disabled_renders_no_policy() -> None:
+    assert policies({"admissionPolicy": {"enabled": False}}) == []
