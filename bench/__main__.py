@@ -145,7 +145,9 @@ def nginx_binary() -> str:
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
     if found is None:
-        raise SystemExit("nginx not found: apt-get install nginx-light (make bench-packages does this)")
+        raise SystemExit(
+            "nginx not found: apt-get install nginx-light (make bench-packages does this)"
+        )
     return found
 
 
