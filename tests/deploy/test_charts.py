@@ -1177,3 +1177,26 @@ def test_keda_adapter_accepts_the_rendered_flags(
     _accepts(
         adapter, container(find(docs, "Deployment", "keda-operator-metrics-apiserver"))["args"]
     )
+
+
+def test_the_rbac_matrix_covers_every_identity_of_both_certificate_options(helm: Helm) -> None:
+    """test_13 asks kube-apiserver about the identities the cluster's install creates (default
+    certificates); with cert-manager instead, the charts create no identity beyond those."""
+    from tests.e2e.cluster import rbac_matrix
+
+    def identities(router_values: dict[str, Any]) -> set[tuple[str, str]]:
+        installation = render_installation(
+            helm,
+            tenants=rbac_matrix.TENANTS,
+            router_values=router_values,
+            tenant_values=lambda t: {"reloader": {"mode": "deployment"}} if t == "beta" else {},
+        )
+        return {
+            (d["metadata"]["namespace"], d["metadata"]["name"])
+            for d in installation.all_docs()
+            if d and d["kind"] == "ServiceAccount"
+        }
+
+    default = identities({})
+    assert default == set(rbac_matrix.identities())
+    assert identities({"certificates": {"certManager": {"enabled": True}}}) <= default
