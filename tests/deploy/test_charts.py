@@ -44,6 +44,7 @@ from tests.deploy.charts import (
     tenant_namespace,
     walk,
 )
+from tests.e2e.cluster import rbac_matrix
 
 # The first test may build helm from its module (the e2e build script; cached afterwards).
 pytestmark = pytest.mark.timeout(1500)
@@ -1182,7 +1183,6 @@ def test_keda_adapter_accepts_the_rendered_flags(
 def test_the_rbac_matrix_covers_every_identity_of_both_certificate_options(helm: Helm) -> None:
     """test_13 asks kube-apiserver about the identities the cluster's install creates (default
     certificates); with cert-manager instead, the charts create no identity beyond those."""
-    from tests.e2e.cluster import rbac_matrix
 
     def identities(router_values: dict[str, Any]) -> set[tuple[str, str]]:
         installation = render_installation(
