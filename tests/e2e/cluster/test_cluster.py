@@ -653,9 +653,12 @@ def test_13_rbac_matrix(installed: Installed) -> None:
             for c in checks
         ],
     }
-    answers = json.loads(
-        cluster.kubectl("create", "-o", "json", "-f", "-", stdin=json.dumps(reviews)).stdout
-    )["items"]
+    out = cluster.kubectl("create", "-o", "json", "-f", "-", stdin=json.dumps(reviews)).stdout
+    answers, at = [], 0  # kubectl prints one object after another
+    while out[at:].strip():
+        answer, end = json.JSONDecoder().raw_decode(out[at:].lstrip())
+        answers.append(answer)
+        at = len(out) - len(out[at:].lstrip()) + end
     wrong = [
         f"{c.row}: {'allowed' if a['status'].get('allowed') else 'denied'}"
         for c, a in zip(checks, answers, strict=True)
