@@ -878,7 +878,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         install_stop_signals(stop)
         await run(config, stop, CollectorRegistry())
 
-    run_event_loop(_main())
+    try:
+        run_event_loop(_main())
+    except CertsFailedError as exc:  # --once: each failure is logged above
+        logger.error("%s", exc)  # no traceback: nothing unexpected happened
+        return 1
     return 0
 
 
