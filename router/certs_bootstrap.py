@@ -539,11 +539,12 @@ class CertsController:
             "type": "Warning",
             "source": {"component": FIELD_MANAGER},
             "reportingComponent": FIELD_MANAGER,
-            "reportingInstance": os.environ.get("HOSTNAME", ""),
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,
             "count": 1,
         }
+        if pod := os.environ.get("HOSTNAME"):
+            body["reportingInstance"] = pod
         try:
             await read_json(
                 self._core.create_namespaced_event(namespace, body, _preload_content=False)  # type: ignore[arg-type] # the client sends dicts as they are

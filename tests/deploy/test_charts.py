@@ -833,6 +833,9 @@ def test_router_prometheus_rule_alerts_30_days_before_expiry(helm: Helm) -> None
     certs = alerts["KedaTenancyCertificateExpiresSoon"]
     assert "keda_tenancy_certs_certificate_expiry_timestamp_seconds" in certs["expr"]
     assert "- time() < 30 * 86400" in certs["expr"]
+    failing = alerts["KedaTenancyCertificatesFailing"]
+    assert "keda_tenancy_certs_namespace_errors_total" in failing["expr"]
+    assert "$labels.secret_namespace" in failing["annotations"]["summary"]
     # Both metrics are scraped: the router's Service and keda-tenancy-certs' own.
     monitored = {
         json.dumps(m["spec"]["selector"]["matchLabels"], sort_keys=True)
@@ -859,6 +862,12 @@ def test_router_prometheus_rule_alerts_30_days_before_expiry(helm: Helm) -> None
     assert registry.get_sample_value(
         "keda_tenancy_certs_certificate_expiry_timestamp_seconds",
         {"secret_namespace": "keda-a", "secret": "kedaorg-certs"},
+    )
+    errors = CollectorRegistry()
+    CertsMetrics(errors).namespace_errors.labels("keda-a", "ca-not-a-ca").inc()
+    assert errors.get_sample_value(
+        "keda_tenancy_certs_namespace_errors_total",
+        {"secret_namespace": "keda-a", "reason": "ca-not-a-ca"},
     )
 
 

@@ -518,9 +518,10 @@ def test_a_malformed_ca_in_one_tenant_namespace_stays_there(trust: Trust) -> Non
     # Said where the tenant looks: an Event on the Secret (the real API server validated it).
     events = json.loads(stack.kubectl("get", "events", "-n", other_ns, "-o", "json").stdout)
     assert [
-        (e["type"], e["reason"], e["involvedObject"]["kind"], e["involvedObject"]["name"])
+        (e["type"], e["reason"], e["involvedObject"]["name"], e["source"]["component"])
         for e in events["items"]
-    ] == [("Warning", "CaKeyNotEcdsa", "Secret", "keda-tenancy-internal-ca")]
+        if e["involvedObject"]["kind"] == "Secret"
+    ] == [("Warning", "CaKeyNotEcdsa", "keda-tenancy-internal-ca", "keda-tenancy-certs")]
     # The CA was left alone; deleted, it is made anew and the tenant gets its certificates.
     assert trust.secret(other_ns, "keda-tenancy-internal-ca")["tls.crt"] == ca.public_bytes(
         serialization.Encoding.PEM
