@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import sys
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,13 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from router.certs_failures import (
+    FailingKeys,
+    SecretFailedError,
+    SecretTypeError,
+    classify,
+    event_reason,
+)
 from router.certs_pki import (
     Authority,
     LeafRequest,
@@ -56,6 +64,8 @@ logger = logging.getLogger(__name__)
 
 FIELD_MANAGER = "keda-tenancy-certs"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "keda-tenancy-certs"}
+# The only Secret type it writes (and, by the chart's admission policy, may write).
+TLS_SECRET_TYPE = "kubernetes.io/tls"  # noqa: S105 # a type, no password
 TENANT_AUTHORITY = "tenant"  # a tenant certificate's `authority`: that tenant's own CA
 
 
@@ -209,6 +219,8 @@ class CertsConfig:
     kubeconfig: str | None
     resync_interval_s: float
     once: bool
+    retry_initial_s: float
+    retry_max_s: float
     health_bind_address: str
     health_port: int
     log_level: str
@@ -228,21 +240,35 @@ class CertsConfig:
             help="how often everything is checked (new tenants, renewals)",
         )
         parser.add_argument("--once", action="store_true", help="reconcile once and exit")
+        parser.add_argument(
+            "--retry-initial",
+            default="1s",
+            help="first retry of a namespace that failed (doubling up to --retry-max)",
+        )
+        parser.add_argument(
+            "--retry-max", default="5m", help="longest delay between retries of one namespace"
+        )
         parser.add_argument("--health-bind-address", default="0.0.0.0")  # noqa: S104 # a pod's port
         parser.add_argument("--health-port", type=int, default=8080)
         parser.add_argument("--log-level", default="info")
         parser.add_argument("--log-format", default="json", choices=["json", "text"])
         apply_env_defaults(parser, environ, "KEDA_TENANCY_CERTS_")
         args = parser.parse_args(list(argv))
-        try:
-            resync = parse_duration(args.resync_interval)
-        except ValueError as exc:
-            parser.error(f"--resync-interval: {exc}")
+        durations = {}
+        for flag in ("resync_interval", "retry_initial", "retry_max"):
+            try:
+                durations[flag] = parse_duration(getattr(args, flag))
+            except ValueError as exc:
+                parser.error(f"--{flag.replace('_', '-')}: {exc}")
+        if durations["retry_initial"] > durations["retry_max"]:
+            parser.error("--retry-initial must not exceed --retry-max")
         return cls(
             spec_file=args.spec_file,
             kubeconfig=args.kubeconfig or None,
-            resync_interval_s=resync,
+            resync_interval_s=durations["resync_interval"],
             once=args.once,
+            retry_initial_s=durations["retry_initial"],
+            retry_max_s=durations["retry_max"],
             health_bind_address=args.health_bind_address,
             health_port=args.health_port,
             log_level=args.log_level,
@@ -271,7 +297,18 @@ class CertsMetrics:
         )
         self.errors = Counter(
             prefix + "reconcile_errors",
-            "Reconciliations that failed (the next resync retries).",
+            "Failed attempts, of any namespace (each is retried with its own backoff).",
+            registry=registry,
+        )
+        self.namespace_errors = Counter(
+            prefix + "namespace_errors",
+            "Failed attempts by namespace (the router's or a tenant's) and reason.",
+            ["secret_namespace", "reason"],
+            registry=registry,
+        )
+        self.failing = Gauge(
+            prefix + "failing_namespaces",
+            "Namespaces whose last attempt failed (retried with backoff).",
             registry=registry,
         )
         self.tenants = Gauge(
@@ -292,8 +329,15 @@ def _unb64(data: Mapping[str, str] | None) -> SecretData:
     return {k: base64.b64decode(v) for k, v in (data or {}).items()}
 
 
+class _NotGrantedError(Exception):
+    """The namespace's release did not grant us (403 on our first read): not a tenant of ours."""
+
+
 class CertsController:
-    """One reconcile pass keeps every Secret of the spec; the loop repeats it."""
+    """A full pass keeps every Secret of the spec; the loop repeats it and retries a failed
+    namespace sooner, with that namespace's own backoff. A namespace's failure (a malformed
+    Secret, a refused write, an API error) stays with it: logged, counted, an Event on the
+    Secret; the other namespaces go on."""
 
     def __init__(
         self,
@@ -301,6 +345,7 @@ class CertsController:
         spec: Spec,
         metrics: CertsMetrics,
         clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+        failing: FailingKeys | None = None,
     ) -> None:
         self._core = CoreV1Api(api)
         self._registration = ApiregistrationV1Api(api)
@@ -308,34 +353,220 @@ class CertsController:
         self._spec = spec
         self._metrics = metrics
         self._clock = clock
+        self.failing = failing if failing is not None else FailingKeys()
+        self._error_series: dict[str, set[str]] = {}
         self.last_error: str | None = "not reconciled yet"
 
     async def reconcile(self) -> None:
+        """The full pass: the router's namespace, then every tenant namespace."""
         now = self._clock()
         spec = self._spec
-        authorities = {
-            name: await self._authority(spec.namespace, a, now)
-            for name, a in spec.authorities.items()
+        authorities = await self._system(now)
+        if authorities is None or spec.tenants is None:
+            return
+        try:
+            namespaces = await read_json(self._core.list_namespace(_preload_content=False))
+        except Exception as exc:  # retried with the router namespace's backoff
+            await self._failed(spec.namespace, exc, now)
+            return
+        tenants: dict[str, str] = {}
+        for item in namespaces.get("items", []):
+            namespace = item["metadata"]["name"]
+            match = spec.tenants.namespace_pattern.fullmatch(namespace)
+            if (
+                match is not None
+                and namespace != spec.namespace
+                and item.get("status", {}).get("phase") != "Terminating"
+            ):
+                tenants[namespace] = match["tenant"]
+        # Gone (or no longer a tenant's): nothing to retry, no series to keep.
+        for key in self.failing:
+            if key != spec.namespace and key not in tenants:
+                self._forget(key)
+        served = 0
+        for namespace, tenant in tenants.items():
+            if self.failing.waiting(namespace, now):
+                served += 1  # its own retry comes first
+                continue
+            served += await self._tenant_key(spec.tenants, tenant, namespace, authorities, now)
+        self._metrics.tenants.set(served)
+        self._metrics.failing.set(len(self.failing))
+
+    async def retry_due(self) -> None:
+        """Retry the failed namespaces whose backoff has run out (between full passes)."""
+        now = self._clock()
+        spec = self._spec
+        due = self.failing.due(now)
+        if not due or self.failing.waiting(spec.namespace, now):
+            return
+        authorities = await self._system(now)
+        if authorities is not None and spec.tenants is not None:
+            for namespace in due:
+                match = spec.tenants.namespace_pattern.fullmatch(namespace)
+                if namespace == spec.namespace or match is None:
+                    continue
+                await self._tenant_key(spec.tenants, match["tenant"], namespace, authorities, now)
+        self._metrics.failing.set(len(self.failing))
+
+    def next_retry_in_s(self) -> float | None:
+        # While the router namespace fails, the tenants wait for it (they need its CAs).
+        system = self.failing.get(self._spec.namespace)
+        at = system.retry_at if system is not None else self.failing.next_retry()
+        return None if at is None else max(0.0, (at - self._clock()).total_seconds())
+
+    def tenant_failures(self) -> str | None:
+        """For /readyz's body (a warning: one tenant's failure takes no router pod out)."""
+        keys = [k for k in self.failing if k != self._spec.namespace]
+        if not keys:
+            return None
+        return ", ".join(f"{k}: {state.reason}" for k in keys if (state := self.failing.get(k)))
+
+    async def _system(self, now: datetime.datetime) -> dict[str, Authority] | None:
+        """The router namespace's key. None when its CAs cannot be had: the tenants' leaves
+        need them, so they wait for its retry."""
+        spec = self._spec
+        try:
+            authorities = {
+                name: await self._authority(spec.namespace, a, now)
+                for name, a in spec.authorities.items()
+            }
+        except Exception as exc:  # one key's failure: recorded, retried
+            await self._failed(spec.namespace, exc, now)
+            return None
+        try:
+            for certificate in spec.certificates:
+                await self._leaf(spec.namespace, certificate, authorities, now)
+            if spec.trust_configmap:
+                await self._trust_configmap(authorities)
+            for name, authority in spec.apiservices.items():
+                await self._apiservice_ca(name, authorities[authority])
+        except Exception as exc:
+            await self._failed(spec.namespace, exc, now)
+        else:
+            self._succeeded(spec.namespace)
+        return authorities
+
+    async def _tenant_key(
+        self,
+        spec: TenantsSpec,
+        tenant: str,
+        namespace: str,
+        authorities: Mapping[str, Authority],
+        now: datetime.datetime,
+    ) -> int:
+        """One tenant namespace; 1 when it is ours (granted), failing or not."""
+        try:
+            await self._tenant(spec, tenant, namespace, authorities, now)
+        except _NotGrantedError:
+            # Not a tenant release (or one that did not grant us): nothing of ours there.
+            logger.debug("no grant in %s", namespace, extra={"namespace": namespace})
+            self._forget(namespace)
+            return 0
+        except Exception as exc:  # one key's failure: recorded, retried
+            await self._failed(namespace, exc, now)
+            return 1
+        self._succeeded(namespace)
+        return 1
+
+    async def _failed(self, namespace: str, exc: Exception, now: datetime.datetime) -> None:
+        reason, message = classify(exc)
+        secret = exc.secret if isinstance(exc, SecretFailedError) else ""
+        state, emit = self.failing.failed(namespace, secret, reason, message, now)
+        self._metrics.errors.inc()
+        self._metrics.namespace_errors.labels(namespace, reason).inc()
+        self._error_series.setdefault(namespace, set()).add(reason)
+        self._metrics.failing.set(len(self.failing))
+        retry_in_s = (state.retry_at - now).total_seconds()
+        logger.warning(
+            "certificates of %s failed (%s), retry in %.0fs: %s",
+            namespace,
+            reason,
+            retry_in_s,
+            message,
+            exc_info=reason == "internal",
+            extra={
+                "namespace": namespace,
+                "secret": secret,
+                "reason": reason,
+                "failures": state.failures,
+                "retry_in_s": retry_in_s,
+            },
+        )
+        if namespace == self._spec.namespace:
+            self.last_error = f"{reason}: {message}"[:300]
+        if emit and secret:
+            await self._event(namespace, secret, reason, message, now)
+
+    def _succeeded(self, namespace: str) -> None:
+        state = self.failing.forget(namespace)
+        if namespace == self._spec.namespace:
+            self.last_error = None
+        if state is not None:
+            logger.info(
+                "certificates of %s recovered after %d failed attempts",
+                namespace,
+                state.failures,
+                extra={"namespace": namespace, "failures": state.failures},
+            )
+            self._metrics.failing.set(len(self.failing))
+
+    def _forget(self, namespace: str) -> None:
+        """Gone, or not ours: no retry, and no metric series left behind for it."""
+        self.failing.forget(namespace)
+        for reason in self._error_series.pop(namespace, set()):
+            with contextlib.suppress(KeyError):
+                self._metrics.namespace_errors.remove(namespace, reason)
+        self._metrics.failing.set(len(self.failing))
+
+    async def _event(
+        self, namespace: str, secret: str, reason: str, message: str, now: datetime.datetime
+    ) -> None:
+        """A Warning Event on the Secret (`kubectl describe secret`, `kubectl get events`).
+        Best effort: a release that does not grant events only loses this."""
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{secret}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "name": secret,
+                "namespace": namespace,
+            },
+            "reason": event_reason(reason),
+            "message": message[:1000],
+            "type": "Warning",
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
         }
-        for certificate in spec.certificates:
-            await self._leaf(spec.namespace, certificate, authorities, now)
-        if spec.trust_configmap:
-            await self._trust_configmap(authorities)
-        for name, authority in spec.apiservices.items():
-            await self._apiservice_ca(name, authorities[authority])
-        if spec.tenants is not None:
-            await self._tenants(spec.tenants, authorities, now)
-        self.last_error = None
+        if pod := os.environ.get("HOSTNAME"):
+            body["reportingInstance"] = pod
+        try:
+            await read_json(
+                self._core.create_namespaced_event(namespace, body, _preload_content=False)  # type: ignore[arg-type] # the client sends dicts as they are
+            )
+        except Exception as exc:  # the log line and the metric remain
+            logger.debug("no Event in %s: %s", namespace, exc, extra={"namespace": namespace})
 
     async def _read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await read_json(
+            secret = await read_json(
                 self._core.read_namespaced_secret(name, namespace, _preload_content=False)
             )
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
+        if (kind := secret.get("type")) != TLS_SECRET_TYPE:
+            raise SecretTypeError(
+                f"the Secret has type {kind}, not {TLS_SECRET_TYPE}: keda-tenancy-certs keeps"
+                " only its own; delete it to have it made anew"
+            )
+        return secret
 
     async def _write_secret(
         self, namespace: str, name: str, data: SecretData, existing: dict[str, Any] | None
@@ -344,7 +575,7 @@ class CertsController:
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": name, "namespace": namespace, "labels": dict(MANAGED_BY)},
-            "type": "kubernetes.io/tls",
+            "type": TLS_SECRET_TYPE,
             "data": _b64(data),
         }
         if existing is None:
@@ -359,7 +590,6 @@ class CertsController:
         body["metadata"]["labels"] = {**(metadata.get("labels") or {}), **MANAGED_BY}
         if metadata.get("annotations"):
             body["metadata"]["annotations"] = metadata["annotations"]
-        body["type"] = existing.get("type", "kubernetes.io/tls")
         await read_json(
             self._core.replace_namespaced_secret(name, namespace, body, _preload_content=False)  # type: ignore[arg-type] # the client sends dicts as they are
         )
@@ -367,7 +597,18 @@ class CertsController:
     async def _authority(
         self, namespace: str, spec: AuthoritySpec, now: datetime.datetime
     ) -> Authority:
-        """The CA in `spec.secret`, created once; never replaced (everything trusts it)."""
+        """The CA in `spec.secret`, created once; never replaced (everything trusts it): a
+        malformed one is reported, not overwritten."""
+        try:
+            return await self._kept_authority(namespace, spec, now)
+        except SecretFailedError:
+            raise
+        except Exception as exc:
+            raise SecretFailedError(spec.secret, exc) from exc
+
+    async def _kept_authority(
+        self, namespace: str, spec: AuthoritySpec, now: datetime.datetime
+    ) -> Authority:
         existing = await self._read_secret(namespace, spec.secret)
         if existing is not None:
             return Authority.from_data(_unb64(existing.get("data")))
@@ -377,8 +618,12 @@ class CertsController:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            # Another replica made it first: use theirs.
-            return await self._authority(namespace, spec, now)
+            # Another replica made it first: use theirs (read once: no loop on a 409 that
+            # is not "it exists").
+            made = await self._read_secret(namespace, spec.secret)
+            if made is None:
+                raise
+            return Authority.from_data(_unb64(made.get("data")))
         logger.info("created CA %s/%s", namespace, spec.secret, extra={"secret": spec.secret})
         self._metrics.issued.labels("new-authority").inc()
         self._metrics.expiry.labels(namespace, spec.secret).set(
@@ -387,6 +632,18 @@ class CertsController:
         return Authority.from_data(data)
 
     async def _leaf(
+        self,
+        namespace: str,
+        spec: CertificateSpec,
+        authorities: Mapping[str, Authority],
+        now: datetime.datetime,
+    ) -> None:
+        try:
+            await self._kept_leaf(namespace, spec, authorities, now)
+        except Exception as exc:
+            raise SecretFailedError(spec.secret, exc) from exc
+
+    async def _kept_leaf(
         self,
         namespace: str,
         spec: CertificateSpec,
@@ -486,31 +743,6 @@ class CertsController:
         )
         logger.info("set the caBundle of APIService %s", name, extra={"apiservice": name})
 
-    async def _tenants(
-        self, spec: TenantsSpec, authorities: Mapping[str, Authority], now: datetime.datetime
-    ) -> None:
-        namespaces = await read_json(self._core.list_namespace(_preload_content=False))
-        served = 0
-        for item in namespaces.get("items", []):
-            namespace = item["metadata"]["name"]
-            match = spec.namespace_pattern.fullmatch(namespace)
-            if (
-                match is None
-                or namespace == self._spec.namespace
-                or item.get("status", {}).get("phase") == "Terminating"
-            ):
-                continue
-            try:
-                await self._tenant(spec, match["tenant"], namespace, authorities, now)
-            except ApiException as exc:
-                if exc.status != 403:
-                    raise
-                # Not a tenant release (or one that did not grant us): nothing of ours there.
-                logger.debug("no grant in %s", namespace, extra={"namespace": namespace})
-                continue
-            served += 1
-        self._metrics.tenants.set(served)
-
     async def _tenant(
         self,
         spec: TenantsSpec,
@@ -519,20 +751,32 @@ class CertsController:
         authorities: Mapping[str, Authority],
         now: datetime.datetime,
     ) -> None:
-        own = await self._authority(
-            namespace,
-            AuthoritySpec(
-                spec.authority.secret,
-                spec.authority.common_name.replace("{tenant}", tenant),
-                spec.authority.validity,
-            ),
-            now,
-        )
+        try:
+            own = await self._authority(
+                namespace,
+                AuthoritySpec(
+                    spec.authority.secret,
+                    spec.authority.common_name.replace("{tenant}", tenant),
+                    spec.authority.validity,
+                ),
+                now,
+            )
+        except SecretFailedError as exc:
+            if isinstance(exc.cause, ApiException) and exc.cause.status == 403:
+                raise _NotGrantedError(namespace) from exc
+            raise
         scoped = {**authorities, TENANT_AUTHORITY: own}
         for certificate in spec.certificates:
             await self._leaf(namespace, certificate.for_tenant(tenant, namespace), scoped, now)
         if spec.webhook_configuration:
-            await self._webhook_ca(spec.webhook_configuration.replace("{tenant}", tenant), own)
+            name = spec.webhook_configuration.replace("{tenant}", tenant)
+            try:
+                await self._webhook_ca(name, own)
+            except Exception as exc:
+                # Its caBundle is the tenant CA's certificate: the Event goes on that Secret.
+                raise SecretFailedError(
+                    spec.authority.secret, exc, f"webhook configuration {name}"
+                ) from exc
 
     async def _webhook_ca(self, name: str, authority: Authority) -> None:
         try:
@@ -540,7 +784,8 @@ class CertsController:
                 self._admission.read_validating_webhook_configuration(name, _preload_content=False)
             )
         except ApiException as exc:
-            if exc.status == 404:  # the release runs without webhooks
+            # The release runs without webhooks (and so grants nothing on them).
+            if exc.status in (403, 404):
                 return
             raise
         bundle = base64.b64encode(authority.cert_pem).decode()
@@ -575,32 +820,45 @@ def _read(path: str) -> str:
         return handle.read()
 
 
+class CertsFailedError(RuntimeError):
+    """--once: some namespace's certificates could not be kept (each is in the log)."""
+
+
 async def run(config: CertsConfig, stop: asyncio.Event, registry: CollectorRegistry) -> None:
     spec = Spec.parse(yaml.safe_load(await asyncio.to_thread(_read, config.spec_file)))
     metrics = CertsMetrics(registry)
     async with await make_api_client(config.kubeconfig) as api:
-        controller = CertsController(api, spec, metrics)
+        failing = FailingKeys(
+            datetime.timedelta(seconds=config.retry_initial_s),
+            datetime.timedelta(seconds=config.retry_max_s),
+        )
+        controller = CertsController(api, spec, metrics, failing=failing)
+        if config.once:
+            await controller.reconcile()
+            if failed := list(controller.failing):
+                raise CertsFailedError(f"certificates failed in {', '.join(failed)}")
+            return
 
         async def loop() -> None:
+            clock = asyncio.get_running_loop().time
             while not stop.is_set():
-                try:
-                    await controller.reconcile()
-                except (ApiException, ValueError, OSError) as exc:
-                    controller.last_error = str(exc)[:300]
-                    metrics.errors.inc()
-                    logger.warning("reconcile failed: %s", exc)
-                    if config.once:
-                        raise
-                if config.once:
-                    return
-                # Interruptible sleep: SIGTERM ends the loop at once.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), config.resync_interval_s)
+                await controller.reconcile()
+                next_pass = clock() + config.resync_interval_s
+                # Until the next full pass, retry each failed namespace when its backoff is up.
+                while not stop.is_set() and (left := next_pass - clock()) > 0:
+                    retry = controller.next_retry_in_s()
+                    wait_s = left if retry is None else min(left, retry)
+                    # Interruptible sleep: SIGTERM ends the loop at once.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), wait_s)
+                    if not stop.is_set() and clock() < next_pass:
+                        await controller.retry_due()
 
-        if config.once:
-            await loop()
-            return
-        app = health.build_health_app(registry, {"certificates": lambda: controller.last_error})
+        app = health.build_health_app(
+            registry,
+            {"certificates": lambda: controller.last_error},
+            {"tenant-certificates": controller.tenant_failures},
+        )
         await run_roots(
             {
                 "certificates": loop(),
@@ -621,7 +879,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         install_stop_signals(stop)
         await run(config, stop, CollectorRegistry())
 
-    run_event_loop(_main())
+    try:
+        run_event_loop(_main())
+    except CertsFailedError as exc:  # --once: each failure is logged above
+        logger.error("%s", exc)  # no traceback: nothing unexpected happened
+        return 1
     return 0
 
 

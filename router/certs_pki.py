@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -21,9 +21,25 @@ SecretData = dict[str, bytes]
 BACKDATE = datetime.timedelta(minutes=5)
 
 
+class AuthorityError(ValueError):
+    """A CA Secret that cannot be used; `reason` is one of a fixed set (a metric label)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _spki(key: object) -> bytes:
+    return key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Authority:
-    """A CA whose key we hold: it signs leaves; its certificate is what others trust."""
+    """A CA whose key we hold: it signs leaves; its certificate is what others trust.
+    `cert_pem` is the certificate re-encoded on its own: whatever else the Secret's `tls.crt`
+    holds (a key, more certificates) is never published."""
 
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey
@@ -31,17 +47,42 @@ class Authority:
 
     @classmethod
     def from_data(cls, data: Mapping[str, bytes]) -> Authority:
-        """From a CA Secret's data; ValueError when it is not a usable CA."""
-        cert = x509.load_pem_x509_certificate(data["tls.crt"])
-        key = serialization.load_pem_private_key(data["tls.key"], password=None)
+        """From a CA Secret's data; AuthorityError when it is not a usable CA."""
+        if "tls.crt" not in data:
+            raise AuthorityError("ca-certificate-missing", "the CA Secret has no tls.crt")
+        if "tls.key" not in data:
+            raise AuthorityError("ca-key-missing", "the CA Secret has no tls.key")
+        try:
+            cert = x509.load_pem_x509_certificate(data["tls.crt"])
+        except ValueError as exc:
+            raise AuthorityError(
+                "ca-certificate-unreadable", f"tls.crt is no PEM certificate: {exc}"
+            ) from exc
+        try:
+            key = serialization.load_pem_private_key(data["tls.key"], password=None)
+        except TypeError as exc:  # cryptography: "Password was not given but ... encrypted"
+            raise AuthorityError("ca-key-encrypted", "tls.key is encrypted") from exc
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise AuthorityError("ca-key-unreadable", f"tls.key is no PEM key: {exc}") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError("the CA key is not an ECDSA key")
-        if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
-            raise ValueError("the CA key does not match its certificate")
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+            raise AuthorityError(
+                "ca-key-not-ecdsa", f"the CA key is {type(key).__name__}, not an ECDSA key"
+            )
+        if _spki(key.public_key()) != _spki(cert.public_key()):
+            raise AuthorityError("ca-key-mismatch", "the CA key does not match its certificate")
+        try:
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound as exc:
+            raise AuthorityError(
+                "ca-not-a-ca", "the certificate is not a CA (no BasicConstraints)"
+            ) from exc
+        except ValueError as exc:  # a malformed extension
+            raise AuthorityError(
+                "ca-certificate-unreadable", f"tls.crt has a malformed extension: {exc}"
+            ) from exc
         if not constraints.ca:
-            raise ValueError("the certificate is not a CA")
-        return cls(cert, key, data["tls.crt"])
+            raise AuthorityError("ca-not-a-ca", "the certificate is not a CA (CA:false)")
+        return cls(cert, key, cert.public_bytes(serialization.Encoding.PEM))
 
     def signed(self, cert: x509.Certificate) -> bool:
         if cert.issuer != self.cert.subject:
@@ -174,7 +215,7 @@ def reissue_reason(
     try:
         cert = x509.load_pem_x509_certificate(data["tls.crt"])
         key = serialization.load_pem_private_key(data["tls.key"], password=None)
-    except ValueError:
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # TypeError: an encrypted key
         return "unreadable"
     if key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

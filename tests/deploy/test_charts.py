@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -361,6 +362,8 @@ def test_router_certs_controller_runs_with_least_privilege(router_docs: list[Doc
     named = [r for r in role["rules"] if r.get("resourceNames")]
     assert all(set(r["verbs"]) <= {"get", "update"} for r in named)
     assert not [r for r in role["rules"] if set(r["verbs"]) - {"get", "update", "create"}]
+    # Events (on the Secret it cannot keep), created only.
+    assert {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]} in role["rules"]
     cluster = find(router_docs, "ClusterRole", name)
     assert cluster["rules"] == [
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]},
@@ -379,6 +382,47 @@ def test_router_certs_controller_runs_with_least_privilege(router_docs: list[Doc
     own = find(router_docs, "Service", name)
     assert own["spec"]["selector"].items() <= labels.items()
     assert [p["targetPort"] for p in own["spec"]["ports"]] == ["health"]
+
+
+def test_router_certs_controller_may_write_only_the_tls_secrets_it_keeps(
+    helm: Helm, router_docs: list[Doc]
+) -> None:
+    """`create` on Secrets cannot be limited by RBAC; the admission policy limits it, for the
+    controller's identity only, to kubernetes.io/tls and the names of its spec (so no
+    ServiceAccount token can be minted with it). Proven on kube-apiserver in tests/e2e."""
+    name = f"{ROUTER_RELEASE}-certs"
+    policy = find(router_docs, "ValidatingAdmissionPolicy", f"{name}-secrets")
+    binding = find(router_docs, "ValidatingAdmissionPolicyBinding", f"{name}-secrets")
+    assert binding["spec"] == {"policyName": f"{name}-secrets", "validationActions": ["Deny"]}
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"] == [
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["secrets"],
+        }
+    ]
+    (condition,) = spec["matchConditions"]
+    assert condition["expression"] == (
+        f"request.userInfo.username == 'system:serviceaccount:{ROUTER_NAMESPACE}:{name}'"
+    )
+    kind, names = (v["expression"] for v in spec["validations"])
+    assert kind == "has(object.type) && object.type == 'kubernetes.io/tls'"
+    # The names are the spec's: the router's own here, a tenant's anywhere else.
+    certs = certs_spec(router_docs)
+    assert certs.tenants is not None
+    own = {a.secret for a in certs.authorities.values()} | {c.secret for c in certs.certificates}
+    tenant = {c.secret for c in certs.tenants.certificates} | {certs.tenants.authority.secret}
+    listed = [set(re.findall(r"'([^']+)'", part)) for part in names.split("?")[1].split(":")]
+    assert f"request.namespace == '{ROUTER_NAMESPACE}'" in names
+    assert listed == [own, tenant]
+    # Off only where asked (a cluster without the API), and with cert-manager (no controller).
+    for values in ({"certificates": {"controller": {"admissionPolicy": False}}}, CERT_MANAGER):
+        docs = render_router(helm, values)
+        assert not of_kind(docs, "ValidatingAdmissionPolicy")
+        assert not of_kind(docs, "ValidatingAdmissionPolicyBinding")
 
 
 def test_router_cert_manager_keeps_the_client_identity_in_its_own_namespace(helm: Helm) -> None:
@@ -599,6 +643,7 @@ def test_tenant_metrics_server_trusts_only_the_router(helm: Helm, router_docs: l
             "resourceNames": sorted(kept, key=role["rules"][1]["resourceNames"].index),
             "verbs": ["get", "update"],
         },
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     ]
     assert set(role["rules"][1]["resourceNames"]) == kept
     binding = find(docs, "RoleBinding", "keda-tenancy-certs")
@@ -789,6 +834,9 @@ def test_router_prometheus_rule_alerts_30_days_before_expiry(helm: Helm) -> None
     certs = alerts["KedaTenancyCertificateExpiresSoon"]
     assert "keda_tenancy_certs_certificate_expiry_timestamp_seconds" in certs["expr"]
     assert "- time() < 30 * 86400" in certs["expr"]
+    failing = alerts["KedaTenancyCertificatesFailing"]
+    assert "keda_tenancy_certs_namespace_errors_total" in failing["expr"]
+    assert "$labels.secret_namespace" in failing["annotations"]["summary"]
     # Both metrics are scraped: the router's Service and keda-tenancy-certs' own.
     monitored = {
         json.dumps(m["spec"]["selector"]["matchLabels"], sort_keys=True)
@@ -815,6 +863,12 @@ def test_router_prometheus_rule_alerts_30_days_before_expiry(helm: Helm) -> None
     assert registry.get_sample_value(
         "keda_tenancy_certs_certificate_expiry_timestamp_seconds",
         {"secret_namespace": "keda-a", "secret": "kedaorg-certs"},
+    )
+    errors = CollectorRegistry()
+    CertsMetrics(errors).namespace_errors.labels("keda-a", "ca-not-a-ca").inc()
+    assert errors.get_sample_value(
+        "keda_tenancy_certs_namespace_errors_total",
+        {"secret_namespace": "keda-a", "reason": "ca-not-a-ca"},
     )
 
 

@@ -28,6 +28,9 @@ import pytest
 import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from router.certs_pki import Authority, LeafRequest, issue, new_authority
 from tests.deploy.charts import (
@@ -392,6 +395,144 @@ def test_the_webhook_ca_bundle_survives_a_gitops_reapply(trust: Trust) -> None:
     log = done.stderr + done.stdout
     assert "no grant in keda-alpha" in log  # the log is there, and says so for the others
     assert "set the caBundle" not in log
+
+
+SA_TOKEN = "kubernetes.io/service-account-token"
+
+
+def test_the_certs_controller_cannot_mint_a_service_account_token(trust: Trust) -> None:
+    """RBAC lets keda-tenancy-certs create Secrets wherever a release grants it (create cannot
+    be limited by name or type), and a service-account-token Secret would have the token
+    controller mint a token for that ServiceAccount (the tenant's operator, say). The router
+    chart's admission policy makes kube-apiserver refuse its identity anything but the
+    kubernetes.io/tls Secrets it keeps."""
+    stack = trust.stack
+    certs_user = f"system:serviceaccount:{ROUTER_NAMESPACE}:{CERTS_SA}"
+    # RBAC alone would allow it: the policy is what refuses.
+    for namespace in (TENANT_NS, ROUTER_NAMESPACE):
+        allowed = stack.kubectl(
+            "auth", "can-i", "create", "secrets", "-n", namespace, f"--as={certs_user}",
+            check=False,
+        )  # fmt: skip
+        assert allowed.stdout.strip() == "yes", (namespace, allowed.stderr)
+
+    def create(namespace: str, name: str, kind: str, *extra: str) -> str:
+        doc: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace},
+            "type": kind,
+        }
+        if kind == SA_TOKEN:
+            doc["metadata"]["annotations"] = {"kubernetes.io/service-account.name": "keda-operator"}
+        elif kind == "kubernetes.io/tls":
+            doc["data"] = {"tls.crt": "", "tls.key": ""}
+        done = stack.kubectl(
+            "create", "-f", "-", *extra,
+            kubeconfig=trust.certs_kubeconfig, stdin=json.dumps(doc), check=False,
+        )  # fmt: skip
+        return done.stderr if done.returncode else "created"
+
+    # kube-apiserver enforces a policy once it has loaded it (applied with the chart).
+    wait_for(
+        lambda: (
+            "ValidatingAdmissionPolicy" in create(TENANT_NS, "probe", SA_TOKEN, "--dry-run=server")
+        ),
+        "the certs admission policy in force",
+        30,
+    )
+    attempts = {
+        "operator-token": (TENANT_NS, "keda-operator-token", SA_TOKEN),
+        "router-token": (ROUTER_NAMESPACE, "router-token", SA_TOKEN),
+        "opaque": (TENANT_NS, "anything", "Opaque"),
+        "tls-of-another-name": (TENANT_NS, "anything-tls", "kubernetes.io/tls"),
+        "router-name-in-a-tenant": (TENANT_NS, f"{ROUTER_RELEASE}-upstream-client-ca", "kubernetes.io/tls"),
+    }  # fmt: skip
+    refused = {what: create(*attempt) for what, attempt in attempts.items()}
+    for what, answer in refused.items():
+        assert f"ValidatingAdmissionPolicy '{CERTS_SA}-secrets'" in answer, (what, answer)
+        assert "denied request" in answer, (what, answer)
+    assert "writes only kubernetes.io/tls" in refused["operator-token"]
+    assert "keeps no Secret named anything-tls" in refused["tls-of-another-name"]
+    for namespace, name, _ in attempts.values():
+        gone = stack.kubectl("get", "secret", name, "-n", namespace, check=False)
+        assert "NotFound" in gone.stderr, (namespace, name)
+    # What it keeps it still writes: a full pass succeeds under the policy.
+    done = trust.run_certs()
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_malformed_ca_in_one_tenant_namespace_stays_there(trust: Trust) -> None:
+    """A second tenant release whose internal CA Secret is unusable (an RSA CA): the run
+    reports it there (log, Event on the Secret, exit status) and still makes the other
+    tenant's certificates; once deleted, the Secret is made anew."""
+    stack = trust.stack
+    other_ns = "keda-delta"
+    docs = Helm(find_helm()).template(
+        TENANT_CHART, release="keda", namespace=other_ns, values={"tenant": "delta"}
+    )
+    stack.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other_ns}})
+    apply_docs(stack, docs)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "an RSA CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file = trust.write("rsa-ca.crt", ca.public_bytes(serialization.Encoding.PEM))
+    key_file = trust.write(
+        "rsa-ca.key",
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    stack.kubectl(
+        "create", "secret", "tls", "keda-tenancy-internal-ca", "-n", other_ns,
+        f"--cert={cert_file}", f"--key={key_file}",
+    )  # fmt: skip
+    # keda-delta comes before keda-gamma: gamma's leaf, deleted, must be made in the same run.
+    stack.kubectl("delete", "secret", "kedaorg-certs", "-n", TENANT_NS)
+    done = trust.run_certs()
+    assert done.returncode != 0
+    assert "keda-delta" in done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert [
+        (line["namespace"], line["secret"])
+        for line in lines
+        if line.get("reason") == "ca-key-not-ecdsa"
+    ] == [(other_ns, "keda-tenancy-internal-ca")]
+    internal = Authority.from_data(trust.secret(TENANT_NS, "keda-tenancy-internal-ca"))
+    assert internal.signed(
+        x509.load_pem_x509_certificate(trust.secret(TENANT_NS, "kedaorg-certs")["tls.crt"])
+    )
+    # Said where the tenant looks: an Event on the Secret (the real API server validated it).
+    events = json.loads(stack.kubectl("get", "events", "-n", other_ns, "-o", "json").stdout)
+    assert [
+        (e["type"], e["reason"], e["involvedObject"]["name"], e["source"]["component"])
+        for e in events["items"]
+        if e["involvedObject"]["kind"] == "Secret"
+    ] == [("Warning", "CaKeyNotEcdsa", "keda-tenancy-internal-ca", "keda-tenancy-certs")]
+    # The CA was left alone; deleted, it is made anew and the tenant gets its certificates.
+    assert trust.secret(other_ns, "keda-tenancy-internal-ca")["tls.crt"] == ca.public_bytes(
+        serialization.Encoding.PEM
+    )
+    stack.kubectl("delete", "secret", "keda-tenancy-internal-ca", "-n", other_ns)
+    done = trust.run_certs()
+    assert done.returncode == 0, done.stderr[-3000:]
+    made = Authority.from_data(trust.secret(other_ns, "keda-tenancy-internal-ca"))
+    assert made.signed(
+        x509.load_pem_x509_certificate(trust.secret(other_ns, "kedaorg-certs")["tls.crt"])
+    )
 
 
 @pytest.fixture(scope="module")

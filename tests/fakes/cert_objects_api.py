@@ -2,7 +2,9 @@
 Secrets and ConfigMaps with resourceVersions (create of an existing name is 409
 AlreadyExists, a replace with a stale resourceVersion 409 Conflict), a namespace list, and
 server-side-apply PATCHes of an APIService's and a ValidatingWebhookConfiguration's caBundle.
-Secrets are readable and writable only in `granted` namespaces (else 403), as RBAC would have it.
+Secrets are readable and writable only in `granted` namespaces (else 403), as RBAC would have it;
+Events can be created there too. `failures` answers chosen requests with an API error for as
+long as it holds them (a 409, a 422 from admission, a 500, ...).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class CertObjectsAPI:
     applies: list[tuple[str, str, str, bool]] = field(default_factory=list)
     # Names whose next replace finds the object changed by someone else (409 Conflict).
     conflict_next: set[str] = field(default_factory=set)
+    # (method, namespace, name) -> (code, reason): answered so until removed. Name "*": any.
+    failures: dict[tuple[str, str, str], tuple[int, str]] = field(default_factory=dict)
+    events: list[Obj] = field(default_factory=list)
     port: int = 0
     _rv: int = 1
     _runner: web.AppRunner | None = None
@@ -47,6 +52,7 @@ class CertObjectsAPI:
             app.router.add_get(f"/api/v1/namespaces/{{ns}}/{kind}/{{name}}", self._get)
             app.router.add_post(f"/api/v1/namespaces/{{ns}}/{kind}", self._create)
             app.router.add_put(f"/api/v1/namespaces/{{ns}}/{kind}/{{name}}", self._replace)
+        app.router.add_post("/api/v1/namespaces/{ns}/events", self._create_event)
         app.router.add_get("/apis/apiregistration.k8s.io/v1/apiservices/{name}", self._get_cluster)
         app.router.add_patch(
             "/apis/apiregistration.k8s.io/v1/apiservices/{name}", self._apply_cluster
@@ -83,9 +89,32 @@ class CertObjectsAPI:
         return "secrets" if "/secrets" in request.path else "configmaps"
 
     def _forbidden(self, kind: str, namespace: str) -> web.Response | None:
-        if kind == "secrets" and namespace not in self.granted:
-            return _status(403, "Forbidden", f"secrets is forbidden in {namespace}")
+        if kind in ("secrets", "events") and namespace not in self.granted:
+            return _status(403, "Forbidden", f"{kind} is forbidden in {namespace}")
         return None
+
+    def _failure(self, method: str, namespace: str, name: str) -> web.Response | None:
+        failure = self.failures.get((method, namespace, name)) or self.failures.get(
+            (method, namespace, "*")
+        )
+        if failure is None:
+            return None
+        code, reason = failure
+        return _status(code, reason, f"injected {code} {reason} for {method} {namespace}/{name}")
+
+    def events_in(self, namespace: str) -> list[Obj]:
+        return [e for e in self.events if e["metadata"]["namespace"] == namespace]
+
+    async def _create_event(self, request: web.Request) -> web.Response:
+        ns = request.match_info["ns"]
+        if denied := self._forbidden("events", ns):
+            return denied
+        body: Obj = await request.json()
+        if body["metadata"].get("namespace", ns) != ns or body["involvedObject"]["namespace"] != ns:
+            return _status(422, "Invalid", "the Event's namespace does not match")
+        body["metadata"]["namespace"] = ns
+        self.events.append(body)
+        return web.json_response(body, status=201)
 
     def _next_rv(self) -> str:
         self._rv += 1
@@ -97,7 +126,7 @@ class CertObjectsAPI:
 
     async def _get(self, request: web.Request) -> web.Response:
         kind, ns, name = self._kind(request), request.match_info["ns"], request.match_info["name"]
-        if denied := self._forbidden(kind, ns):
+        if denied := self._forbidden(kind, ns) or self._failure("GET", ns, name):
             return denied
         obj = self.objects.get((kind, ns, name))
         if obj is None:
@@ -110,6 +139,8 @@ class CertObjectsAPI:
             return denied
         body: Obj = await request.json()
         name = body["metadata"]["name"]
+        if failed := self._failure("POST", ns, name):
+            return failed
         if (kind, ns, name) in self.objects:
             return _status(409, "AlreadyExists", f'{kind} "{name}" already exists')
         body["metadata"]["resourceVersion"] = self._next_rv()
@@ -119,7 +150,7 @@ class CertObjectsAPI:
 
     async def _replace(self, request: web.Request) -> web.Response:
         kind, ns, name = self._kind(request), request.match_info["ns"], request.match_info["name"]
-        if denied := self._forbidden(kind, ns):
+        if denied := self._forbidden(kind, ns) or self._failure("PUT", ns, name):
             return denied
         body: Obj = await request.json()
         current = self.objects.get((kind, ns, name))

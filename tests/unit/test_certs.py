@@ -8,11 +8,21 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from router.certs_bootstrap import TENANT_AUTHORITY, CertsConfig, Spec
+from router.certs_failures import (
+    EVENT_REPEAT,
+    FailingKeys,
+    SecretFailedError,
+    classify,
+    event_reason,
+)
 from router.certs_pki import (
     Authority,
+    AuthorityError,
     LeafRequest,
     common_name,
     dns_names,
@@ -246,3 +256,76 @@ def test_an_input_not_there_yet_is_waited_for_not_reported(
     assert reloadable.poll()
     assert reloadable.value == b"pem"
     assert not reloadable.waiting
+
+
+def test_a_ca_is_published_re_encoded_alone() -> None:
+    data = new_authority("x", DAY, NOW)
+    ca = Authority.from_data({**data, "tls.crt": data["tls.key"] + data["tls.crt"] + b"junk\n"})
+    assert ca.cert_pem == data["tls.crt"]  # what new_authority stored: the certificate alone
+    assert b"PRIVATE KEY" not in ca.cert_pem
+
+
+def test_an_unusable_ca_secret_says_why_with_a_fixed_reason(ca: Authority) -> None:
+    data = new_authority("x", DAY, NOW)
+    leaf = issue(ca, SERVING, NOW)
+    cases = {
+        "ca-certificate-missing": {"tls.key": data["tls.key"]},
+        "ca-key-missing": {"tls.crt": data["tls.crt"]},
+        "ca-certificate-unreadable": {**data, "tls.crt": b"junk"},
+        "ca-key-unreadable": {**data, "tls.key": b"junk"},
+        "ca-key-mismatch": {**data, "tls.key": leaf["tls.key"]},
+        "ca-not-a-ca": leaf,
+    }
+    for reason, broken in cases.items():
+        with pytest.raises(AuthorityError) as raised:
+            Authority.from_data(broken)
+        assert raised.value.reason == reason
+
+
+def test_a_stored_leaf_with_an_encrypted_key_is_reissued_not_a_crash(ca: Authority) -> None:
+    data = issue(ca, SERVING, NOW)
+    key = serialization.load_pem_private_key(data["tls.key"], password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pw"),
+    )
+    assert reissue_reason({**data, "tls.key": encrypted}, SERVING, ca, NOW) == "unreadable"
+
+
+def test_a_failing_key_backs_off_on_its_own_and_says_so_sparingly() -> None:
+    failing = FailingKeys(datetime.timedelta(seconds=1), datetime.timedelta(seconds=8))
+    delays, events = [], []
+    now = NOW
+    for _ in range(6):
+        state, emit = failing.failed("keda-a", "ca", "ca-not-a-ca", "m", now)
+        delays.append((state.retry_at - now).total_seconds())
+        events.append(emit)
+        now = state.retry_at
+    assert delays == [1, 2, 4, 8, 8, 8]
+    assert events == [True, False, False, False, False, False]
+    assert failing.due(now) == ["keda-a"]
+    assert failing.waiting("keda-a", now - datetime.timedelta(seconds=1))
+    # Another reason, or the last Event about to expire: said again.
+    assert failing.failed("keda-a", "ca", "api-conflict", "m", now)[1]
+    assert not failing.failed("keda-a", "ca", "api-conflict", "m", now)[1]
+    assert failing.failed("keda-a", "ca", "api-conflict", "m", now + EVENT_REPEAT)[1]
+    # Another key is unaffected; success starts over.
+    assert failing.get("keda-b") is None
+    failing.forget("keda-a")
+    assert failing.failed("keda-a", "ca", "api-conflict", "m", now)[0].failures == 1
+
+
+def test_failures_have_reasons_of_bounded_cardinality() -> None:
+    assert classify(ApiException(status=409, reason='{"message": "modified"}')) == (
+        "api-conflict",
+        "409: modified",
+    )
+    assert classify(ApiException(status=422, reason="x"))[0] == "api-invalid"
+    assert classify(ApiException(status=503, reason="x"))[0] == "api-error"
+    assert classify(SecretFailedError("s", TimeoutError()))[0] == "api-unreachable"
+    assert classify(SecretFailedError("s", KeyError("x"))) == (
+        "internal",
+        "Secret s: KeyError: 'x'",
+    )
+    assert event_reason("ca-key-encrypted") == "CaKeyEncrypted"

@@ -3,14 +3,21 @@ against running pods, plus NetworkPolicy isolation between tenants."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime
 import json
 import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.deploy.charts import ROUTER_CHART, ROUTER_NAMESPACE, ROUTER_RELEASE
 from tests.e2e.cluster import rbac_matrix
@@ -704,3 +711,126 @@ def test_13_rbac_matrix(installed: Installed) -> None:
     print(
         f"\nRBAC matrix: {len(checks)} checks, {len(refused_by_policy)} escalations refused by the policy"
     )
+
+
+def _encrypted_key_ca() -> dict[str, str]:
+    """CA Secret data keda-tenancy-certs cannot use: the key is encrypted (this crashed it)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a CA with an encrypted key")])
+    now = datetime.datetime.now(datetime.UTC)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem_key = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    pem_cert = ca.public_bytes(serialization.Encoding.PEM)
+    return {
+        k: base64.b64encode(v).decode() for k, v in (("tls.crt", pem_cert), ("tls.key", pem_key))
+    }
+
+
+def test_14_a_malformed_ca_secret_in_one_tenant_namespace_stays_there(
+    installed: Installed,
+) -> None:
+    """deploy/README.md: a malformed CA Secret in one tenant namespace fails that namespace
+    only. The other tenant (after it in every pass) still gets its certificates renewed (its
+    deleted leaf is reissued), keda-tenancy-certs keeps running (no restart, ready), the broken
+    tenant is told by an Event on the Secret, and nothing of the broken tenant is overwritten
+    (its KEDA keeps serving)."""
+    settled(installed)
+    cluster = installed.cluster
+    alpha, beta = tenant_namespace("alpha"), tenant_namespace("beta")
+    ca_secret = "keda-tenancy-internal-ca"
+
+    def secret(namespace: str, name: str) -> dict[str, Any] | None:
+        done = cluster.kubectl("-n", namespace, "get", "secret", name, "-o", "json", check=False)
+        return json.loads(done.stdout) if done.returncode == 0 else None
+
+    def controller_pod() -> dict[str, Any]:
+        pods = json.loads(
+            cluster.kubectl(
+                "-n", ROUTER_NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/component=certs",
+                "-o", "json",
+            ).stdout
+        )["items"]  # fmt: skip
+        (pod,) = pods
+        return dict(pod)
+
+    def restarts(pod: dict[str, Any]) -> int:
+        return sum(s["restartCount"] for s in pod["status"]["containerStatuses"])
+
+    def put_ca(data: dict[str, str], labels: dict[str, str]) -> None:
+        cluster.kubectl("-n", alpha, "delete", "secret", ca_secret, check=False)
+        cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": ca_secret, "namespace": alpha, "labels": labels},
+                "type": "kubernetes.io/tls",
+                "data": data,
+            }
+        )
+
+    pod_before = controller_pod()
+    original = secret(alpha, ca_secret)
+    assert original is not None
+    broken = _encrypted_key_ca()
+    put_ca(broken, {})
+    try:
+        # Beta's leaf, deleted, is made anew at the next pass (every minute), from its CA.
+        leaf = secret(beta, "kedaorg-certs")
+        assert leaf is not None
+        cluster.kubectl("-n", beta, "delete", "secret", "kedaorg-certs")
+        remade = wait_for(
+            lambda: secret(beta, "kedaorg-certs"), "beta's kedaorg-certs reissued", 150, 2
+        )
+        assert remade["data"]["tls.crt"] != leaf["data"]["tls.crt"]
+        assert remade["data"]["ca.crt"] == leaf["data"]["ca.crt"]
+
+        def warnings() -> list[str]:
+            events = json.loads(cluster.kubectl("-n", alpha, "get", "events", "-o", "json").stdout)
+            return [
+                e["reason"]
+                for e in events["items"]
+                if e["involvedObject"].get("name") == ca_secret and e["type"] == "Warning"
+            ]
+
+        assert wait_for(warnings, "a Warning Event on alpha's CA Secret", 90, 2) == [
+            "CaKeyEncrypted"
+        ]
+        # The broken CA was left as it was, and alpha's KEDA kept its certificates.
+        current = secret(alpha, ca_secret)
+        assert current is not None
+        assert current["data"] == broken
+        assert installed.metric_value(APPS["alpha"]) == "7"
+        assert installed.metric_value(APPS["beta"]) == "42"
+        # Still running, never restarted, ready (the router's own certificates are fine).
+        pod = controller_pod()
+        assert pod["metadata"]["uid"] == pod_before["metadata"]["uid"]
+        assert restarts(pod) == restarts(pod_before)
+        conditions = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+        assert conditions["Ready"] == "True"
+        log = cluster.kubectl(
+            "-n", ROUTER_NAMESPACE, "logs", pod["metadata"]["name"], "--since=5m"
+        ).stdout  # fmt: skip
+        failures = [
+            line
+            for line in (json.loads(raw) for raw in log.splitlines() if raw.startswith("{"))
+            if line.get("namespace") == alpha and line.get("reason") == "ca-key-encrypted"
+        ]
+        assert failures
+        assert failures[0]["secret"] == ca_secret
+    finally:
+        # Alpha's own CA back as it was: its leaves chain to it again, nothing to reissue.
+        put_ca(original["data"], original["metadata"].get("labels") or {})
