@@ -419,10 +419,14 @@ def test_router_certs_controller_may_write_only_the_tls_secrets_it_keeps(
     assert f"request.namespace == '{ROUTER_NAMESPACE}'" in names
     assert listed == [own, tenant]
     # Off only where asked (a cluster without the API), and with cert-manager (no controller).
-    for values in ({"certificates": {"controller": {"admissionPolicy": False}}}, CERT_MANAGER):
+    for values in (
+        {"certificates": {"controller": {"admissionPolicy": False}}},
+        {"admissionPolicy": {"enabled": False}},
+        CERT_MANAGER,
+    ):
         docs = render_router(helm, values)
-        assert not of_kind(docs, "ValidatingAdmissionPolicy")
-        assert not of_kind(docs, "ValidatingAdmissionPolicyBinding")
+        for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
+            assert f"{name}-secrets" not in {d["metadata"]["name"] for d in of_kind(docs, kind)}
 
 
 def test_router_cert_manager_keeps_the_client_identity_in_its_own_namespace(helm: Helm) -> None:
