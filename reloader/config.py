@@ -17,6 +17,7 @@ from reloader.schedule import CrashPolicy, SchedulePolicy
 from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration
 from tenancy_common.names import TenantName, is_dns1123_label
+from tenancy_common.namespace_cache import DEFAULT_MAX_STALENESS
 from tenancy_common.tenancy import TenancyRule
 from tenancy_common.tenancy_config import ConfigError, add_tenancy_flags, tenancy_from_flags
 
@@ -69,6 +70,9 @@ class ReloaderConfig:
     mode reads it."""
     check_operator_access: bool = False
     """Process mode: admit a namespace only once the operator may read it."""
+    max_namespace_staleness_s: float = 300.0
+    """The namespace list not confirmed current for longer: /readyz fails in deployment and
+    bindings modes, warns in process mode (the operator's pod serves the adapter); 0: never."""
 
     @classmethod
     def from_args(cls, argv: Sequence[str], environ: Mapping[str, str]) -> ReloaderConfig:
@@ -214,6 +218,9 @@ class ReloaderConfig:
             bindings=bindings,
             watched_configmap=watched,
             check_operator_access=check_access,
+            max_namespace_staleness_s=_duration(
+                "--max-namespace-staleness", args.max_namespace_staleness
+            ),
         )
 
 
@@ -508,6 +515,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8090,  # KEDA's operator keeps 8081 for its own probes
         help="port of /healthz /readyz /metrics (not 8081: KEDA's operator probes use it)",
+    )
+    ops.add_argument(
+        "--max-namespace-staleness",
+        default=DEFAULT_MAX_STALENESS,
+        help="the namespace list not confirmed current (LIST, event, bookmark) for longer: "
+        "/readyz fails in deployment and bindings modes and warns in process mode (where the "
+        "pod is the operator's, which the adapter reaches through its Service); 0s: never",
     )
     ops.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ops.add_argument("--log-format", default="json", choices=["json", "text"])

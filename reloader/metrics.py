@@ -1,7 +1,8 @@
 """The reloader's Prometheus metrics, built against an injected registry.
 
 The namespace watch adds its own (`keda_tenancy_namespace_watch_reconnects_total`,
-`..._relists_total`, `..._namespaces`) to the same registry.
+`..._relists_total{reason}`, `..._namespaces`, `..._staleness_seconds`,
+`..._last_current_timestamp_seconds`) to the same registry.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from reloader.config import ReloaderConfig
 from reloader.supervise import parse_config as parse_supervisor_config
 from router.certs_bootstrap import TENANT_AUTHORITY, CertsConfig, CertsMetrics, Spec
 from router.config import RouterConfig
+from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics
 from tests.deploy.charts import (
     REPO,
     ROUTER_CHART,
@@ -810,6 +811,14 @@ def test_router_prometheus_rule_alerts_30_days_before_expiry(helm: Helm) -> None
     assert registry.get_sample_value(
         "keda_tenancy_router_certificate_expiry_timestamp_seconds", {"certificate": "serving"}
     )
+    # A stale namespace list is alerted on with the bound the router warns at in /readyz.
+    stale = alerts["KedaTenancyNamespaceCacheStale"]
+    assert "keda_tenancy_namespace_watch_staleness_seconds" in stale["expr"]
+    assert stale["expr"].strip().endswith("> 300")
+    router_args = container(find(docs, "Deployment", ROUTER_RELEASE))["args"]
+    assert flag(router_args, "max-namespace-staleness") == "300s"
+    WatchMetrics(registry).follow(NamespaceCache())
+    assert registry.get_sample_value("keda_tenancy_namespace_watch_staleness_seconds") is not None
     CertsMetrics(registry).expiry.labels("keda-a", "kedaorg-certs").set(1)
     assert registry.get_sample_value(
         "keda_tenancy_certs_certificate_expiry_timestamp_seconds",

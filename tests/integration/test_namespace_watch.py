@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tenancy_common.kube import make_api_client
-from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics
+from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics, staleness_check
 from tenancy_common.namespace_watch import WatchSettings, watch_namespaces
 from tests.fakes.kube_api import FakeKubeAPI
 
@@ -24,10 +24,22 @@ FAST = WatchSettings(
 
 
 class Watching:
-    def __init__(self, cache: NamespaceCache, metrics: WatchMetrics) -> None:
+    def __init__(self, cache: NamespaceCache, registry: CollectorRegistry) -> None:
         self.cache = cache
-        self.metrics = metrics
+        self.registry = registry
+        self.metrics = WatchMetrics(registry)
         self.changes = 0
+
+    def relists(self, reason: str | None = None) -> float:
+        name = "keda_tenancy_namespace_watch_relists_total"
+        if reason is not None:
+            return self.registry.get_sample_value(name, {"reason": reason}) or 0.0
+        return sum(
+            sample.value
+            for metric in self.registry.collect()
+            for sample in metric.samples
+            if sample.name == name
+        )
 
     def names(self) -> set[str]:
         return set(self.cache.snapshot())
@@ -39,10 +51,12 @@ class Watching:
 
 
 @contextlib.asynccontextmanager
-async def watching(kubeconfig: str, selector: str | None = None) -> AsyncIterator[Watching]:
+async def watching(
+    kubeconfig: str, selector: str | None = None, cache: NamespaceCache | None = None
+) -> AsyncIterator[Watching]:
     api = await make_api_client(kubeconfig)
-    cache = NamespaceCache()
-    state = Watching(cache, WatchMetrics(CollectorRegistry()))
+    cache = NamespaceCache() if cache is None else cache
+    state = Watching(cache, CollectorRegistry())
 
     def changed() -> None:
         state.changes += 1
@@ -121,7 +135,8 @@ async def test_gone_relists_and_replaces_the_cache(kube_api: FakeKubeAPI, kubeco
         kube_api.drop_watches()
         kube_api.silence_watches(False)
         await w.until(lambda: w.names() == {"b", "c"})
-        assert w.metrics.relists._value.get() == 2  # type: ignore[attr-defined]
+        assert w.relists() == 2
+        assert w.relists("expired") == 1
 
 
 async def test_dropped_connection_resumes_without_losing_events(
@@ -160,3 +175,92 @@ async def test_selectors(kube_api: FakeKubeAPI, kubeconfig: str, selector: str) 
     }
     async with watching(kubeconfig, selector) as w:
         assert w.names() == expected[selector]
+
+
+async def test_too_large_resource_version_relists_and_replaces_the_cache(
+    kube_api: FakeKubeAPI, kubeconfig: str
+) -> None:
+    """An etcd restored from a snapshot: the API server is behind our resourceVersion and
+    answers "Too large resource version". Retrying that version would keep the cache frozen
+    (and, once the store passes it, resume at a version that now means something else)."""
+    kube_api.create("kept")
+    snapshot = kube_api.snapshot()
+    async with watching(kubeconfig) as w:
+        kube_api.create("lost-1")
+        kube_api.create("lost-2")
+        await w.until(lambda: w.names() == {"kept", "lost-1", "lost-2"})
+        kube_api.restore(snapshot)  # lost-1 and lost-2 never happened
+        kube_api.create("after-restore")  # still behind the resourceVersion we hold
+        await w.until(lambda: w.names() == {"kept", "after-restore"})
+        assert w.relists("too-large-resource-version") == 1
+        kube_api.create("later")  # and the watch follows again
+        await w.until(lambda: "later" in w.names())
+
+
+async def test_persistent_watch_error_relists_with_backoff(
+    kube_api: FakeKubeAPI, kubeconfig: str
+) -> None:
+    """An ERROR event other than 410 (here a 500) is not retried from the same resourceVersion
+    forever: the watch relists (and keeps relisting, backing off, while it persists)."""
+    kube_api.create("a")
+    async with watching(kubeconfig) as w:
+        await w.until(lambda: kube_api.open_watches == 1)
+        kube_api.watch_error = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "message": "etcdserver: request timed out",
+            "reason": "InternalError",
+            "code": 500,
+        }
+        kube_api.drop_watches()
+        await w.until(lambda: w.relists("error") >= 2)
+        kube_api.watch_error = None
+        kube_api.create("b")
+        await w.until(lambda: "b" in w.names())
+
+
+async def test_dropped_watches_that_keep_failing_relist(
+    kube_api: FakeKubeAPI, kubeconfig: str
+) -> None:
+    """Resuming from the same resourceVersion is tried `resume_attempts` times, then a relist."""
+    kube_api.bookmarks = False
+    async with watching(kubeconfig) as w:
+        kube_api.silence_watches()  # each stream times out with nothing in it
+        await w.until(lambda: w.relists("failures") >= 1)
+        kube_api.silence_watches(False)
+        kube_api.create("after")
+        await w.until(lambda: "after" in w.names())
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_staleness_is_visible_and_cleared_by_the_next_bookmark(
+    kube_api: FakeKubeAPI, kubeconfig: str
+) -> None:
+    clock = ManualClock()
+    cache = NamespaceCache(clock)
+    check = staleness_check(cache, 300)
+    async with watching(kubeconfig, cache=cache) as w:
+        staleness = "keda_tenancy_namespace_watch_staleness_seconds"
+        assert w.registry.get_sample_value(staleness) == 0
+        assert check() is None
+        kube_api.silence_watches()  # no event, no bookmark: nothing confirms the cache
+        await w.until(lambda: kube_api.requests["watch namespaces"] >= 2)  # a reconnect
+        clock.now += 301
+        assert w.registry.get_sample_value(staleness) == 301
+        assert "not confirmed current for 301s" in (check() or "")
+        last = w.registry.get_sample_value(
+            "keda_tenancy_namespace_watch_last_current_timestamp_seconds"
+        )
+        assert last is not None
+        assert last > 0
+        kube_api.silence_watches(False)  # a bookmark confirms it again
+        await w.until(lambda: check() is None)
+        assert w.registry.get_sample_value(staleness) == 0
