@@ -87,10 +87,17 @@ class Reloader:
         self.binding_loop: BindingLoop | None = None
         self.publisher: PublishingTarget | None = None
         self.forwarder = (
-            Forwarder(*config.forward_grpc)
+            Forwarder(
+                *config.forward_grpc,
+                max_connections=config.forward_grpc_max_connections,
+                on_refused=self.metrics.grpc_forward_refused.inc,
+            )
             if config.forward_grpc is not None and self.child is not None
             else None
         )
+        if self.forwarder is not None:
+            forwarder = self.forwarder
+            self.metrics.grpc_forward_connections.set_function(lambda: forwarder.open_connections)
         self.health_port: int | None = None
         self._stop_signal = signal.SIGTERM
 

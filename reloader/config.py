@@ -70,6 +70,8 @@ class ReloaderConfig:
     mode reads it."""
     check_operator_access: bool = False
     """Process mode: admit a namespace only once the operator may read it."""
+    forward_grpc_max_connections: int = 32
+    """Process mode: adapter connections held or spliced at once; more are refused."""
     max_namespace_staleness_s: float = 300.0
     """The namespace list not confirmed current for longer: /readyz fails in deployment and
     bindings modes, warns in process mode (the operator's pod serves the adapter); 0: never."""
@@ -175,9 +177,15 @@ class ReloaderConfig:
             try:
                 if not sep:
                     raise ValueError("no '='")
-                forward_grpc = (parse_address(listen), parse_address(target))
+                host, port = parse_address(listen)
+                forward_grpc = (
+                    (host or args.forward_grpc_bind_address, port),
+                    parse_address(target),
+                )
             except ValueError as exc:
                 raise ConfigError(f"--forward-grpc needs LISTEN=TARGET addresses: {exc}") from exc
+        if args.forward_grpc_max_connections < 1:
+            raise ConfigError("--forward-grpc-max-connections must be at least 1")
         release_lease: tuple[str, str] | None = None
         if args.release_lease:
             lease_ns, _, lease_name = args.release_lease.partition("/")
@@ -218,6 +226,7 @@ class ReloaderConfig:
             bindings=bindings,
             watched_configmap=watched,
             check_operator_access=check_access,
+            forward_grpc_max_connections=args.forward_grpc_max_connections,
             max_namespace_staleness_s=_duration(
                 "--max-namespace-staleness", args.max_namespace_staleness
             ),
@@ -403,9 +412,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--forward-grpc",
         default="",
         metavar="HOST:PORT=HOST:PORT",
-        help="process mode: listen on the first address (the operator's gRPC port) and splice "
-        "each connection to the second (where the operator listens), holding it while the "
-        "operator restarts",
+        help="process mode: listen on the first address (the operator's gRPC port; ':PORT' "
+        "for --forward-grpc-bind-address) and splice each connection to the second (where the "
+        "operator listens), holding it while the operator restarts",
+    )
+    target.add_argument(
+        "--forward-grpc-bind-address",
+        default="127.0.0.1",
+        help="process mode: the address --forward-grpc listens on when its LISTEN has no host; "
+        "the chart sets the pod IP (the adapter dials the operator's Service from its own pod); "
+        "0.0.0.0 or :: listens on every address",
+    )
+    target.add_argument(
+        "--forward-grpc-max-connections",
+        type=int,
+        default=32,
+        help="process mode: adapter connections held or spliced at once (the adapter keeps one "
+        "per replica); further ones are closed at once, logged and counted",
     )
     target.add_argument(
         "--release-lease",

@@ -59,6 +59,16 @@ class ReloaderMetrics:
             "(its successor took over at once instead of waiting the Lease out).",
             registry=registry,
         )
+        self.grpc_forward_connections = Gauge(
+            PREFIX + "grpc_forward_connections",
+            "Process mode (--forward-grpc): adapter connections held or spliced.",
+            registry=registry,
+        )
+        self.grpc_forward_refused = Counter(
+            PREFIX + "grpc_forward_refused_connections",
+            "Process mode: connections closed at once, --forward-grpc-max-connections being open.",
+            registry=registry,
+        )
         self.apply_errors = Counter(
             PREFIX + "apply_errors",
             "Failed attempts to put a value in force (API errors in deployment mode).",

@@ -632,6 +632,16 @@ def test_deployment_mode_adapter_reaches_the_operator_through_grpc_forward(
         # Process mode: the operator's own reloader holds its gRPC port (--forward-grpc).
         assert set(containers) == {"keda-operator-metrics-apiserver"}
         assert flag(args, "metrics-service-address") == f"{service}:9666"
+        # The adapter dials the Service, so the operator's reloader listens on the pod IP,
+        # and only there (not every address of the pod).
+        keda = container(find(docs, "Deployment", "keda-operator"))
+        config = ReloaderConfig.from_args(keda["args"], {})
+        assert config.forward_grpc == (("$(KEDA_TENANCY_POD_IP)", 9666), ("127.0.0.1", 9667))
+        env = {e["name"]: e for e in keda["env"]}
+        assert env["KEDA_TENANCY_POD_IP"]["valueFrom"] == {
+            "fieldRef": {"fieldPath": "status.podIP"}
+        }
+        assert config.forward_grpc_max_connections >= 1
         return
     # The rolled operator pods are reached through the sidecar on loopback; TLS is end to end
     # and the adapter still verifies the operator's certificate by the Service's name.
