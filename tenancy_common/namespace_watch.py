@@ -17,13 +17,16 @@ a watch decides what comes next:
 - dropped connections, refused dials and a stream silent past the inactivity timeout: back off
   and resume from the last resourceVersion, but relist once `resume_attempts` failures in a
   row have made no progress (client-go relists after any watch that ends at once with nothing).
-  A watch that ends cleanly within a second with nothing in it counts as such a failure.
+  A watch that ends cleanly with nothing in it and before `open_confirms_s` counts as such a
+  failure.
 
-Backoff is jittered exponential, reset by progress (an event or bookmark). Each relist is
-logged with its reason and counted by reason.
+Progress is an event, a bookmark, or a stream open for `open_confirms_s` without an error; it
+resets the backoff (jittered exponential) and the failure count. Each relist is logged with its
+reason and counted by reason.
 
-Staleness: the cache is confirmed current by each LIST, event and bookmark (kube-apiserver
-sends a bookmark about every minute, so a healthy watch confirms it that often).
+Staleness: the cache is confirmed current by each LIST, event and bookmark, and every
+`open_confirms_s` while a stream stays open without an error (bookmarks alone would not do:
+kube-apiserver sends them every minute only while its namespace watch cache advances).
 `keda_tenancy_namespace_watch_staleness_seconds` and `..._last_current_timestamp_seconds`
 show how long ago that was, and `namespace_cache.staleness_check` turns it into a /readyz
 check. Readiness only fails where no traffic depends on it: the router and a process-mode
@@ -56,9 +59,6 @@ from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics
 
 logger = logging.getLogger(__name__)
 
-SHORT_WATCH_S = 1.0
-"""A watch that ends cleanly this soon with nothing in it failed (client-go's "very short watch")."""
-
 
 @dataclass(frozen=True, slots=True)
 class WatchSettings:
@@ -70,8 +70,13 @@ class WatchSettings:
     backoff_max_s: float = 30.0
     page_size: int = 500
     resume_attempts: int = 3
-    """Transport failures in a row (no event in between) resumed from the same resourceVersion
-    before relisting instead."""
+    """Transport failures in a row (no progress in between) resumed from the same
+    resourceVersion before relisting instead."""
+    open_confirms_s: float = 10.0
+    """A stream open this long without an error confirms the cache (and again every this long):
+    kube-apiserver refuses a resourceVersion within 3 s, and sends bookmarks only when its
+    namespace watch cache advances (a namespace change, or etcd's progress notification, every
+    10 minutes by default), so a quiet cluster would otherwise look stale."""
 
 
 class _RelistError(Exception):
@@ -168,7 +173,7 @@ class _Watcher:
         self._settings = settings
         self._metrics = metrics
         self._progress = False
-        """An event or bookmark arrived on the current stream."""
+        """An event or bookmark arrived on the current stream, or it stayed open long enough."""
         self._version: str | None = None
         """The last resourceVersion seen (a LIST's, an event's): where a watch resumes. Kept
         here, not returned, so that a stream that breaks still moves it on."""
@@ -178,17 +183,15 @@ class _Watcher:
     async def run(self, stop: asyncio.Event) -> None:
         relist_reason = "start"
         backoff_s = self._settings.backoff_initial_s
-        failures = 0  # in a row, without an event or bookmark in between
-        loop = asyncio.get_running_loop()
+        failures = 0  # in a row, without progress in between
         while not stop.is_set():
             self._progress = False
-            started = loop.time()
             failure: Exception
             try:
                 if self._version is None:
                     self._version = await self._relist(relist_reason)
                 await self._watch(self._version)
-                if self._progress or loop.time() - started >= SHORT_WATCH_S:
+                if self._progress:
                     self._reconnecting()  # the server ended the watch (timeoutSeconds): resume
                     failures, backoff_s = 0, self._settings.backoff_initial_s
                     continue
@@ -301,15 +304,28 @@ class _Watcher:
             )
         except ApiException as exc:
             raise _status_error({"code": exc.status, "message": exc.reason}) from exc
+        ticking: asyncio.Task[None] | None = None
         try:
             await _check_status(response)
+            ticking = asyncio.create_task(self._confirm_while_open())
             while True:
                 line = await response.content.readline()
                 if not line:
                     return  # the server ended the watch (timeoutSeconds)
                 self._event(json.loads(line))
         finally:
+            if ticking is not None:
+                ticking.cancel()
+                await asyncio.gather(ticking, return_exceptions=True)
             response.release()
+
+    async def _confirm_while_open(self) -> None:
+        """The server accepted our resourceVersion and has had nothing to send since: as
+        current as the server (a dead connection is dropped by the inactivity timeout)."""
+        while True:
+            await asyncio.sleep(self._settings.open_confirms_s)
+            self._progress = True
+            self._confirmed()
 
     def _event(self, event: Mapping[str, Any]) -> None:
         kind, obj = event.get("type"), event.get("object") or {}

@@ -8,7 +8,7 @@ than the store's (after `restore`, as after an etcd restore) kube-apiserver's an
 `Timeout` Status with the cause `ResourceVersionTooLarge`, as the HTTP response of a LIST and as
 the ERROR event of a WATCH (kube-apiserver first waits up to 3 s for its cache to catch up; here
 the answer is immediate). Test knobs drop or silence open watches, or end new ones with an
-ERROR event (`watch_error`). Also ConfigMaps and Deployments (GET, strategic-merge PATCH of
+ERROR event (`watch_error`), or answer LISTs with an error Status (`list_error`). Also ConfigMaps and Deployments (GET, strategic-merge PATCH of
 container env) for the router's and reloader's other reads and writes, and Leases (GET, PUT
 with the resourceVersion precondition: a stale one is refused with 409 Conflict; LIST and WATCH
 by `fieldSelector=metadata.name=...`, as a single Lease is followed).
@@ -122,6 +122,8 @@ class FakeKubeAPI:
     _silent: bool = False
     watch_error: Obj | None = None
     """A Status sent as the only (ERROR) event of each new namespace watch while set."""
+    list_error: Obj | None = None
+    """A Status every namespace LIST is answered with (its code the HTTP status) while set."""
     _closing: bool = False
     _runner: web.AppRunner | None = None
 
@@ -294,6 +296,8 @@ class FakeKubeAPI:
             self.requests["watch namespaces"] += 1
             return await self._watch(request, selector)
         self.requests["list namespaces"] += 1
+        if self.list_error is not None:
+            return web.json_response(self.list_error, status=int(self.list_error["code"]))
         wanted = request.query.get("resourceVersion") or "0"
         if int(wanted) > self._rv:
             return web.json_response(_too_large(int(wanted), self._rv), status=504)

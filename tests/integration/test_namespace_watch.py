@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -52,7 +53,10 @@ class Watching:
 
 @contextlib.asynccontextmanager
 async def watching(
-    kubeconfig: str, selector: str | None = None, cache: NamespaceCache | None = None
+    kubeconfig: str,
+    selector: str | None = None,
+    cache: NamespaceCache | None = None,
+    settings: WatchSettings = FAST,
 ) -> AsyncIterator[Watching]:
     api = await make_api_client(kubeconfig)
     cache = NamespaceCache() if cache is None else cache
@@ -69,7 +73,7 @@ async def watching(
             stop=stop,
             label_selector=selector,
             on_change=changed,
-            settings=FAST,
+            settings=settings,
             metrics=state.metrics,
         )
     )
@@ -241,7 +245,17 @@ class ManualClock:
         return self.now
 
 
-async def test_staleness_is_visible_and_cleared_by_the_next_bookmark(
+INTERNAL_ERROR = {
+    "kind": "Status",
+    "apiVersion": "v1",
+    "status": "Failure",
+    "message": "etcdserver: request timed out",
+    "reason": "InternalError",
+    "code": 500,
+}
+
+
+async def test_staleness_is_visible_while_the_api_server_fails(
     kube_api: FakeKubeAPI, kubeconfig: str
 ) -> None:
     clock = ManualClock()
@@ -251,8 +265,10 @@ async def test_staleness_is_visible_and_cleared_by_the_next_bookmark(
         staleness = "keda_tenancy_namespace_watch_staleness_seconds"
         assert w.registry.get_sample_value(staleness) == 0
         assert check() is None
-        kube_api.silence_watches()  # no event, no bookmark: nothing confirms the cache
-        await w.until(lambda: kube_api.requests["watch namespaces"] >= 2)  # a reconnect
+        kube_api.watch_error = INTERNAL_ERROR  # watches and relists fail: nothing confirms
+        kube_api.list_error = INTERNAL_ERROR
+        kube_api.drop_watches()
+        await w.until(lambda: kube_api.requests["list namespaces"] >= 3)
         clock.now += 301
         assert w.registry.get_sample_value(staleness) == 301
         assert "not confirmed current for 301s" in (check() or "")
@@ -261,6 +277,22 @@ async def test_staleness_is_visible_and_cleared_by_the_next_bookmark(
         )
         assert last is not None
         assert last > 0
-        kube_api.silence_watches(False)  # a bookmark confirms it again
+        kube_api.watch_error = kube_api.list_error = None  # the next relist confirms it
         await w.until(lambda: check() is None)
         assert w.registry.get_sample_value(staleness) == 0
+
+
+async def test_an_open_quiet_stream_keeps_the_cache_current(
+    kube_api: FakeKubeAPI, kubeconfig: str
+) -> None:
+    """No event and no bookmark (a quiet cluster: kube-apiserver's bookmarks follow its watch
+    cache), but the stream stays open without an error: current, and no relist."""
+    kube_api.bookmarks = False
+    clock = ManualClock()
+    cache = NamespaceCache(clock)
+    settings = dataclasses.replace(FAST, inactivity_timeout_s=30, open_confirms_s=0.05)
+    async with watching(kubeconfig, cache=cache, settings=settings) as w:
+        await w.until(lambda: kube_api.open_watches == 1)
+        clock.now += 1000
+        await w.until(lambda: cache.staleness_s() == 0)
+        assert w.relists() == 1

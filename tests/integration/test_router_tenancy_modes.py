@@ -236,9 +236,9 @@ async def test_stale_namespace_list_is_a_readyz_warning_not_a_failure(
     kube_api: FakeKubeAPI,
     kubeconfig: str,
 ) -> None:
-    """A watch that confirms nothing (no event, no bookmark) for --max-namespace-staleness
-    shows in /readyz, which stays 200: an unready router fails the APIService for every tenant.
-    The router keeps routing from what it has; the next bookmark clears the warning."""
+    """An API server failing every watch and LIST for --max-namespace-staleness shows in
+    /readyz, which stays 200: an unready router fails the APIService for every tenant. The
+    router keeps routing from what it has; the next successful relist clears the warning."""
     kube_api.relabel_new("web", {"keda-tenancy.io/tenant": "alpha"})
     argv = router_args(
         pki,
@@ -258,7 +258,9 @@ async def test_stale_namespace_list_is_a_readyz_warning_not_a_failure(
     async with running_router(argv) as router:
         assert router.secure_port
         assert await readyz(router) == (200, "ok")
-        kube_api.silence_watches()
+        failing = {"kind": "Status", "code": 500, "reason": "InternalError", "message": "etcd"}
+        kube_api.watch_error = kube_api.list_error = failing
+        kube_api.drop_watches()
         async with asyncio.timeout(10):
             while "[!]namespace-staleness" not in (answer := await readyz(router))[1]:
                 assert answer[0] == 200
@@ -270,7 +272,7 @@ async def test_stale_namespace_list_is_a_readyz_warning_not_a_failure(
         stale = router.registry.get_sample_value("keda_tenancy_namespace_watch_staleness_seconds")
         assert stale is not None
         assert stale > 1
-        kube_api.silence_watches(False)
+        kube_api.watch_error = kube_api.list_error = None
         async with asyncio.timeout(10):
             while await readyz(router) != (200, "ok"):
                 await asyncio.sleep(0.05)
