@@ -542,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument(
         "--max-namespace-staleness",
         default=DEFAULT_MAX_STALENESS,
-        help="the namespace list not confirmed current (LIST, event, open watch) for longer: "
+        help="the namespace list not confirmed current (LIST, event, verified watch) for longer: "
         "/readyz fails in deployment and bindings modes and warns in process mode (where the "
         "pod is the operator's, which the adapter reaches through its Service); 0s: never",
     )

@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-namespace-staleness",
         default=DEFAULT_MAX_STALENESS,
         help="/readyz warns (without failing: the APIService serves every tenant) when the "
-        "namespace list was not confirmed current (LIST, event, open watch) for longer; 0s: never",
+        "namespace list was not confirmed current (LIST, event, verified watch) for longer; 0s: never",
     )
     ops.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ops.add_argument("--log-format", default="json", choices=["json", "text"])

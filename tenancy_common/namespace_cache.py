@@ -17,8 +17,8 @@ from tenancy_common.names import NamespaceName
 from tenancy_common.namespace import Namespace
 
 DEFAULT_MAX_STALENESS = "5m"
-"""A healthy watch confirms the cache every 10 s; a dead stream is noticed within 150 s and a
-failed relist retried within 30 s: 5 minutes is none of that."""
+"""A healthy watch confirms the cache at least every minute; a dead stream is noticed within
+150 s and a failed relist retried within 30 s: 5 minutes is none of that."""
 
 
 class WatchMetrics:
@@ -40,7 +40,7 @@ class WatchMetrics:
         )
         self.last_current = Gauge(
             prefix + "last_current_timestamp_seconds",
-            "Unix time the cache was last confirmed current (LIST, event, bookmark, open watch).",
+            "Unix time the cache was last confirmed current (LIST, event, bookmark, verification).",
             registry=registry,
         )
         self.staleness = Gauge(
@@ -58,8 +58,8 @@ class NamespaceCache:
     """Namespaces by name; `synced` is set once the first complete LIST is in.
 
     `confirm_current` records when the cache was last known to equal the API server's state
-    (the watch calls it on a LIST, an event, a bookmark and while a stream stays open without
-    an error); `staleness_s` is the time since
+    (the watch calls it on a LIST, an event, a bookmark and a verified quiet stream);
+    `staleness_s` is the time since
     (since the cache was made, before the first LIST). `clock` is monotonic seconds."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:

@@ -17,16 +17,21 @@ a watch decides what comes next:
 - dropped connections, refused dials and a stream silent past the inactivity timeout: back off
   and resume from the last resourceVersion, but relist once `resume_attempts` failures in a
   row have made no progress (client-go relists after any watch that ends at once with nothing).
-  A watch that ends cleanly with nothing in it and before `open_confirms_s` counts as such a
-  failure.
+  A watch that ends cleanly with nothing in it counts as such a failure.
 
-Progress is an event, a bookmark, or a stream open for `open_confirms_s` without an error; it
-resets the backoff (jittered exponential) and the failure count. Each relist is logged with its
-reason and counted by reason.
+A stream quiet for `verify_interval_s` is verified: kube-apiserver (1.35) keeps a watch from a
+resourceVersion newer than its store open and silent (no ERROR, no bookmark), and would then
+resume at a version that no longer means what it did. A LIST with `limit=1`, our
+resourceVersion and `resourceVersionMatch=NotOlderThan` is answered "Too large resource version"
+then: relist. Answered, it proves the server is at or past our version, and the open stream
+would have brought anything newer: the cache is current.
 
-Staleness: the cache is confirmed current by each LIST, event and bookmark, and every
-`open_confirms_s` while a stream stays open without an error (bookmarks alone would not do:
-kube-apiserver sends them every minute only while its namespace watch cache advances).
+Progress is an event, a bookmark or a verified quiet stream; it resets the backoff (jittered
+exponential) and the failure count. Each relist is logged with its reason and counted by reason.
+
+Staleness: the cache is confirmed current by each LIST, event, bookmark and verification
+(bookmarks alone would not do: kube-apiserver sends them only while its namespace watch cache
+advances, a namespace change or etcd's progress notification, every 10 minutes by default).
 `keda_tenancy_namespace_watch_staleness_seconds` and `..._last_current_timestamp_seconds`
 show how long ago that was, and `namespace_cache.staleness_check` turns it into a /readyz
 check. Readiness only fails where no traffic depends on it: the router and a process-mode
@@ -72,11 +77,9 @@ class WatchSettings:
     resume_attempts: int = 3
     """Transport failures in a row (no progress in between) resumed from the same
     resourceVersion before relisting instead."""
-    open_confirms_s: float = 10.0
-    """A stream open this long without an error confirms the cache (and again every this long):
-    kube-apiserver refuses a resourceVersion within 3 s, and sends bookmarks only when its
-    namespace watch cache advances (a namespace change, or etcd's progress notification, every
-    10 minutes by default), so a quiet cluster would otherwise look stale."""
+    verify_interval_s: float = 60.0
+    """A stream without an event or bookmark for this long is verified (see the module
+    docstring): a LIST of one namespace a minute per quiet watch."""
 
 
 class _RelistError(Exception):
@@ -174,6 +177,10 @@ class _Watcher:
         self._metrics = metrics
         self._progress = False
         """An event or bookmark arrived on the current stream, or it stayed open long enough."""
+        self._verify_failure: Exception | None = None
+        """Why verifying a quiet stream ended it."""
+        self._progress_at = 0.0
+        """Loop time of the last event or bookmark."""
         self._version: str | None = None
         """The last resourceVersion seen (a LIST's, an event's): where a watch resumes. Kept
         here, not returned, so that a stream that breaks still moves it on."""
@@ -304,28 +311,60 @@ class _Watcher:
             )
         except ApiException as exc:
             raise _status_error({"code": exc.status, "message": exc.reason}) from exc
-        ticking: asyncio.Task[None] | None = None
+        verifying: asyncio.Task[None] | None = None
+        self._verify_failure = None
         try:
             await _check_status(response)
-            ticking = asyncio.create_task(self._confirm_while_open())
+            verifying = asyncio.create_task(self._verify_while_quiet(response))
             while True:
-                line = await response.content.readline()
+                try:
+                    line = await response.content.readline()
+                except aiohttp.ClientError:
+                    if self._verify_failure is not None:
+                        raise self._verify_failure from None
+                    raise
                 if not line:
+                    if self._verify_failure is not None:
+                        raise self._verify_failure
                     return  # the server ended the watch (timeoutSeconds)
                 self._event(json.loads(line))
         finally:
-            if ticking is not None:
-                ticking.cancel()
-                await asyncio.gather(ticking, return_exceptions=True)
+            if verifying is not None:
+                verifying.cancel()
+                await asyncio.gather(verifying, return_exceptions=True)
             response.release()
 
-    async def _confirm_while_open(self) -> None:
-        """The server accepted our resourceVersion and has had nothing to send since: as
-        current as the server (a dead connection is dropped by the inactivity timeout)."""
+    async def _verify_while_quiet(self, response: aiohttp.ClientResponse) -> None:
+        """Verify a stream quiet for verify_interval_s (module docstring); a failure ends it."""
+        loop = asyncio.get_running_loop()
+        interval_s = self._settings.verify_interval_s
+        heard = loop.time()  # the stream's start, then each event, bookmark or verification
         while True:
-            await asyncio.sleep(self._settings.open_confirms_s)
+            heard = max(heard, self._progress_at)
+            quiet_s = loop.time() - heard
+            if quiet_s < interval_s:
+                await asyncio.sleep(interval_s - quiet_s)
+                continue
+            try:
+                await self._get_json(
+                    limit=1,
+                    resource_version=self._version,
+                    resource_version_match="NotOlderThan",
+                    _request_timeout=30,
+                )
+            except (
+                _RelistError,
+                _ThrottledError,
+                aiohttp.ClientError,
+                TimeoutError,
+                OSError,
+            ) as exc:
+                self._verify_failure = exc
+                response.close()
+                return
             self._progress = True
             self._confirmed()
+            heard = loop.time()
 
     def _event(self, event: Mapping[str, Any]) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
@@ -337,6 +376,7 @@ class _Watcher:
             self._changed(self._cache.apply(kind, Namespace.from_object(obj)))
         self._version = str((obj.get("metadata") or {}).get("resourceVersion") or self._version)
         self._progress = True
+        self._progress_at = asyncio.get_running_loop().time()
         self._confirmed()
 
     def _confirmed(self) -> None:

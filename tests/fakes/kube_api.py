@@ -5,9 +5,10 @@ limit/continue; WATCH from a resourceVersion with selector transitions (an objec
 stops matching arrives as DELETED, one that starts matching as ADDED, as kube-apiserver
 does), BOOKMARKs, timeoutSeconds, `410 Gone` for compacted versions, and for a resourceVersion newer
 than the store's (after `restore`, as after an etcd restore) kube-apiserver's answer: a 504
-`Timeout` Status with the cause `ResourceVersionTooLarge`, as the HTTP response of a LIST and as
-the ERROR event of a WATCH (kube-apiserver first waits up to 3 s for its cache to catch up; here
-the answer is immediate). Test knobs drop or silence open watches, or end new ones with an
+`Timeout` Status with the cause `ResourceVersionTooLarge` as the HTTP response of a LIST (kube-
+apiserver first waits up to 3 s for its cache to catch up; here the answer is immediate), and a
+WATCH kept open and silent (no event, no bookmark) until the store passes that version, as
+kube-apiserver 1.35 does (`too_large_watch="error"`: the ERROR event older watch caches sent). Test knobs drop or silence open watches, or end new ones with an
 ERROR event (`watch_error`), or answer LISTs with an error Status (`list_error`). Also ConfigMaps and Deployments (GET, strategic-merge PATCH of
 container env) for the router's and reloader's other reads and writes, and Leases (GET, PUT
 with the resourceVersion precondition: a stale one is refused with 409 Conflict; LIST and WATCH
@@ -122,6 +123,10 @@ class FakeKubeAPI:
     _silent: bool = False
     watch_error: Obj | None = None
     """A Status sent as the only (ERROR) event of each new namespace watch while set."""
+    too_large_watch: str = "silent"
+    """A watch from a resourceVersion past the store's: "silent" or "error" (see above)."""
+    end_watches_at_once: bool = False
+    """End each new namespace watch at once, with nothing in it (a proxy cutting them)."""
     list_error: Obj | None = None
     """A Status every namespace LIST is answered with (its code the HTTP status) while set."""
     _closing: bool = False
@@ -334,7 +339,9 @@ class FakeKubeAPI:
         await response.prepare(request)
         self._streams[response] = request.transport
         try:
-            if since > self._rv:
+            if self.end_watches_at_once and resource == "namespaces":
+                return response
+            if since > self._rv and self.too_large_watch == "error":
                 error = {"type": "ERROR", "object": _too_large(since, self._rv)}
                 await response.write(json.dumps(error).encode() + b"\n")
                 return response
@@ -368,7 +375,7 @@ class FakeKubeAPI:
                     if line is not None and not self._silent:
                         await response.write(json.dumps(line).encode() + b"\n")
                         sent = True
-                if not sent and bookmarks and not self._silent:
+                if not sent and bookmarks and not self._silent and self._rv >= since:
                     kinds = {"namespaces": "Namespace", "pods": "Pod", "leases": "Lease"}
                     mark = {
                         "kind": kinds[resource.partition("/")[0]],

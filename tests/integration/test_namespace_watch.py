@@ -18,6 +18,7 @@ from tests.fakes.kube_api import FakeKubeAPI
 FAST = WatchSettings(
     server_timeout_s=30,
     inactivity_timeout_s=0.6,
+    verify_interval_s=0.2,
     backoff_initial_s=0.05,
     backoff_max_s=0.2,
     page_size=2,
@@ -181,12 +182,16 @@ async def test_selectors(kube_api: FakeKubeAPI, kubeconfig: str, selector: str) 
         assert w.names() == expected[selector]
 
 
+@pytest.mark.parametrize("answer", ["silent", "error"])
 async def test_too_large_resource_version_relists_and_replaces_the_cache(
-    kube_api: FakeKubeAPI, kubeconfig: str
+    kube_api: FakeKubeAPI, kubeconfig: str, answer: str
 ) -> None:
-    """An etcd restored from a snapshot: the API server is behind our resourceVersion and
-    answers "Too large resource version". Retrying that version would keep the cache frozen
-    (and, once the store passes it, resume at a version that now means something else)."""
+    """An etcd restored from a snapshot: the API server is behind our resourceVersion. Its
+    watch stays silent (1.35) or answers "Too large resource version" (older watch caches).
+    Retrying that version would keep the cache frozen (and, once the store passes it, resume
+    at a version that now means something else)."""
+    kube_api.too_large_watch = answer
+    kube_api.bookmarks = False  # nothing but the verification can tell
     kube_api.create("kept")
     snapshot = kube_api.snapshot()
     async with watching(kubeconfig) as w:
@@ -224,15 +229,15 @@ async def test_persistent_watch_error_relists_with_backoff(
         await w.until(lambda: "b" in w.names())
 
 
-async def test_dropped_watches_that_keep_failing_relist(
+async def test_watches_that_keep_ending_at_once_relist(
     kube_api: FakeKubeAPI, kubeconfig: str
 ) -> None:
     """Resuming from the same resourceVersion is tried `resume_attempts` times, then a relist."""
-    kube_api.bookmarks = False
     async with watching(kubeconfig) as w:
-        kube_api.silence_watches()  # each stream times out with nothing in it
+        kube_api.end_watches_at_once = True
+        kube_api.drop_watches()
         await w.until(lambda: w.relists("failures") >= 1)
-        kube_api.silence_watches(False)
+        kube_api.end_watches_at_once = False
         kube_api.create("after")
         await w.until(lambda: "after" in w.names())
 
@@ -286,13 +291,14 @@ async def test_an_open_quiet_stream_keeps_the_cache_current(
     kube_api: FakeKubeAPI, kubeconfig: str
 ) -> None:
     """No event and no bookmark (a quiet cluster: kube-apiserver's bookmarks follow its watch
-    cache), but the stream stays open without an error: current, and no relist."""
+    cache), but the server is verified at or past our resourceVersion: current, no relist."""
     kube_api.bookmarks = False
     clock = ManualClock()
     cache = NamespaceCache(clock)
-    settings = dataclasses.replace(FAST, inactivity_timeout_s=30, open_confirms_s=0.05)
+    settings = dataclasses.replace(FAST, inactivity_timeout_s=30, verify_interval_s=0.05)
     async with watching(kubeconfig, cache=cache, settings=settings) as w:
         await w.until(lambda: kube_api.open_watches == 1)
         clock.now += 1000
         await w.until(lambda: cache.staleness_s() == 0)
         assert w.relists() == 1
+        assert kube_api.requests["list namespaces"] >= 2  # the verifications
