@@ -40,7 +40,7 @@ from reloader.watched import DeploymentPods, WatchedConfigMap, WatchedSource
 from tenancy_common import health
 from tenancy_common.kube import make_api_client
 from tenancy_common.lifecycle import install_stop_signals, run_roots, wait_stopped
-from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics
+from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics, staleness_check
 from tenancy_common.namespace_watch import WatchSettings, watch_namespaces
 
 logger = logging.getLogger(__name__)
@@ -87,10 +87,17 @@ class Reloader:
         self.binding_loop: BindingLoop | None = None
         self.publisher: PublishingTarget | None = None
         self.forwarder = (
-            Forwarder(*config.forward_grpc)
+            Forwarder(
+                *config.forward_grpc,
+                max_connections=config.forward_grpc_max_connections,
+                on_refused=self.metrics.grpc_forward_refused.inc,
+            )
             if config.forward_grpc is not None and self.child is not None
             else None
         )
+        if self.forwarder is not None:
+            forwarder = self.forwarder
+            self.metrics.grpc_forward_connections.set_function(lambda: forwarder.open_connections)
         self.health_port: int | None = None
         self._stop_signal = signal.SIGTERM
 
@@ -134,6 +141,8 @@ class Reloader:
             return self.binding_loop.readiness()
 
         checks: dict[str, health.ReadinessCheck] = {"namespaces": synced}
+        if self.config.mode != "process":  # a pod of its own: not-ready turns nothing away
+            checks["namespace-staleness"] = self._staleness_check()
         if self.config.mode != "bindings":
             checks["operator"] = operator
         if self.config.bindings is not None:
@@ -159,7 +168,15 @@ class Reloader:
         def published() -> str | None:
             return self.publisher.last_error if self.publisher is not None else None
 
-        return {"lease": lease, "namespace-access": access, "watched-published": published}
+        warnings = {"lease": lease, "namespace-access": access, "watched-published": published}
+        if self.config.mode == "process":
+            # The operator's pod: not ready, it would leave the Service the adapter reaches
+            # it through, and every ScaledObject's metrics fail, for a stale namespace list.
+            warnings["namespace-staleness"] = self._staleness_check()
+        return warnings
+
+    def _staleness_check(self) -> health.ReadinessCheck:
+        return staleness_check(self.cache, self.config.max_namespace_staleness_s)
 
     # -- running -----------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from reloader.schedule import CrashPolicy, SchedulePolicy
 from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration
 from tenancy_common.names import TenantName, is_dns1123_label
+from tenancy_common.namespace_cache import DEFAULT_MAX_STALENESS
 from tenancy_common.tenancy import TenancyRule
 from tenancy_common.tenancy_config import ConfigError, add_tenancy_flags, tenancy_from_flags
 
@@ -69,6 +70,11 @@ class ReloaderConfig:
     mode reads it."""
     check_operator_access: bool = False
     """Process mode: admit a namespace only once the operator may read it."""
+    forward_grpc_max_connections: int = 32
+    """Process mode: adapter connections held or spliced at once; more are refused."""
+    max_namespace_staleness_s: float = 300.0
+    """The namespace list not confirmed current for longer: /readyz fails in deployment and
+    bindings modes, warns in process mode (the operator's pod serves the adapter); 0: never."""
 
     @classmethod
     def from_args(cls, argv: Sequence[str], environ: Mapping[str, str]) -> ReloaderConfig:
@@ -171,9 +177,15 @@ class ReloaderConfig:
             try:
                 if not sep:
                     raise ValueError("no '='")
-                forward_grpc = (parse_address(listen), parse_address(target))
+                host, port = parse_address(listen)
+                forward_grpc = (
+                    (host or args.forward_grpc_bind_address, port),
+                    parse_address(target),
+                )
             except ValueError as exc:
                 raise ConfigError(f"--forward-grpc needs LISTEN=TARGET addresses: {exc}") from exc
+        if args.forward_grpc_max_connections < 1:
+            raise ConfigError("--forward-grpc-max-connections must be at least 1")
         release_lease: tuple[str, str] | None = None
         if args.release_lease:
             lease_ns, _, lease_name = args.release_lease.partition("/")
@@ -214,6 +226,10 @@ class ReloaderConfig:
             bindings=bindings,
             watched_configmap=watched,
             check_operator_access=check_access,
+            forward_grpc_max_connections=args.forward_grpc_max_connections,
+            max_namespace_staleness_s=_duration(
+                "--max-namespace-staleness", args.max_namespace_staleness
+            ),
         )
 
 
@@ -396,9 +412,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--forward-grpc",
         default="",
         metavar="HOST:PORT=HOST:PORT",
-        help="process mode: listen on the first address (the operator's gRPC port) and splice "
-        "each connection to the second (where the operator listens), holding it while the "
-        "operator restarts",
+        help="process mode: listen on the first address (the operator's gRPC port; ':PORT' "
+        "for --forward-grpc-bind-address) and splice each connection to the second (where the "
+        "operator listens), holding it while the operator restarts",
+    )
+    target.add_argument(
+        "--forward-grpc-bind-address",
+        default="127.0.0.1",
+        help="process mode: the address --forward-grpc listens on when its LISTEN has no host; "
+        "the chart sets the pod IP (the adapter dials the operator's Service from its own pod); "
+        "0.0.0.0 or :: listens on every address",
+    )
+    target.add_argument(
+        "--forward-grpc-max-connections",
+        type=int,
+        default=32,
+        help="process mode: adapter connections held or spliced at once (the adapter keeps one "
+        "per replica); further ones are closed at once, logged and counted",
     )
     target.add_argument(
         "--release-lease",
@@ -508,6 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8090,  # KEDA's operator keeps 8081 for its own probes
         help="port of /healthz /readyz /metrics (not 8081: KEDA's operator probes use it)",
+    )
+    ops.add_argument(
+        "--max-namespace-staleness",
+        default=DEFAULT_MAX_STALENESS,
+        help="the namespace list not confirmed current (LIST, event, verified watch) for longer: "
+        "/readyz fails in deployment and bindings modes and warns in process mode (where the "
+        "pod is the operator's, which the adapter reaches through its Service); 0s: never",
     )
     ops.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ops.add_argument("--log-format", default="json", choices=["json", "text"])

@@ -16,6 +16,10 @@ and the adapter has sent nothing for 60 ms. The adapter then reconnects with no 
 which stops without draining, would fail any request it had accepted. Under TLS requests
 cannot be counted, so "answered" means the operator sent bytes after the adapter's last ones:
 with two requests in flight, the slower one can still be cut off, as it would be without this.
+
+At most `max_connections` connections are held or spliced at once: the adapter keeps one per
+replica, and each held connection costs dials. Further ones are closed as soon as accepted,
+counted (`on_refused`) and logged (once per REFUSAL_LOG_INTERVAL_S, with the count since).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +36,7 @@ DIAL_INTERVAL_S = 0.05
 DIAL_TIMEOUT_S = 2.0
 DIALS_AT_ONCE = 20
 """Dials pending at once: one every DIAL_INTERVAL_S, each given DIAL_TIMEOUT_S."""
+REFUSAL_LOG_INTERVAL_S = 10.0
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -115,12 +121,20 @@ class Forwarder:
         target: tuple[str, int],
         *,
         dial_wait_s: float = 10.0,
+        max_connections: int | None = None,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         """`dial_wait_s`: how long a connection is held for an operator that is not
-        listening (gRPC gives a connection attempt 5 s at least, then backs off)."""
+        listening (gRPC gives a connection attempt 5 s at least, then backs off).
+        `max_connections`: held or spliced at once (None: no bound); `on_refused` is called
+        for each connection refused beyond it."""
         self._listen = listen
         self._target = target
         self._dial_wait_s = dial_wait_s
+        self._max_connections = max_connections
+        self._on_refused = on_refused or (lambda: None)
+        self._refused_unlogged = 0
+        self._next_refusal_log = 0.0
         self._connections: set[asyncio.Task[None]] = set()
         self._links: set[_Link] = set()
         self._dialing = asyncio.Event()
@@ -148,6 +162,10 @@ class Forwarder:
             await server.wait_closed()
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._max_connections is not None and len(self._connections) >= self._max_connections:
+            self._refuse(writer)
+            await _close(writer)
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
@@ -169,6 +187,23 @@ class Forwarder:
         finally:
             await _close(writer)
             self._connections.discard(task)
+
+    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        self._on_refused()
+        self._refused_unlogged += 1
+        now = asyncio.get_running_loop().time()
+        if now < self._next_refusal_log:
+            return
+        logger.warning(
+            "refusing gRPC connections: the forwarder holds its maximum",
+            extra={
+                "max_connections": self._max_connections,
+                "peer": str(writer.get_extra_info("peername")),
+                "refused": self._refused_unlogged,
+            },
+        )
+        self._refused_unlogged = 0
+        self._next_refusal_log = now + REFUSAL_LOG_INTERVAL_S
 
     async def drain(self, *, quiet_s: float = 0.02, max_s: float = 1.0) -> None:
         """Before the operator stops: close every connection while idle (see the module

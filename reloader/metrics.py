@@ -1,7 +1,8 @@
 """The reloader's Prometheus metrics, built against an injected registry.
 
 The namespace watch adds its own (`keda_tenancy_namespace_watch_reconnects_total`,
-`..._relists_total`, `..._namespaces`) to the same registry.
+`..._relists_total{reason}`, `..._namespaces`, `..._staleness_seconds`,
+`..._last_current_timestamp_seconds`) to the same registry.
 """
 
 from __future__ import annotations
@@ -56,6 +57,16 @@ class ReloaderMetrics:
             PREFIX + "lease_releases",
             "Leader-election Leases released from an operator that had died "
             "(its successor took over at once instead of waiting the Lease out).",
+            registry=registry,
+        )
+        self.grpc_forward_connections = Gauge(
+            PREFIX + "grpc_forward_connections",
+            "Process mode (--forward-grpc): adapter connections held or spliced.",
+            registry=registry,
+        )
+        self.grpc_forward_refused = Counter(
+            PREFIX + "grpc_forward_refused_connections",
+            "Process mode: connections closed at once, --forward-grpc-max-connections being open.",
             registry=registry,
         )
         self.apply_errors = Counter(

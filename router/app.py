@@ -28,7 +28,7 @@ from router.tenants import NamespaceView, TenantDirectory
 from router.upstreams import Upstreams
 from tenancy_common import health, tls
 from tenancy_common.lifecycle import run_roots, wait_stopped
-from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics
+from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics, staleness_check
 
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient
@@ -221,6 +221,18 @@ class Router:
 
         return {"certificates": certificates, "namespaces": namespaces, "shutdown": shutdown}
 
+    def readiness_warnings(self) -> dict[str, health.ReadinessCheck]:
+        """Shown in /readyz without failing it: an unready router makes the APIService
+        unavailable for every tenant, worse than answering from a namespace list that may be
+        stale (keda_tenancy_namespace_watch_staleness_seconds and the chart's alert say so)."""
+        if not self.config.tenancy.needs_cluster:
+            return {}
+        return {
+            "namespace-staleness": staleness_check(
+                self.cache, self.config.max_namespace_staleness_s
+            )
+        }
+
     # -- running ---------------------------------------------------------------------------
 
     def _sni(self, tls_object: ssl.SSLObject, _name: str | None, _context: ssl.SSLContext) -> None:
@@ -267,7 +279,9 @@ class Router:
             await wait_stopped(stop, self.config.cert_reload_interval_s)
 
     async def serve_health(self, stop: asyncio.Event) -> None:
-        app = health.build_health_app(self.registry, self.readiness_checks())
+        app = health.build_health_app(
+            self.registry, self.readiness_checks(), self.readiness_warnings()
+        )
 
         def started(port: int) -> None:
             self.health_port = port

@@ -16,6 +16,7 @@ from router.requestheader import DEFAULT_HEADER_NAMES, HeaderNames, split_names
 from router.upstreams import UpstreamSettings
 from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration
+from tenancy_common.namespace_cache import DEFAULT_MAX_STALENESS
 from tenancy_common.tenancy import TenancyRule
 from tenancy_common.tenancy_config import (
     ConfigError,
@@ -56,6 +57,9 @@ class RouterConfig:
     cert_reload_interval_s: float
     shutdown_delay_s: float
     shutdown_grace_period_s: float
+    max_namespace_staleness_s: float
+    """/readyz warns (never fails) when the namespace cache was not confirmed current for
+    longer; 0: never."""
     log_level: str
     log_format: str
 
@@ -129,6 +133,7 @@ class RouterConfig:
             shutdown_grace_period_s=_positive(
                 args.shutdown_grace_period, "--shutdown-grace-period"
             ),
+            max_namespace_staleness_s=parse_duration(args.max_namespace_staleness),
             log_level=args.log_level,
             log_format=args.log_format,
         )
@@ -286,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-grace-period",
         default="25s",
         help="how long in-flight requests may take to finish on SIGTERM",
+    )
+    ops.add_argument(
+        "--max-namespace-staleness",
+        default=DEFAULT_MAX_STALENESS,
+        help="/readyz warns (without failing: the APIService serves every tenant) when the "
+        "namespace list was not confirmed current (LIST, event, verified watch) for longer; 0s: never",
     )
     ops.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ops.add_argument("--log-format", default="json", choices=["json", "text"])

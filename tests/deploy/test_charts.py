@@ -23,6 +23,7 @@ from reloader.config import ReloaderConfig
 from reloader.supervise import parse_config as parse_supervisor_config
 from router.certs_bootstrap import TENANT_AUTHORITY, CertsConfig, CertsMetrics, Spec
 from router.config import RouterConfig
+from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics
 from tests.deploy.charts import (
     REPO,
     ROUTER_CHART,
@@ -681,6 +682,16 @@ def test_deployment_mode_adapter_reaches_the_operator_through_grpc_forward(
         # Process mode: the operator's own reloader holds its gRPC port (--forward-grpc).
         assert set(containers) == {"keda-operator-metrics-apiserver"}
         assert flag(args, "metrics-service-address") == f"{service}:9666"
+        # The adapter dials the Service, so the operator's reloader listens on the pod IP,
+        # and only there (not every address of the pod).
+        keda = container(find(docs, "Deployment", "keda-operator"))
+        config = ReloaderConfig.from_args(keda["args"], {})
+        assert config.forward_grpc == (("$(KEDA_TENANCY_POD_IP)", 9666), ("127.0.0.1", 9667))
+        env = {e["name"]: e for e in keda["env"]}
+        assert env["KEDA_TENANCY_POD_IP"]["valueFrom"] == {
+            "fieldRef": {"fieldPath": "status.podIP"}
+        }
+        assert config.forward_grpc_max_connections >= 1
         return
     # The rolled operator pods are reached through the sidecar on loopback; TLS is end to end
     # and the adapter still verifies the operator's certificate by the Service's name.
@@ -863,6 +874,14 @@ def test_router_prometheus_rule_alerts_30_days_before_expiry(helm: Helm) -> None
     assert registry.get_sample_value(
         "keda_tenancy_router_certificate_expiry_timestamp_seconds", {"certificate": "serving"}
     )
+    # A stale namespace list is alerted on with the bound the router warns at in /readyz.
+    stale = alerts["KedaTenancyNamespaceCacheStale"]
+    assert "keda_tenancy_namespace_watch_staleness_seconds" in stale["expr"]
+    assert stale["expr"].strip().endswith("> 300")
+    router_args = container(find(docs, "Deployment", ROUTER_RELEASE))["args"]
+    assert flag(router_args, "max-namespace-staleness") == "300s"
+    WatchMetrics(registry).follow(NamespaceCache())
+    assert registry.get_sample_value("keda_tenancy_namespace_watch_staleness_seconds") is not None
     CertsMetrics(registry).expiry.labels("keda-a", "kedaorg-certs").set(1)
     assert registry.get_sample_value(
         "keda_tenancy_certs_certificate_expiry_timestamp_seconds",

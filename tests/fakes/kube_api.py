@@ -3,8 +3,13 @@
 Namespaces with a global, increasing resourceVersion; LIST with label selectors and
 limit/continue; WATCH from a resourceVersion with selector transitions (an object that
 stops matching arrives as DELETED, one that starts matching as ADDED, as kube-apiserver
-does), BOOKMARKs, timeoutSeconds, and `410 Gone` for compacted versions. Test knobs drop
-or silence open watches. Also ConfigMaps and Deployments (GET, strategic-merge PATCH of
+does), BOOKMARKs, timeoutSeconds, `410 Gone` for compacted versions, and for a resourceVersion newer
+than the store's (after `restore`, as after an etcd restore) kube-apiserver's answer: a 504
+`Timeout` Status with the cause `ResourceVersionTooLarge` as the HTTP response of a LIST (kube-
+apiserver first waits up to 3 s for its cache to catch up; here the answer is immediate), and a
+WATCH kept open and silent (no event, no bookmark) until the store passes that version, as
+kube-apiserver 1.35 does (`too_large_watch="error"`: the ERROR event older watch caches sent). Test knobs drop or silence open watches, or end new ones with an
+ERROR event (`watch_error`), or answer LISTs with an error Status (`list_error`). Also ConfigMaps and Deployments (GET, strategic-merge PATCH of
 container env) for the router's and reloader's other reads and writes, and Leases (GET, PUT
 with the resourceVersion precondition: a stale one is refused with 409 Conflict; LIST and WATCH
 by `fieldSelector=metadata.name=...`, as a single Lease is followed).
@@ -116,6 +121,14 @@ class FakeKubeAPI:
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _streams: dict[web.StreamResponse, asyncio.BaseTransport | None] = field(default_factory=dict)
     _silent: bool = False
+    watch_error: Obj | None = None
+    """A Status sent as the only (ERROR) event of each new namespace watch while set."""
+    too_large_watch: str = "silent"
+    """A watch from a resourceVersion past the store's: "silent" or "error" (see above)."""
+    end_watches_at_once: bool = False
+    """End each new namespace watch at once, with nothing in it (a proxy cutting them)."""
+    list_error: Obj | None = None
+    """A Status every namespace LIST is answered with (its code the HTTP status) while set."""
     _closing: bool = False
     _runner: web.AppRunner | None = None
 
@@ -249,6 +262,21 @@ class FakeKubeAPI:
         self._compacted = self._rv
         self._events.clear()
 
+    def snapshot(self) -> tuple[int, dict[str, Obj]]:
+        """The namespaces as an etcd snapshot would keep them, for `restore`."""
+        return self._rv, copy.deepcopy(self.namespaces)
+
+    def restore(self, snapshot: tuple[int, dict[str, Obj]]) -> None:
+        """An etcd restored from `snapshot` without a revision bump: the store's
+        resourceVersion goes back, and what happened since never did. Watches are dropped
+        (the API servers restart); clients holding a newer resourceVersion are answered
+        "Too large resource version" until the store passes it."""
+        self._rv, namespaces = snapshot[0], copy.deepcopy(snapshot[1])
+        self.namespaces.clear()
+        self.namespaces.update(namespaces)
+        self._events = [e for e in self._events if e.resource_version <= self._rv]
+        self.drop_watches()
+
     def drop_watches(self) -> None:
         """Abort every open watch connection, as a restarting API server or LB would."""
         for stream in list(self._streams):
@@ -273,6 +301,11 @@ class FakeKubeAPI:
             self.requests["watch namespaces"] += 1
             return await self._watch(request, selector)
         self.requests["list namespaces"] += 1
+        if self.list_error is not None:
+            return web.json_response(self.list_error, status=int(self.list_error["code"]))
+        wanted = request.query.get("resourceVersion") or "0"
+        if int(wanted) > self._rv:
+            return web.json_response(_too_large(int(wanted), self._rv), status=504)
         matching = sorted(
             (obj for obj in self.namespaces.values() if _matches(obj, selector)),
             key=lambda o: o["metadata"]["name"],
@@ -306,6 +339,16 @@ class FakeKubeAPI:
         await response.prepare(request)
         self._streams[response] = request.transport
         try:
+            if self.end_watches_at_once and resource == "namespaces":
+                return response
+            if since > self._rv and self.too_large_watch == "error":
+                error = {"type": "ERROR", "object": _too_large(since, self._rv)}
+                await response.write(json.dumps(error).encode() + b"\n")
+                return response
+            if self.watch_error is not None and resource == "namespaces":
+                error = {"type": "ERROR", "object": self.watch_error}
+                await response.write(json.dumps(error).encode() + b"\n")
+                return response
             if since < self._compacted:
                 gone = {
                     "kind": "Status",
@@ -332,7 +375,7 @@ class FakeKubeAPI:
                     if line is not None and not self._silent:
                         await response.write(json.dumps(line).encode() + b"\n")
                         sent = True
-                if not sent and bookmarks and not self._silent:
+                if not sent and bookmarks and not self._silent and self._rv >= since:
                     kinds = {"namespaces": "Namespace", "pods": "Pod", "leases": "Lease"}
                     mark = {
                         "kind": kinds[resource.partition("/")[0]],
@@ -827,6 +870,25 @@ def _merge_containers(obj: Obj, patch: Obj) -> None:
 def _true(value: str | None) -> bool:
     """Booleans in query strings, parsed like Go's strconv.ParseBool."""
     return (value or "").lower() in ("1", "t", "true")
+
+
+def _too_large(wanted: int, current: int) -> Obj:
+    """apiserver storage.NewTooLargeResourceVersionError: a Timeout with its cause."""
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f"Timeout: Too large resource version: {wanted}, current: {current}",
+        "reason": "Timeout",
+        "details": {
+            "causes": [
+                {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+            ],
+            "retryAfterSeconds": 1,
+        },
+        "code": 504,
+    }
 
 
 def _not_found(resource: str, name: str) -> web.Response:

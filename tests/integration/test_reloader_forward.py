@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from reloader.config import ReloaderConfig
 from reloader.forward import Forwarder, parse_address
 
 
@@ -159,5 +160,96 @@ async def test_drain_lets_the_request_in_flight_be_answered_then_closes() -> Non
             assert await asyncio.wait_for(reader.readexactly(12), 5) == b"answer:three"
             writer.close()
     finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_listens_on_the_bind_address_only() -> None:
+    """`--forward-grpc=:PORT=...` listens on --forward-grpc-bind-address (the chart: the pod
+    IP), loopback by default, never on every address of the pod."""
+    port = free_port()
+    for env, reachable, unreachable in (
+        ({}, "127.0.0.1", "127.0.0.2"),
+        (
+            {"KEDA_TENANCY_RELOADER_FORWARD_GRPC_BIND_ADDRESS": "127.0.0.2"},
+            "127.0.0.2",
+            "127.0.0.1",
+        ),
+    ):
+        config = ReloaderConfig.from_args(
+            [
+                "--tenant=a",
+                "--tenant-label-key=k",
+                f"--forward-grpc=:{port}=127.0.0.1:{free_port()}",
+                "--",
+                "/keda",
+            ],
+            env,
+        )
+        assert config.forward_grpc is not None
+        forwarder = Forwarder(*config.forward_grpc, dial_wait_s=0.1)
+        stop = asyncio.Event()
+        task = asyncio.create_task(forwarder.serve(stop))
+        try:
+            async with asyncio.timeout(5):
+                while forwarder.port is None:
+                    await asyncio.sleep(0.01)
+            _, writer = await asyncio.open_connection(reachable, port)
+            writer.close()
+            with pytest.raises(ConnectionRefusedError):
+                await asyncio.open_connection(unreachable, port)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 5)
+
+
+async def test_connections_beyond_the_bound_are_closed_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="reloader.forward")
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    target = int(server.sockets[0].getsockname()[1])
+    refused: list[int] = []
+    forwarder = Forwarder(
+        ("127.0.0.1", 0),
+        ("127.0.0.1", target),
+        max_connections=2,
+        on_refused=lambda: refused.append(1),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(forwarder.serve(stop))
+    opened: list[asyncio.StreamWriter] = []
+    try:
+        async with asyncio.timeout(5):
+            while forwarder.port is None:
+                await asyncio.sleep(0.01)
+        assert forwarder.port is not None
+        for _ in range(2):  # within the bound: spliced to the operator
+            reader, writer = await asyncio.open_connection("127.0.0.1", forwarder.port)
+            opened.append(writer)
+            writer.write(b"ping")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"PING"
+        reader, writer = await asyncio.open_connection("127.0.0.1", forwarder.port)
+        opened.append(writer)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once
+        assert refused == [1]
+        assert forwarder.open_connections == 2
+        assert "refusing gRPC connections" in caplog.text
+        opened[0].close()  # one of the two ends: a new one fits again
+        async with asyncio.timeout(5):
+            while forwarder.open_connections > 1:
+                await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", forwarder.port)
+        opened.append(writer)
+        writer.write(b"pong")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"PONG"
+        assert refused == [1]
+    finally:
+        for writer in opened:
+            writer.close()
+        stop.set()
+        await asyncio.wait_for(task, 5)
         server.close()
         await server.wait_closed()

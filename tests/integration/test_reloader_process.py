@@ -181,10 +181,11 @@ async def test_probes_and_metrics(kube_api: FakeKubeAPI, kubeconfig: str, tmp_pa
             "keda_tenancy_reloader_child_up 1.0",
             "keda_tenancy_reloader_empty_namespace_set 0.0",
             'keda_tenancy_reloader_restarts_total{reason="namespaces"} 1.0',
-            "keda_tenancy_namespace_watch_relists_total 1.0",
+            'keda_tenancy_namespace_watch_relists_total{reason="start"} 1.0',
         ):
             assert line in metrics.splitlines(), line
         assert "keda_tenancy_reloader_last_restart_timestamp_seconds" in metrics
+        assert "keda_tenancy_namespace_watch_staleness_seconds " in metrics
 
 
 async def test_gone_relist_catches_up(
@@ -201,7 +202,9 @@ async def test_gone_relist_catches_up(
         kube_api.drop_watches()
         kube_api.silence_watches(False)
         await eventually(lambda: log.starts()[-1] == "a2")
-        assert r.registry.get_sample_value("keda_tenancy_namespace_watch_relists_total") == 2
+        relists = "keda_tenancy_namespace_watch_relists_total"
+        assert r.registry.get_sample_value(relists, {"reason": "start"}) == 1
+        assert r.registry.get_sample_value(relists, {"reason": "expired"}) == 1
 
 
 async def test_silent_stream_reconnects(

@@ -227,3 +227,52 @@ async def test_waits_for_the_requestheader_configmap_with_health_up(
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_stale_namespace_list_is_a_readyz_warning_not_a_failure(
+    pki: Pki,
+    tmp_path: Path,
+    backends: dict[str, TenantBackend],
+    kube_api: FakeKubeAPI,
+    kubeconfig: str,
+) -> None:
+    """An API server failing every watch and LIST for --max-namespace-staleness shows in
+    /readyz, which stays 200: an unready router fails the APIService for every tenant. The
+    router keeps routing from what it has; the next successful relist clears the warning."""
+    kube_api.relabel_new("web", {"keda-tenancy.io/tenant": "alpha"})
+    argv = router_args(
+        pki,
+        overrides(tmp_path, backends),
+        f"--kubeconfig={kubeconfig}",
+        "--tenant-label-key=keda-tenancy.io/tenant",
+        "--max-namespace-staleness=1s",
+    )
+
+    async def readyz(router: Router) -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{router.health_port}/readyz") as response,
+        ):
+            return response.status, await response.text()
+
+    async with running_router(argv) as router:
+        assert router.secure_port
+        assert await readyz(router) == (200, "ok")
+        failing = {"kind": "Status", "code": 500, "reason": "InternalError", "message": "etcd"}
+        kube_api.watch_error = kube_api.list_error = failing
+        kube_api.drop_watches()
+        async with asyncio.timeout(10):
+            while "[!]namespace-staleness" not in (answer := await readyz(router))[1]:
+                assert answer[0] == 200
+                await asyncio.sleep(0.05)
+        assert answer[0] == 200
+        assert "not confirmed current" in answer[1]
+        context = pki.client_context(pki.aggregator())
+        assert await tenant_of(router.secure_port, context, "web") == "alpha"
+        stale = router.registry.get_sample_value("keda_tenancy_namespace_watch_staleness_seconds")
+        assert stale is not None
+        assert stale > 1
+        kube_api.watch_error = kube_api.list_error = None
+        async with asyncio.timeout(10):
+            while await readyz(router) != (200, "ok"):
+                await asyncio.sleep(0.05)

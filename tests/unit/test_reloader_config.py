@@ -236,8 +236,25 @@ def test_forward_grpc_is_process_mode_listen_and_target() -> None:
     config = ReloaderConfig.from_args(
         [*base, "--forward-grpc=:9666=127.0.0.1:9667", "--", "/keda"], {}
     )
-    assert config.forward_grpc == (("", 9666), ("127.0.0.1", 9667))
+    # No host: --forward-grpc-bind-address, loopback unless told (never every address).
+    assert config.forward_grpc == (("127.0.0.1", 9666), ("127.0.0.1", 9667))
+    assert config.forward_grpc_max_connections == 32
+    config = ReloaderConfig.from_args(
+        [*base, "--forward-grpc=:9666=127.0.0.1:9667", "--", "/keda"],
+        {
+            "KEDA_TENANCY_RELOADER_FORWARD_GRPC_BIND_ADDRESS": "10.1.2.3",
+            "KEDA_TENANCY_RELOADER_FORWARD_GRPC_MAX_CONNECTIONS": "4",
+        },
+    )
+    assert config.forward_grpc == (("10.1.2.3", 9666), ("127.0.0.1", 9667))
+    assert config.forward_grpc_max_connections == 4
+    config = ReloaderConfig.from_args(
+        [*base, "--forward-grpc=0.0.0.0:9666=127.0.0.1:9667", "--", "/keda"], {}
+    )
+    assert config.forward_grpc == (("0.0.0.0", 9666), ("127.0.0.1", 9667))
     assert ReloaderConfig.from_args([*base, "--", "/keda"], {}).forward_grpc is None
+    with pytest.raises(SystemExit):
+        ReloaderConfig.from_args([*base, "--forward-grpc-max-connections=0", "--", "/keda"], {})
     for bad in (":9666", ":9666=", "x=127.0.0.1:1", ":9666=127.0.0.1:0"):
         with pytest.raises(SystemExit):
             ReloaderConfig.from_args([*base, f"--forward-grpc={bad}", "--", "/keda"], {})
