@@ -212,6 +212,8 @@ CLUSTER_SCOPED_KINDS = frozenset(
         "MutatingWebhookConfiguration",
         "Namespace",
         "PriorityClass",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
         "ValidatingWebhookConfiguration",
     }
 )
