@@ -308,20 +308,12 @@ def test_shared_cluster_objects_are_used_without_forbidden_and_their_spec_is_ref
     operator: Process = tenant["operator"]
     stack.apply(
         {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "lp-shared-token", "namespace": KEDA_NS},
-            "stringData": {"token": "not-a-secret"},
-        },
-        {
             "apiVersion": "keda.sh/v1alpha1",
             "kind": "ClusterTriggerAuthentication",
             "metadata": {"name": CTA},
-            "spec": {
-                "secretTargetRef": [
-                    {"parameter": "token", "name": "lp-shared-token", "key": "token"}
-                ]
-            },
+            # From the scale target's env: a Secret in KEDA's namespace (secretTargetRef) is not
+            # in the cache of a KEDA that watches only its tenant's namespaces.
+            "spec": {"env": [{"parameter": "token", "name": "TOKEN", "containerName": "app"}]},
         },
         {
             "apiVersion": "eventing.keda.sh/v1alpha1",
@@ -332,6 +324,24 @@ def test_shared_cluster_objects_are_used_without_forbidden_and_their_spec_is_ref
         },
     )
     stack.scaled_app("lp-one", sources["alpha"].url, name="cta-app")
+    stack.kubectl(
+        "patch",
+        "deployment",
+        "cta-app",
+        "-n",
+        "lp-one",
+        "--type=json",
+        "-p",
+        json.dumps(
+            [
+                {
+                    "op": "add",
+                    "path": "/spec/template/spec/containers/0/env",
+                    "value": [{"name": "TOKEN", "value": "not-a-secret"}],
+                }
+            ]
+        ),
+    )
     stack.kubectl(
         "patch",
         "scaledobject",
