@@ -2,10 +2,12 @@
 
 Level-triggered like the control loop: every pass reads the whole namespace cache and
 what the operator runs with, then reconciles. A namespace that left the tenant keeps its
-binding while the operator still watches it, but at most `unbind_timeout_s` (the honest
-reloader needs far less: removal delay, max wait, grace period), so a compromised operator
-that keeps publishing an old list cannot keep another tenant's namespace bound. When what
-it watches cannot be read, nothing is removed.
+binding while the operator still watches it (an honest reloader stops the old operator
+`--debounce` after the change), so that KEDA is not refused before its restart. But what
+the operator watches is written by the operator's own pod (process mode), which is less
+trusted than this component: whatever it says (a stale list, a namespace claimed forever,
+garbage, nothing), a binding outlives its namespace's leaving by at most
+`unbind_timeout_s`, counted from the pass that first saw it leave.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from tenancy_common.names import NamespaceName
 from tenancy_common.namespace_cache import NamespaceCache
 
 logger = logging.getLogger(__name__)
+
+
+LEAVING_POLL_S = 1.0
+"""While a namespace that left keeps its binding, re-read what the operator watches this
+often: its binding goes within about this long of the operator's restart."""
 
 
 class BindingLoop:
@@ -46,6 +53,12 @@ class BindingLoop:
         self._clock: Clock = clock or LoopClock()
         self._wake = asyncio.Event()
         self._left_at: dict[str, float] = {}
+        """Namespaces with a binding of ours that left the desired set -> when a pass first
+        saw that; the unbind timeout counts from there."""
+        self._kept: set[str] = set()
+        """Those of them kept bound by the last pass (until their timeout)."""
+        self._unbind_failed = False
+        """The last pass could not delete one of them: retry soon, not at the interval."""
         self.failed: dict[str, str] = {}
         self.last_error: str | None = None
         self.passes = 0
@@ -62,6 +75,17 @@ class BindingLoop:
             return "; ".join(f"{ns}: {why}" for ns, why in sorted(self.failed.items()))
         return None
 
+    def next_pass_in(self) -> float:
+        """Seconds until the next pass is due without an event: the interval, or sooner while a
+        namespace that left is still bound (poll what the operator watches; its deadline)."""
+        due = [self._interval_s]
+        if self._kept or self._unbind_failed:
+            due.append(LEAVING_POLL_S)
+        if self._kept:
+            deadline = min(self._left_at[ns] for ns in self._kept) + self._unbind_timeout_s
+            due.append(deadline - self._clock.now())
+        return max(0.0, min(due))
+
     async def run(self, stop: asyncio.Event) -> None:
         if not await first(self._cache.synced.wait(), stop):
             return
@@ -71,7 +95,7 @@ class BindingLoop:
             waiters = [
                 asyncio.ensure_future(self._wake.wait()),
                 asyncio.ensure_future(stop.wait()),
-                asyncio.ensure_future(self._clock.sleep(self._interval_s)),
+                asyncio.ensure_future(self._clock.sleep(self.next_pass_in())),
             ]
             try:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -91,38 +115,45 @@ class BindingLoop:
         terminating = {
             ns for ns in desired if (n := self._cache.get(NamespaceName(ns))) and n.terminating
         }
+        now = self._clock.now()
+        leaving: dict[str, float] = {}
+
+        def keep(namespace: str) -> bool:
+            """Asked for each binding of ours outside the desired set."""
+            if namespace in terminating:
+                return True
+            since = leaving[namespace] = self._left_at.get(namespace, now)
+            if watched is not None and namespace not in watched:
+                return False  # the operator runs without it: nothing to wait for
+            if now - since < self._unbind_timeout_s:
+                return True
+            logger.warning(
+                "removing the RoleBinding of a namespace that left the tenant although the "
+                "operator may still watch it: the unbind timeout is over",
+                extra={
+                    "namespace": namespace,
+                    "unbind_timeout_s": self._unbind_timeout_s,
+                    "watched_unknown": watched is None,
+                },
+            )
+            return False
+
         try:
-            if watched is None:
-                keep = set(await self._manager.owned())
-            else:
-                keep = self._still_watched(desired, watched) | terminating
             result = await self._manager.reconcile(desired - terminating, keep)
         except RoleBindingError as exc:
             self.last_error = str(exc)
             logger.error("cannot reconcile the operator's RoleBindings", extra={"error": str(exc)})
             return
+        # Only namespaces that are still bound and still outside the set keep their time.
+        self._left_at = leaving
+        self._kept = set(leaving) & result.bound
+        self._unbind_failed = any(ns in result.failed for ns in leaving)
         if watch_error is not None and watch_error != self.last_error:
             logger.warning(
-                "not removing any RoleBinding: what the operator watches is unknown",
-                extra={"error": watch_error},
+                "what the operator watches is unknown: a namespace that left keeps its "
+                "RoleBinding only until the unbind timeout",
+                extra={"error": watch_error, "unbind_timeout_s": self._unbind_timeout_s},
             )
         self.last_error = watch_error
         self.failed = result.failed
         self.passes += 1
-
-    def _still_watched(self, desired: set[str], watched: frozenset[str]) -> set[str]:
-        """Watched namespaces that left the desired set, until their unbind timeout."""
-        now = self._clock.now()
-        leaving = watched - desired
-        self._left_at = {ns: self._left_at.get(ns, now) for ns in leaving}
-        keep = set()
-        for namespace, since in self._left_at.items():
-            if now - since < self._unbind_timeout_s:
-                keep.add(namespace)
-            elif now - since - self._interval_s < self._unbind_timeout_s:
-                logger.warning(
-                    "the operator still reports watching a namespace it no longer should; "
-                    "removing its RoleBinding anyway",
-                    extra={"namespace": namespace, "unbind_timeout_s": self._unbind_timeout_s},
-                )
-        return keep

@@ -135,7 +135,7 @@ class ReloaderConfig:
             validate_label_selector(selector)
 
         grace_period_s = _duration("--grace-period", args.grace_period)
-        bindings = _binding_settings(args, tenant, schedule, grace_period_s)
+        bindings = _binding_settings(args, tenant, schedule)
         watched = _object_ref("--watched-configmap", args.watched_configmap)
         check_access = _boolean("--check-operator-access", args.check_operator_access)
         deployment: tuple[str, str] | None = None
@@ -244,14 +244,13 @@ class BindingSettings:
     interval_s: float
     """Reconcile at least this often (and after every namespace event)."""
     unbind_timeout_s: float
-    """Longest a namespace that left keeps its binding while reported still watched."""
+    """Longest a namespace that left keeps its binding, whatever the operator reports."""
 
 
 def _binding_settings(
     args: argparse.Namespace,
     tenant: TenantName | None,
     schedule: SchedulePolicy,
-    grace_period_s: float,
 ) -> BindingSettings | None:
     role = args.bind_cluster_role.strip()
     subject = _object_ref("--bind-service-account", args.bind_service_account)
@@ -265,10 +264,17 @@ def _binding_settings(
     for flag, value in (("--bind-cluster-role", role), ("--binding-name", name)):
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", value):
             raise ConfigError(f"{flag} {value!r} is not a valid object name")
-    # Long enough for an honest reloader to restart without a namespace: removal delay,
-    # the longest a restart waits, the old operator's grace period, then a margin.
-    grace = _duration("--unbind-grace", args.unbind_grace)
-    unbind_timeout_s = schedule.removal_delay_s + schedule.max_wait_s + grace_period_s + grace
+    # The security bound, whatever the operator's pod reports. An honest reloader stops the old
+    # operator `--debounce` after a namespace leaves (`--removal-delay` for a namespace that
+    # merely lost its label), well within it; with a longer hold KEDA would be refused first.
+    unbind_timeout_s = _duration("--unbind-timeout", args.unbind_timeout)
+    hold_s = max(schedule.debounce_s, schedule.removal_delay_s)
+    if unbind_timeout_s <= hold_s:
+        raise ConfigError(
+            f"--unbind-timeout ({args.unbind_timeout}) must exceed --debounce and "
+            f"--removal-delay ({hold_s:g}s): the operator would lose a namespace's "
+            "RoleBinding before its restart without it"
+        )
     return BindingSettings(
         cluster_role=role,
         subject=subject,
@@ -468,10 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--bindings-interval", default="10s", help="reconcile the RoleBindings at least this often"
     )
     bind.add_argument(
-        "--unbind-grace",
-        default="5m",
-        help="how much longer than removal delay + max wait + grace period a namespace that "
-        "left keeps its binding while the operator is still reported to watch it",
+        "--unbind-timeout",
+        default="5s",
+        help="a namespace that left the tenant loses its RoleBinding at most this long after "
+        "this component saw it leave, whatever the operator is reported to watch (sooner once "
+        "the operator runs without it); must exceed --debounce and --removal-delay",
     )
     bind.add_argument(
         "--watched-configmap",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,14 +174,17 @@ class RoleBindingManager:
             if self.spec.owns(item)
         }
 
-    async def reconcile(self, desired: Iterable[str], keep: Iterable[str] = ()) -> ReconcileResult:
-        """Bind every desired namespace; unbind ours that are neither desired nor in `keep`."""
+    async def reconcile(
+        self, desired: Iterable[str], keep: Iterable[str] | Callable[[str], bool] = ()
+    ) -> ReconcileResult:
+        """Bind every desired namespace; unbind ours that are neither desired nor kept (`keep`:
+        the namespaces, or asked for each good binding of ours outside `desired`)."""
+        keeps = keep if callable(keep) else set(keep).__contains__
         async with self._lock:
-            return await self._reconcile(set(desired), keep)
+            return await self._reconcile(set(desired), keeps)
 
-    async def _reconcile(self, desired: set[str], keep: Iterable[str]) -> ReconcileResult:
+    async def _reconcile(self, desired: set[str], keeps: Callable[[str], bool]) -> ReconcileResult:
         wanted = desired
-        keep_set = wanted | set(keep)
         owned = await self.owned()
         result = ReconcileResult()
         for namespace, binding in sorted(owned.items()):
@@ -192,7 +195,7 @@ class RoleBindingManager:
                 await self._release(namespace, binding, result)
                 continue
             good = self.spec.grants(binding)
-            if namespace in keep_set and good:
+            if good and (namespace in wanted or keeps(namespace)):
                 result.bound.add(namespace)
                 continue
             if not good:  # edited behind our back: what it grants is not what we bind

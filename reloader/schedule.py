@@ -4,8 +4,12 @@ Bursts coalesce: a restart waits for a quiet period (`debounce`) after the last 
 but never longer than `max_wait` after the first one; restarts are at least
 `min_interval` apart; a change that only removes namespaces is held for `removal_delay`
 to ride out label flapping, unless a removed namespace now belongs to another tenant
-(it must leave at once), while additions go at the pace of the debounce. Nothing is
-pending when the desired value equals the one in force.
+(it must leave at once), while additions go at the pace of the debounce. A removal is never
+put off further: it goes `debounce` (or its hold) after it was first seen, whatever changes
+follow and however recent the last restart, since the RoleBinding manager removes the
+namespace's binding a fixed time after it left (`--unbind-timeout`) and the old operator
+must have been stopped by then. Nothing is pending when the desired value equals the one in
+force.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class RestartSchedule:
         self._first_change_at = 0.0
         self._last_change_at = 0.0
         self._hold_removal = False
+        self._removal_at: float | None = None
+        """When the pending value first removed a namespace from the one in force."""
         self._last_restart_at: float | None = None
         self._not_before: float | None = None
 
@@ -63,6 +69,7 @@ class RestartSchedule:
         if desired == in_force:
             self._pending = None
             self._not_before = None
+            self._removal_at = None
             return
         if desired == self._pending and not (urgent and self._hold_removal):
             return  # same target: the quiet period is not extended by unrelated events
@@ -73,6 +80,10 @@ class RestartSchedule:
         self._pending = desired
         wanted, current = split(desired), split(in_force)
         self._hold_removal = in_force is not None and wanted < current and not urgent
+        if not current - wanted:
+            self._removal_at = None
+        elif self._removal_at is None:
+            self._removal_at = now
 
     def due_in(self, now: float) -> float | None:
         """Seconds until the pending restart is due (0: now), or None when nothing is pending."""
@@ -85,6 +96,11 @@ class RestartSchedule:
             at = max(at, self._first_change_at + policy.removal_delay_s)
         if self._last_restart_at is not None:
             at = max(at, self._last_restart_at + policy.min_interval_s)
+        if self._removal_at is not None:
+            removal_due = self._removal_at + policy.debounce_s
+            if self._hold_removal:
+                removal_due = max(removal_due, self._first_change_at + policy.removal_delay_s)
+            at = min(at, removal_due)
         if self._not_before is not None:
             at = max(at, self._not_before)
         return max(0.0, at - now)
@@ -93,6 +109,7 @@ class RestartSchedule:
         """The pending value (or another) was put in force at `now`."""
         self._pending = None
         self._not_before = None
+        self._removal_at = None
         self._last_restart_at = now
 
     def failed(self, now: float, retry_in_s: float) -> None:

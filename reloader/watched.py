@@ -9,7 +9,9 @@ object exists first); the manager's unbind timeout bounds anything else, such as
 that writes entries for other pods' names.
 Deployment mode: the union of WATCH_NAMESPACE over every pod of the operator's Deployment
 (terminating ones too) and its template, so a binding outlives the rollout's old pods.
-A value that cannot be read is `WatchedUnknownError`: the manager then removes nothing.
+A value that cannot be read is `WatchedUnknownError`: the manager then keeps the bindings of
+namespaces that left, but only until its unbind timeout (the operator's pod may write this
+ConfigMap, so nothing in it may extend that bound).
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ class WatchedConfigMap:
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
         if PUBLISHED_ANNOTATION not in annotations:
             # Never published (a new install, or an operator from before this feature): one
-            # may run with a list we do not know; removing nothing is the safe side.
+            # may run with a list we do not know: a leaving namespace keeps its binding for
+            # the unbind timeout, no longer (the operator may remove the annotation itself).
             raise WatchedUnknownError(
                 f"configmap {self.namespace}/{self.name} has not been published to yet"
             )

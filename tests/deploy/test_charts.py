@@ -1006,6 +1006,10 @@ def test_follow_scope_binds_through_a_component_that_is_not_the_operator(
         "clustercloudeventsources/status",
     }
     assert not any(
+        "patch" in rule["verbs"] and not all(r.endswith("/status") for r in rule["resources"])
+        for rule in operator_rules
+    )
+    assert not any(
         "bind" in rule["verbs"] or "escalate" in rule["verbs"] for rule in operator_rules
     )
     # The manager: bind on exactly the operator's ClusterRole, RoleBindings, namespaces.
@@ -1061,7 +1065,56 @@ def test_follow_scope_binds_through_a_component_that_is_not_the_operator(
     assert config.bindings is not None
     assert config.bindings.cluster_role == "keda-tenancy-tenant-a-operator"
     assert config.bindings.subject == ("keda-tenant-a", "keda-operator")
+    assert config.bindings.unbind_timeout_s == 5  # the security bound (issue 20)
     assert config.tenant == "tenant-a"
+
+
+SHARED_KINDS = {
+    "clustertriggerauthentications": "keda.sh",
+    "clustercloudeventsources": "eventing.keda.sh",
+}
+
+
+@pytest.mark.parametrize("name", ["label-process", "label-deployment"])
+def test_operator_writes_shared_cluster_objects_only_as_keda_does(
+    helm: Helm, router_docs: list[Doc], name: str
+) -> None:
+    """Issue 20: every tenant's KEDA shares ClusterTriggerAuthentications and
+    ClusterCloudEventSources. It may patch their status and update them (KEDA adds and removes
+    its finalizer so), never patch them; the admission policy bound to this operator alone lets
+    an update change only that finalizer."""
+    docs = render_tenant(helm, tenant_values(name, "tenant-a", router_docs))
+    rules = cluster_grants(docs, "keda-operator")
+    for plural, group in SHARED_KINDS.items():
+        verbs = {
+            resource: set(rule["verbs"])
+            for rule in rules
+            if group in rule["apiGroups"]
+            for resource in rule["resources"]
+        }
+        assert verbs[plural] == {"get", "list", "watch", "update"}, plural
+        assert verbs[f"{plural}/status"] == {"patch"}, plural
+    policy = find(
+        docs, "ValidatingAdmissionPolicy", "keda-tenancy-tenant-a-operator-cluster-objects"
+    )
+    matched = {
+        resource
+        for rule in policy["spec"]["matchConstraints"]["resourceRules"]
+        if rule["operations"] == ["UPDATE"]
+        for resource in rule["resources"]
+    }
+    assert matched == set(SHARED_KINDS)
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    [condition] = policy["spec"]["matchConditions"]
+    assert condition["expression"] == (
+        "request.userInfo.username == 'system:serviceaccount:keda-tenant-a:keda-operator'"
+    )
+    binding = find(
+        docs, "ValidatingAdmissionPolicyBinding", "keda-tenancy-tenant-a-operator-cluster-objects"
+    )
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert "matchResources" not in binding["spec"]
 
 
 def test_tenant_network_policies(helm: Helm, router_docs: list[Doc]) -> None:

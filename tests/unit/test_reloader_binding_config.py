@@ -27,9 +27,7 @@ def test_bindings_mode() -> None:
             *BIND,
             "--watched-configmap=keda-alpha/watched",
             "--removal-delay=1m",
-            "--max-wait=30s",
-            "--grace-period=30s",
-            "--unbind-grace=5m",
+            "--unbind-timeout=70s",
         ],
         {},
     )
@@ -39,7 +37,7 @@ def test_bindings_mode() -> None:
         subject=("keda-alpha", "keda-operator"),
         name="keda-tenancy-alpha-operator-managed",
         interval_s=10,
-        unbind_timeout_s=60 + 30 + 30 + 300,
+        unbind_timeout_s=70,
     )
 
 
@@ -47,6 +45,8 @@ def test_deployment_mode_binds_and_process_mode_checks() -> None:
     config = ReloaderConfig.from_args([*BASE, *DEPLOYMENT, *BIND, "--binding-name=ops"], {})
     assert config.bindings is not None
     assert config.bindings.name == "ops"
+    # The security bound by default: seconds, not minutes (issue 20, item 1).
+    assert config.bindings.unbind_timeout_s == 5
     process = ReloaderConfig.from_args(
         [*BASE, "--check-operator-access=true", "--watched-configmap=keda-alpha/w", "--", "/keda"],
         {"KEDA_TENANCY_RELOADER_CHECK_OPERATOR_ACCESS": "false"},
@@ -74,6 +74,10 @@ def test_deployment_mode_binds_and_process_mode_checks() -> None:
         [*BASE, "--watched-configmap=no-slash", "--", "/keda"],
         ["--namespace-selector=team=a", *DEPLOYMENT, *BIND],  # bindings are labelled by tenant
         [*BASE, *DEPLOYMENT, *BIND, "--binding-name=Bad_Name"],
+        # KEDA would be refused a namespace before the reloader stops it.
+        [*BASE, *DEPLOYMENT, *BIND, "--removal-delay=1m"],
+        [*BASE, *DEPLOYMENT, *BIND, "--debounce=5s"],
+        [*BASE, *DEPLOYMENT, *BIND, "--unbind-timeout=2s"],
     ],
 )
 def test_refused(argv: list[str]) -> None:

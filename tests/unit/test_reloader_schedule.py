@@ -61,7 +61,8 @@ CASES: list[tuple[str, list[Step], float, float | None]] = [
     ),
     ("a flap back cancels", [Seen(0, "a,b", "a"), Seen(1, "a", "a")], 5, None),
     ("removal only: held", [Seen(0, "a", "a,b")], 0, 4),
-    ("removal then addition: not held", [Seen(0, "a", "a,b"), Seen(1, "a,c", "a,b")], 1, 2),
+    # Not held, and b's removal is not put off by the addition: due 2 s after it was seen.
+    ("removal then addition: not held", [Seen(0, "a", "a,b"), Seen(1, "a,c", "a,b")], 1, 1),
     ("a move to another tenant is not held", [Seen(0, "a", "a,b", urgent=True)], 0, 2),
     (
         "a held removal that becomes a move is released",
@@ -73,7 +74,24 @@ CASES: list[tuple[str, list[Step], float, float | None]] = [
     ("from empty: an addition", [Seen(0, "a", "")], 0, 2),
     ("minimum gap after a restart", [Restarted(10), Seen(10, "a,b", "a")], 10, 5),
     ("the gap counts from the restart", [Restarted(10), Seen(14, "a,b", "a")], 14, 2),
+    # The RoleBinding manager removes a namespace's binding a fixed time after it left: the old
+    # operator must be stopped by then, neither churn nor the minimum gap may put it off.
+    (
+        "churn does not put off a removal",
+        [Seen(0, "a,c", "a,b"), Seen(1.5, "a,c,d", "a,b"), Seen(3, "a,c,d,e", "a,b")],
+        3,
+        0,
+    ),
+    ("the minimum gap does not hold a removal", [Restarted(10), Seen(10, "a", "a,b", True)], 10, 2),
+    ("nor a held one beyond its hold", [Restarted(10), Seen(10, "a", "a,b")], 10, 4),
+    (
+        "a removal taken back is an addition again",
+        [Restarted(10), Seen(10, "a", "a,b", True), Seen(11, "a,b,c", "a,b")],
+        11,
+        4,
+    ),
     ("a failure defers the retry", [Seen(0, "a,b", "a"), Failed(2, 8)], 2, 8),
+    ("a failed removal too", [Seen(0, "a", "a,b", True), Failed(2, 8)], 2, 8),
     (
         "a restart clears the failure",
         [Seen(0, "a,b", "a"), Failed(2, 8), Restarted(3), Seen(20, "a,b,c", "a,b")],

@@ -129,6 +129,7 @@ rbac.namespaces list is honoured. hnc, external and cluster are only ever chosen
 {{- define "tenant.bindingArgs" -}}
 - --bind-cluster-role={{ include "tenant.prefix" . }}-operator
 - --bind-service-account={{ .Release.Namespace }}/keda-operator
+- --unbind-timeout={{ .Values.reloader.unbindTimeout }}
 {{- end }}
 
 {{/* KEDA operator flags: patching of the APIService and webhooks off, certificates from us. */}}
