@@ -203,6 +203,9 @@ class ReloaderConfig:
             if not (is_dns1123_label(lease_ns) and is_dns1123_subdomain(lease_name)):
                 raise ConfigError("--release-lease needs NAMESPACE/NAME of a Lease")
             release_lease = (lease_ns, lease_name)
+        rule_interval = _duration("--tenancy-rule-interval", args.tenancy_rule_interval)
+        if rule_interval <= 0:
+            raise ConfigError("--tenancy-rule-interval must be positive")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.target_env):
             raise ConfigError(
                 f"--target-env {args.target_env!r} is not an environment variable name"
@@ -238,7 +241,7 @@ class ReloaderConfig:
             watched_configmap=watched,
             check_operator_access=check_access,
             rule_configmap=rule_configmap,
-            rule_check_interval_s=_duration("--tenancy-rule-interval", args.tenancy_rule_interval),
+            rule_check_interval_s=rule_interval,
         )
 
 
