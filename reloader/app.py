@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 from collections.abc import Coroutine, Mapping
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -24,7 +25,7 @@ from reloader.access import BindingGate, Gate, SelfAccessGate
 from reloader.binding_loop import BindingLoop
 from reloader.child import ChildProcess, become_subreaper, reap_orphans
 from reloader.clock import Clock
-from reloader.config import ReloaderConfig
+from reloader.config import ReloaderConfig, watch_selector
 from reloader.control import Controller
 from reloader.deployment import DeploymentPatcher
 from reloader.desired import Desired, desired_namespaces
@@ -35,6 +36,7 @@ from reloader.metrics import ReloaderMetrics
 from reloader.operator_pods import OperatorPodWatch, selector_of
 from reloader.publishing import PublishingTarget
 from reloader.rolebindings import BindingMetrics, BindingSpec, RoleBindingManager
+from reloader.rule_source import PublishedRule
 from reloader.targets import DeploymentTarget, ProcessTarget, Target
 from reloader.watched import DeploymentPods, WatchedConfigMap, WatchedSource
 from tenancy_common import health
@@ -189,9 +191,16 @@ class Reloader:
             logger.exception("cannot configure the Kubernetes client")
             return 1
         failed = False
+        rule_roots: dict[str, Coroutine[Any, Any, None]] = {}
         try:
+            if config.rule_configmap is not None:
+                loaded = await self._load_published_rule(api, stop)
+                if loaded is None:
+                    return 0
+                config = self.config
+                rule_roots["tenancy-rule"] = loaded
             if config.mode == "bindings":
-                return await self._run_bindings(api, stop)
+                return await self._run_bindings(api, stop, rule_roots)
             self.binding_loop = self._binding_loop(api)
             self.controller = Controller(
                 target=self._target(api, stop),
@@ -220,6 +229,7 @@ class Reloader:
                 "health": self._serve_health(stop),
                 "namespaces": self._watch(api, stop),
                 "control": self._control(stop),
+                **rule_roots,
             }
             if self.child is not None and self._reap_orphans:
                 roots["reaper"] = self._reap(stop)
@@ -237,6 +247,8 @@ class Reloader:
             if not isinstance(exc, ExceptionGroup):  # a root's failure is logged by run_roots
                 logger.exception("reloader failed")
         finally:
+            for coro in rule_roots.values():
+                coro.close()  # never awaited when something failed before the roots ran
             await self._leave_no_operator_behind()
             await api.close()
         exit_code = self.controller.exit_code if self.controller is not None else 0
@@ -249,7 +261,41 @@ class Reloader:
             logger.warning("stopping the operator after a failure")
             await self.child.stop(self._stop_signal)
 
-    async def _run_bindings(self, api: ApiClient, stop: asyncio.Event) -> int:
+    async def _load_published_rule(
+        self, api: ApiClient, stop: asyncio.Event
+    ) -> Coroutine[Any, Any, None] | None:
+        """Load the router's published rule into the config (serving /healthz meanwhile, not
+        ready); the root that ends the process when the rule changes, or None if stopped."""
+        config = self.config
+        assert config.rule_configmap is not None
+        assert config.tenant is not None
+        source = PublishedRule(api, *config.rule_configmap, config.tenant)
+        loading_done = asyncio.Event()
+        health_task = asyncio.create_task(self._serve_health(loading_done), name="health")
+        try:
+            loaded = await source.load(stop)
+        finally:
+            loading_done.set()
+            await health_task
+        if loaded is None:
+            return None
+        self.config = replace(
+            config,
+            rule=loaded.rule,
+            label_selector=watch_selector(loaded.rule, config.tenant, config.schedule),
+        )
+        logger.info(
+            "tenancy rule loaded",
+            extra={"configmap": source.ref, "digest": loaded.digest[:12]},
+        )
+        return source.watch_for_change(loaded, stop, config.rule_check_interval_s)
+
+    async def _run_bindings(
+        self,
+        api: ApiClient,
+        stop: asyncio.Event,
+        extra_roots: dict[str, Coroutine[Any, Any, None]],
+    ) -> int:
         """Bindings mode: only the namespace watch and the RoleBinding loop (no operator)."""
         config = self.config
         assert config.watched_configmap is not None
@@ -264,6 +310,7 @@ class Reloader:
                 "health": self._serve_health(stop),
                 "namespaces": self._watch(api, stop),
                 "bindings": self.binding_loop.run(stop),
+                **extra_roots,
             },
             stop,
         )

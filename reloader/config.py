@@ -19,7 +19,12 @@ from tenancy_common.durations import parse_duration
 from tenancy_common.names import TenantName, is_dns1123_label
 from tenancy_common.namespace_cache import DEFAULT_MAX_STALENESS
 from tenancy_common.tenancy import TenancyRule
-from tenancy_common.tenancy_config import ConfigError, add_tenancy_flags, tenancy_from_flags
+from tenancy_common.tenancy_config import (
+    RULE_FLAGS,
+    ConfigError,
+    add_tenancy_flags,
+    tenancy_from_flags,
+)
 
 ENV_PREFIX = "KEDA_TENANCY_RELOADER_"
 MODES = ("process", "deployment", "bindings")
@@ -75,6 +80,11 @@ class ReloaderConfig:
     max_namespace_staleness_s: float = 300.0
     """The namespace list not confirmed current for longer: /readyz fails in deployment and
     bindings modes, warns in process mode (the operator's pod serves the adapter); 0: never."""
+    rule_configmap: tuple[str, str] | None = None
+    """(namespace, name) of the router's published rule: `rule` and `label_selector` are
+    filled in from it at start (both None until then)."""
+    rule_check_interval_s: float = 30.0
+    """How often the published rule is re-read; a change ends the process."""
 
     @classmethod
     def from_args(cls, argv: Sequence[str], environ: Mapping[str, str]) -> ReloaderConfig:
@@ -113,6 +123,7 @@ class ReloaderConfig:
 
         tenant: TenantName | None = None
         rule: TenancyRule | None = None
+        rule_configmap: tuple[str, str] | None = None
         if args.tenant:
             if not is_dns1123_label(args.tenant):
                 raise ConfigError(f"--tenant {args.tenant!r} is not a DNS-1123 label")
@@ -121,12 +132,24 @@ class ReloaderConfig:
                     "give --tenant (with a tenancy rule) or --namespace-selector, not both"
                 )
             tenant = TenantName(args.tenant)
-            rule, _ = tenancy_from_flags(args)
-            # With a removal delay the watch must also see namespaces that moved to another
-            # tenant (they leave at once, unlike one that merely lost its label), so it is
-            # only narrowed server-side when there is no delay to bypass.
-            selector = rule.label_selector(tenant) if schedule.removal_delay_s == 0 else None
+            rule_configmap = _object_ref("--tenancy-rule-configmap", args.tenancy_rule_configmap)
+            if rule_configmap is not None:
+                if any(getattr(args, flag) for flag in (*RULE_FLAGS, "tenancy_rule_file")) or (
+                    args.tenancy_file
+                ):
+                    raise ConfigError(
+                        "--tenancy-rule-configmap is the whole rule: drop the other tenancy flags"
+                    )
+                selector = None
+            else:
+                rule, _ = tenancy_from_flags(args)
+                problem = rule.never_owns(tenant)
+                if problem is not None:
+                    raise ConfigError(problem)
+                selector = watch_selector(rule, tenant, schedule)
         else:
+            if args.tenancy_rule_configmap.strip():
+                raise ConfigError("--tenancy-rule-configmap needs --tenant")
             selector = args.namespace_selector.strip()
             if not selector:
                 # An empty selector selects every namespace: that is KEDA's own default,
@@ -192,6 +215,9 @@ class ReloaderConfig:
             if not (is_dns1123_label(lease_ns) and is_dns1123_subdomain(lease_name)):
                 raise ConfigError("--release-lease needs NAMESPACE/NAME of a Lease")
             release_lease = (lease_ns, lease_name)
+        rule_interval = _duration("--tenancy-rule-interval", args.tenancy_rule_interval)
+        if rule_interval <= 0:
+            raise ConfigError("--tenancy-rule-interval must be positive")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.target_env):
             raise ConfigError(
                 f"--target-env {args.target_env!r} is not an environment variable name"
@@ -230,7 +256,17 @@ class ReloaderConfig:
             max_namespace_staleness_s=_duration(
                 "--max-namespace-staleness", args.max_namespace_staleness
             ),
+            rule_configmap=rule_configmap,
+            rule_check_interval_s=rule_interval,
         )
+
+
+def watch_selector(rule: TenancyRule, tenant: TenantName, schedule: SchedulePolicy) -> str | None:
+    """The namespace watch's server-side selector: only where it hides nothing the decision
+    reads. With a removal delay the watch must also see namespaces that moved to another
+    tenant (they leave at once, unlike one that merely lost its label), so it is only
+    narrowed when there is no delay to bypass; the rule narrows only where that is safe."""
+    return rule.label_selector(tenant) if schedule.removal_delay_s == 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +420,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--kubeconfig", default="", help="kubeconfig path (default: in-cluster config)"
     )
     add_tenancy_flags(parser)
+    select.add_argument(
+        "--tenancy-rule-configmap",
+        default="",
+        metavar="NAMESPACE/NAME",
+        help="read the tenancy rule from this ConfigMap (key rule.yaml), the one the router "
+        "release publishes and the router itself reads, instead of the tenancy flags",
+    )
+    select.add_argument(
+        "--tenancy-rule-interval",
+        default="30s",
+        help="re-read the published rule this often; when it changed the reloader exits to "
+        "start again with it",
+    )
 
     target = parser.add_argument_group("what to update")
     target.add_argument("--mode", choices=MODES, default="process")

@@ -20,10 +20,13 @@ from prometheus_client import CollectorRegistry
 
 from reloader import forward_cli
 from reloader.config import ReloaderConfig
+from reloader.desired import desired_namespaces
 from reloader.supervise import parse_config as parse_supervisor_config
 from router.certs_bootstrap import TENANT_AUTHORITY, CertsConfig, CertsMetrics, Spec
 from router.config import RouterConfig
 from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics
+from tenancy_common.names import NamespaceName
+from tenancy_common.namespace import Namespace
 from tests.deploy.charts import (
     REPO,
     ROUTER_CHART,
@@ -66,7 +69,10 @@ ROUTER_VALUE_SETS: dict[str, dict[str, Any]] = {
     "tenancy-file": {
         "tenancy": {
             "labelKeys": [],
-            "tenants": {"tenant-a": {"namespaces": ["a-one", "a-two"]}, "tenant-b": None},
+            "tenants": {
+                "tenant-a": {"namespaces": ["a-one", "a-two"]},
+                "tenant-b": {"namespaces": ["b-one"]},
+            },
         }
     },
     "everything-on": deep_merge(
@@ -239,6 +245,12 @@ def test_router_renders_a_hardened_deployment_whose_flags_the_router_accepts(
     # Every flag the chart passes is one the router parses, with the mounted files' paths; the
     # tenancy file is the ConfigMap's content, written where the router can read it here.
     args = list(router["args"])
+    rule_file = flag(args, "tenancy-rule-file")
+    assert rule_file is not None  # the router decides with the rule it publishes
+    local_rule = tmp_path / "rule.yaml"
+    local_rule.write_text(published_rule_text(docs))
+    args[args.index(f"--tenancy-rule-file={rule_file}")] = f"--tenancy-rule-file={local_rule}"
+    assert str(Path(rule_file).parent) in {m["mountPath"] for m in router["volumeMounts"]}
     if tenancy_file := flag(args, "tenancy-file"):
         local = tmp_path / "tenancy.yaml"
         local.write_text(
@@ -489,9 +501,15 @@ def test_router_builtin_auth_reader_role_and_optional_objects(helm: Helm) -> Non
     docs = render_router(helm, {"rbac": {"useBuiltinAuthReaderRole": True}})
     binding = find(docs, "RoleBinding", f"{ROUTER_RELEASE}-auth-reader")
     assert binding["roleRef"]["name"] == "extension-apiserver-authentication-reader"
-    assert [r["metadata"]["name"] for r in of_kind(docs, "Role")] == [f"{ROUTER_RELEASE}-certs"]
+    assert sorted(r["metadata"]["name"] for r in of_kind(docs, "Role")) == [
+        f"{ROUTER_RELEASE}-certs",
+        f"{ROUTER_RELEASE}-tenancy-rule-reader",  # bound by the tenant releases
+    ]
     docs = render_router(helm, ROUTER_VALUE_SETS["everything-on"])
-    assert not of_kind(docs, "Role")
+    # Only the published rule's reader, which the router itself is never bound to.
+    assert [r["metadata"]["name"] for r in of_kind(docs, "Role")] == [
+        f"{ROUTER_RELEASE}-tenancy-rule-reader"
+    ]
     assert not of_kind(docs, "RoleBinding")
     # With the requestheader CA given as a value, the ConfigMap is not needed at all.
     args = container(find(docs, "Deployment", ROUTER_RELEASE))["args"]
@@ -503,22 +521,146 @@ def test_router_builtin_auth_reader_role_and_optional_objects(helm: Helm) -> Non
     assert not of_kind(docs, "ClusterIssuer")
 
 
-def test_router_tenancy_flags_follow_the_values(helm: Helm) -> None:
-    expectations = {
-        "label": {"tenant-label-key": "keda-tenancy.io/tenant"},
-        "hnc": {"hnc-roots": "tenant-a,tenant-b"},
-        "hnc-root-label": {"hnc-root-label": "example.com/tenant-root"},
-        "name-pattern": {"namespace-name-pattern": "(?P<tenant>[a-z0-9-]+?)--.+"},
-        "tenancy-file": {"tenancy-file": "/etc/keda-tenancy/tenancy/tenancy.yaml"},
+def published_rule_text(router_docs: list[Doc]) -> str:
+    rule_map = find(router_docs, "ConfigMap", f"{ROUTER_RELEASE}-tenancy-rule")
+    assert rule_map["metadata"]["namespace"] == ROUTER_NAMESPACE
+    return str(rule_map["data"]["rule.yaml"])
+
+
+def test_router_publishes_the_rule_its_values_give(helm: Helm) -> None:
+    expectations: dict[str, dict[str, Any]] = {
+        "label": {"labelKeys": ["keda-tenancy.io/tenant"]},
+        "hnc": {"labelKeys": [], "hnc": {"roots": ["tenant-a", "tenant-b"], "rootLabel": ""}},
+        "hnc-root-label": {"hnc": {"roots": [], "rootLabel": "example.com/tenant-root"}},
+        "name-pattern": {"namespaceNamePattern": "(?P<tenant>[a-z0-9-]+?)--.+"},
+        # Only the namespace lists are published; upstream overrides stay the router's.
+        "tenancy-file": {
+            "tenants": {
+                "tenant-a": {"namespaces": ["a-one", "a-two"]},
+                "tenant-b": {"namespaces": ["b-one"]},
+            }
+        },
+        "everything-on": {"tenants": {}},
     }
-    for name, flags in expectations.items():
+    for name, expected in expectations.items():
         docs = render_router(helm, ROUTER_VALUE_SETS[name])
         args = container(find(docs, "Deployment", ROUTER_RELEASE))["args"]
-        for flag_name, value in flags.items():
-            assert flag(args, flag_name) == value, (name, args)
-    docs = render_router(helm, ROUTER_VALUE_SETS["tenancy-file"])
-    tenancy = find(docs, "ConfigMap", f"{ROUTER_RELEASE}-tenancy")
-    assert "a-two" in tenancy["data"]["tenancy.yaml"]
+        assert flag(args, "tenancy-rule-file") == "/etc/keda-tenancy/rule/rule.yaml"
+        for rule_flag in (
+            "tenant-label-key",
+            "hnc-roots",
+            "hnc-root-label",
+            "namespace-name-pattern",
+        ):
+            assert flag(args, rule_flag) is None, (name, args)
+        document = yaml.safe_load(published_rule_text(docs))
+        for key_name, value in expected.items():
+            assert document[key_name] == value, (name, document)
+        from tenancy_common.tenancy_config import parse_rule_document  # noqa: PLC0415
+
+        parse_rule_document(document, source=name)
+    docs = render_router(helm, ROUTER_VALUE_SETS["everything-on"])
+    overrides = yaml.safe_load(
+        find(docs, "ConfigMap", f"{ROUTER_RELEASE}-tenancy")["data"]["tenancy.yaml"]
+    )
+    assert overrides["tenants"]["tenant-y"] == {"upstream": "https://10.1.2.3:6443"}
+    reader = find(docs, "Role", f"{ROUTER_RELEASE}-tenancy-rule-reader")
+    assert reader["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [f"{ROUTER_RELEASE}-tenancy-rule"],
+            "verbs": ["get"],
+        }
+    ]
+
+
+def nested_hnc_tree() -> dict[NamespaceName, Namespace]:
+    depth = ".tree.hnc.x-k8s.io/depth"
+    trees = {"a": ["a"], "a-dev": ["a", "a-dev"], "b": ["a", "b"], "b-dev": ["a", "b", "b-dev"]}
+    return {
+        NamespaceName(name): Namespace(
+            NamespaceName(name), {f"{n}{depth}": str(len(path) - 1 - i) for i, n in enumerate(path)}
+        )
+        for name, path in trees.items()
+    }
+
+
+@pytest.mark.parametrize("mode", ["process", "deployment"])
+def test_nested_hnc_roots_installed_as_documented_give_one_owner(
+    helm: Helm, tmp_path: Path, mode: str
+) -> None:
+    """Issue 20 (a): root b inside root a; the router lists both, each tenant release is
+    installed as deploy/README.md says. Every reloader must decide exactly as the router:
+    a owns a and a-dev, b and b-dev are conflicts, so b's KEDA gets nothing and a's no b."""
+    router_values = {"tenancy": {"labelKeys": [], "hnc": {"roots": ["a", "b"]}}}
+    installation = render_installation(
+        helm,
+        ("a", "b"),
+        router_values=router_values,
+        tenant_values=lambda t: {
+            "tenancy": {"labelKeys": None, "hnc": {"roots": [t]}},
+            "reloader": {"mode": mode},
+        },
+    )
+    router_args = list(container(find(installation.router, "Deployment", ROUTER_RELEASE))["args"])
+    if flag(router_args, "tenancy-rule-file"):
+        rule_path = tmp_path / "rule.yaml"
+        rule_path.write_text(published_rule_text(installation.router))
+        router_args = [
+            f"--tenancy-rule-file={rule_path}" if a.startswith("--tenancy-rule-file=") else a
+            for a in router_args
+        ]
+    router_rule = RouterConfig.from_args(router_args, {}).tenancy
+    tree = nested_hnc_tree()
+    owners = {name: router_rule.decide(ns, tree).tenant for name, ns in tree.items()}
+    assert owners == {"a": "a", "a-dev": "a", "b": None, "b-dev": None}
+    for tenant, docs in installation.tenants.items():
+        for args in reloader_args_of(docs):
+            config = ReloaderConfig.from_args(args, {})
+            rule = reloader_rule(config, installation.router, docs)
+            desired = desired_namespaces(tree, rule=rule, tenant=config.tenant).names
+            assert desired == tuple(sorted(n for n, t in owners.items() if t == tenant)), (
+                tenant,
+                args,
+            )
+
+
+def reloader_args_of(docs: list[Doc]) -> list[list[str]]:
+    """The args of every container that runs keda-tenancy-reloader."""
+    found = []
+    for deployment in of_kind(docs, "Deployment"):
+        for c in deployment["spec"]["template"]["spec"]["containers"]:
+            if c.get("command") == ["keda-tenancy-reloader"]:
+                found.append([str(a) for a in c["args"]])
+    assert found
+    return found
+
+
+def reloader_rule(config: ReloaderConfig, router_docs: list[Doc], docs: list[Doc]) -> Any:
+    """The rule a reloader decides with: the router's published one, read with the access
+    its own release grants (a RoleBinding in the router's namespace to the router's Role)."""
+    source = getattr(config, "rule_configmap", None)
+    if source is None:
+        return config.rule
+    from reloader.rule_source import parse_published_rule  # noqa: PLC0415
+
+    namespace, name = source
+    assert namespace == ROUTER_NAMESPACE
+    rule_map = find(router_docs, "ConfigMap", name)
+    role = find(router_docs, "Role", f"{name}-reader")
+    assert role["rules"][0]["resourceNames"] == [name]
+    binding = next(
+        d
+        for d in of_kind(docs, "RoleBinding")
+        if d["metadata"]["namespace"] == namespace and d["roleRef"]["name"] == f"{name}-reader"
+    )
+    accounts = {s["name"] for s in binding["subjects"]}
+    assert accounts & {"keda-operator", "keda-namespace-reloader", "keda-rolebinding-manager"}
+    assert config.tenant is not None
+    return parse_published_rule(
+        rule_map["data"]["rule.yaml"], ref=f"{namespace}/{name}", tenant=config.tenant
+    ).rule
 
 
 # --- tenants ---------------------------------------------------------------------------------
@@ -601,6 +743,9 @@ def test_tenant_flags_are_accepted_by_reloader_and_scope_keda_to_the_tenant(
             p["containerPort"] for p in keda["ports"] if p["name"] == "reloader"
         )
     assert config.tenant == "tenant-a"
+    # Ownership comes from the router's published rule, never a copy in the tenant release.
+    assert config.rule_configmap == (ROUTER_NAMESPACE, f"{ROUTER_RELEASE}-tenancy-rule")
+    assert config.rule is None
     assert config.target_env == "WATCH_NAMESPACE"
     assert flag(keda_args, "leader-election-id") == "tenant-a.operator.keda-tenancy.io"
     assert "--leader-elect" in keda_args

@@ -29,6 +29,8 @@ from tests.pki import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUTER_SERVICE = ("keda-tenancy", "keda-tenancy-router")
+ROUTER_NAMESPACE = "keda-tenancy-system"
+"""Where the tenant chart's reloaders read the router's published rule (router.namespace)."""
 TENANT_LABEL = "keda-tenancy.io/tenant"
 
 
@@ -185,6 +187,7 @@ class Stack(Kubectl):
         self.apiserver_port = free_port()
         self.router_port = free_port()
         self.router_health_port = free_port()
+        self.rule_file = self.workdir / "rule.yaml"
         self._make_pki()
 
     # -- certificates ------------------------------------------------------------------
@@ -356,6 +359,19 @@ class Stack(Kubectl):
             "kube-apiserver ready",
             120,
         )
+        self.publish_tenancy_rule()
+
+    def publish_tenancy_rule(self) -> None:
+        """The router release's published tenancy rule (its ConfigMap and reader Role, as
+        the router chart renders them): the router reads the same document as a file, the
+        tenants' reloaders read the object, as in a cluster."""
+        rule_map, reader = router_rule_objects()
+        self.apply(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ROUTER_NAMESPACE}},
+            rule_map,
+            reader,
+        )
+        self.rule_file.write_text(rule_map["data"]["rule.yaml"])
 
     def start_router(self, *extra: str) -> Process:
         c = self.certs
@@ -384,7 +400,7 @@ class Stack(Kubectl):
                 f"--upstream-ca-file={c / 'backend-ca.crt'}",
                 "--upstream-url-template=https://keda-metrics.{tenant}.invalid:6443",
                 f"--kubeconfig={self.kubeconfig}",
-                f"--tenant-label-key={TENANT_LABEL}",
+                f"--tenancy-rule-file={self.rule_file}",
                 f"--tenancy-file={tenancy}",
                 "--cert-reload-interval=1s",
                 "--shutdown-grace-period=10s",
@@ -855,6 +871,23 @@ def chart_docs(tenant: str, namespace: str, **values: Any) -> list[dict[str, Any
         namespace=namespace,
         values=deep_merge({"tenant": tenant}, values),
     )
+
+
+def router_rule_objects() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The router chart's published tenancy rule ConfigMap and its reader Role (defaults)."""
+    from tests.deploy.charts import (  # noqa: PLC0415 - yaml and helm only when used
+        ROUTER_CHART,
+        ROUTER_RELEASE,
+        Helm,
+        find,
+        find_helm,
+    )
+
+    docs = Helm(find_helm()).template(
+        ROUTER_CHART, release=ROUTER_RELEASE, namespace=ROUTER_NAMESPACE
+    )
+    name = f"{ROUTER_RELEASE}-tenancy-rule"
+    return find(docs, "ConfigMap", name), find(docs, "Role", f"{name}-reader")
 
 
 def chart_rbac_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -140,20 +140,34 @@ port to any address (NetworkPolicy has no host names). JSON list of NetworkPolic
 {{- toJson $rules }}
 {{- end }}
 
-{{/* The tenancy rule as command-line flags (one per line, YAML list items). */}}
+{{/* The published tenancy rule's ConfigMap; its reader Role is this name with "-reader". */}}
+{{- define "router.tenancyRuleName" -}}
+{{ include "router.fullname" . }}-tenancy-rule
+{{- end }}
+
+{{/* The rule document (tenancy_common/tenancy_config.py parse_rule_document): the `tenancy`
+values, with only the namespace lists of `tenants`. */}}
+{{- define "router.tenancyRule" -}}
+{{- $t := .Values.tenancy }}
+{{- $tenants := dict }}
+{{- range $name, $spec := $t.tenants }}
+{{- if and $spec $spec.namespaces }}{{ $_ := set $tenants $name (dict "namespaces" $spec.namespaces) }}{{ end }}
+{{- end }}
+{{- dict "labelKeys" ($t.labelKeys | default list) "hnc" (dict "roots" ($t.hnc.roots | default list) "rootLabel" ($t.hnc.rootLabel | default "")) "namespaceNamePattern" ($t.namespaceNamePattern | default "") "tenants" $tenants | toYaml }}
+{{- end }}
+
+{{/* The tenancy file of upstream overrides: `tenants` without their namespace lists. */}}
+{{- define "router.tenancyOverrides" -}}
+{{- $tenants := dict }}
+{{- range $name, $spec := .Values.tenancy.tenants }}
+{{- $_ := set $tenants $name (omit ($spec | default dict) "namespaces") }}
+{{- end }}
+{{- dict "tenants" $tenants | toYaml }}
+{{- end }}
+
+{{/* The tenancy rule as command-line flags (one per line, YAML list items): the published rule. */}}
 {{- define "router.tenancyArgs" -}}
-{{- range .Values.tenancy.labelKeys }}
-- --tenant-label-key={{ . }}
-{{- end }}
-{{- with .Values.tenancy.hnc.roots }}
-- --hnc-roots={{ join "," . }}
-{{- end }}
-{{- with .Values.tenancy.hnc.rootLabel }}
-- --hnc-root-label={{ . }}
-{{- end }}
-{{- with .Values.tenancy.namespaceNamePattern }}
-- --namespace-name-pattern={{ . }}
-{{- end }}
+- --tenancy-rule-file=/etc/keda-tenancy/rule/rule.yaml
 {{- if .Values.tenancy.tenants }}
 - --tenancy-file=/etc/keda-tenancy/tenancy/tenancy.yaml
 {{- end }}

@@ -93,21 +93,25 @@ rbac.namespaces list is honoured. hnc, external and cluster are only ever chosen
 {{- end }}
 {{- end }}
 
-{{/* The tenancy rule and selection as reloader flags (YAML list items). */}}
+{{/* The ServiceAccounts that run a reloader, so evaluate the tenancy rule (JSON list). */}}
+{{- define "tenant.ruleReaders" -}}
+{{- $out := list }}
+{{- if eq .Values.reloader.mode "deployment" }}
+{{- $out = append $out "keda-namespace-reloader" }}
+{{- else }}
+{{- $out = append $out "keda-operator" }}
+{{- if eq (include "tenant.rbacScope" .) "follow" }}
+{{- $out = append $out "keda-rolebinding-manager" }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* The tenancy rule's source and the selection as reloader flags (YAML list items). */}}
 {{- define "tenant.reloaderArgs" -}}
 - --tenant={{ include "tenant.name" . }}
-{{- range .Values.tenancy.labelKeys }}
-- --tenant-label-key={{ . }}
-{{- end }}
-{{- with .Values.tenancy.hnc.roots }}
-- --hnc-roots={{ join "," . }}
-{{- end }}
-{{- with .Values.tenancy.hnc.rootLabel }}
-- --hnc-root-label={{ . }}
-{{- end }}
-{{- with .Values.tenancy.namespaceNamePattern }}
-- --namespace-name-pattern={{ . }}
-{{- end }}
+{{- /* The rule is the router's published one, never a copy in this release. */}}
+- --tenancy-rule-configmap={{ .Values.router.namespace }}/{{ .Values.router.tenancyRule }}
 - --debounce={{ .Values.reloader.debounce }}
 - --max-wait={{ .Values.reloader.maxWait }}
 - --min-restart-interval={{ .Values.reloader.minRestartInterval }}
