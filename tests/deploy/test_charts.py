@@ -24,9 +24,9 @@ from reloader.desired import desired_namespaces
 from reloader.supervise import parse_config as parse_supervisor_config
 from router.certs_bootstrap import TENANT_AUTHORITY, CertsConfig, CertsMetrics, Spec
 from router.config import RouterConfig
-from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics
 from tenancy_common.names import NamespaceName
 from tenancy_common.namespace import Namespace
+from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics
 from tests.deploy.charts import (
     REPO,
     ROUTER_CHART,
