@@ -16,6 +16,7 @@ TENANTS = ("alpha", "beta")
 APPS = {"alpha": "alpha-apps", "beta": "beta-apps"}
 ROUTER = "keda-tenancy-router"
 CERTS = "keda-tenancy-router-certs"
+RULE = "keda-tenancy-router-tenancy-rule"  # the router release's published tenancy rule
 # The tenant chart's identities: the first two in every mode, the webhook by default; the binding
 # manager is its own Deployment in process mode and the namespace reloader in deployment mode.
 TENANT_IDENTITIES = {
@@ -58,6 +59,10 @@ NEEDS = [
         True, "the operator's binding in each tenant namespace"),
     Row("keda-rolebinding-manager", "bind", "clusterroles.rbac.authorization.k8s.io/OPERATOR_ROLE",
         "cluster", True, "may reference its operator's role and no other"),
+    Row("keda-rolebinding-manager", "get", f"configmaps/{RULE}", ROUTER_NAMESPACE, True,
+        "the router release's published tenancy rule, this one object"),
+    Row("keda-namespace-reloader", "get", f"configmaps/{RULE}", ROUTER_NAMESPACE, True,
+        "the router release's published tenancy rule, this one object"),
     Row("keda-namespace-reloader", "patch", "deployments.apps/keda-operator", "own KEDA", True,
         "deployment mode: WATCH_NAMESPACE by server-side apply"),
     Row("keda-namespace-reloader", "create", "rolebindings.rbac.authorization.k8s.io", "own apps",
@@ -69,6 +74,7 @@ NEEDS = [
 NEVER = [
     ("get", "secrets", "kube-system", "", "the control plane's Secrets"),
     ("get", "secrets", ROUTER_NAMESPACE, "", "the platform's CAs and keys"),
+    ("list", "configmaps", ROUTER_NAMESPACE, "", "the platform's configuration beyond the rule"),
     ("get", "secrets", "other apps", "", "another tenant's trigger Secrets"),
     ("list", "secrets", "other KEDA", "", "another tenant's KEDA and its cloud identity"),
     ("create", "pods", "kube-system", "", "running code as the control plane"),
