@@ -58,6 +58,12 @@ class ReloaderMetrics:
             "(its successor took over at once instead of waiting the Lease out).",
             registry=registry,
         )
+        self.unproven_deletions = Counter(
+            PREFIX + "operator_pods_deleted_unproven",
+            "Operator pods deleted while no report said their operator had stopped "
+            "(force-deleted, node lost): a Lease such a pod holds is left to expire.",
+            registry=registry,
+        )
         self.apply_errors = Counter(
             PREFIX + "apply_errors",
             "Failed attempts to put a value in force (API errors in deployment mode).",
