@@ -16,9 +16,7 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import replace
 from typing import Any
 
-import aiohttp
 from kubernetes_asyncio.client import ApiClient
-from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
 from reloader.access import BindingGate, Gate, SelfAccessGate
@@ -33,7 +31,7 @@ from reloader.forward import Forwarder
 from reloader.lease import LeaseReleaser
 from reloader.lease_gate import LeaseGate
 from reloader.metrics import ReloaderMetrics
-from reloader.operator_pods import OperatorPodWatch, selector_of
+from reloader.operator_pods import OperatorPodWatch
 from reloader.publishing import PublishingTarget
 from reloader.rolebindings import BindingMetrics, BindingSpec, RoleBindingManager
 from reloader.rule_source import PublishedRule
@@ -404,39 +402,19 @@ class Reloader:
         )
 
     async def _watch_operator_pods(self, api: ApiClient, stop: asyncio.Event) -> None:
-        """Deployment mode: release the Lease of an operator pod that has died (a rolling
-        update's old pod), once the Deployment's pod selector is known."""
+        """Deployment mode: release the Lease of an operator pod whose operator the kubelet
+        reports stopped (one whose supervisor could not release it)."""
         assert self.config.release_lease is not None
         assert self.config.target_deployment is not None
         assert self.config.container is not None
-        namespace, name = self.config.target_deployment
-        patcher = DeploymentPatcher(api, namespace, name, self.config.container, "")
-        delay_s = 1.0
-        while True:
-            try:
-                deployment = await patcher.read()
-                match_labels = ((deployment.get("spec") or {}).get("selector") or {}).get(
-                    "matchLabels"
-                ) or {}
-                if match_labels:
-                    break
-                raise ValueError("the Deployment's selector has no matchLabels")
-            except (ApiException, aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                logger.warning(
-                    "cannot read the operator's pod selector, retrying",
-                    extra={"error": str(exc)[:200], "retry_in_s": delay_s},
-                )
-                if await wait_stopped(stop, delay_s):
-                    return
-                delay_s = min(delay_s * 2, 30.0)
         watch = OperatorPodWatch(
             api,
-            namespace,
+            self.config.target_deployment[0],
             self.config.container,
             LeaseReleaser(api, *self.config.release_lease),
             self.metrics,
         )
-        await watch.run(selector_of(match_labels), stop)
+        await watch.run(stop)
 
     async def _control(self, stop: asyncio.Event) -> None:
         assert self.controller is not None

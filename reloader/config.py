@@ -60,7 +60,8 @@ class ReloaderConfig:
     operator's own address; None: the operator listens itself."""
     release_lease: tuple[str, str] | None
     """(namespace, name) of the operator's leader-election Lease, released when the operator
-    holding it has died; None: never touched."""
+    holding it is proven dead (its process exited; in deployment mode, its pod's operator
+    container reported terminated); None: never touched."""
     lease_wait_s: float
     """Process mode with release_lease: before the first start, wait at most this long for the
     Lease to be free (a rolling update's old pod still leading); 0: start at once."""
@@ -489,8 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--release-lease",
         default="",
         metavar="NAMESPACE/NAME",
-        help="the operator's leader-election Lease: released once the operator holding it has "
-        "died (never a live holder's), so its successor need not wait it out; in process mode "
+        help="the operator's leader-election Lease: released once the operator holding it is "
+        "proven dead (its process exited; in deployment mode, its pod's operator container "
+        "reported terminated), never a live holder's, so its successor need not wait it out; "
+        "without proof it expires; in process mode "
         "also waited for before the first start (see --lease-wait)",
     )
     target.add_argument(

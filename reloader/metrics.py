@@ -67,6 +67,10 @@ class ReloaderMetrics:
         self.grpc_forward_refused = Counter(
             PREFIX + "grpc_forward_refused_connections",
             "Process mode: connections closed at once, --forward-grpc-max-connections being open.",
+        self.unproven_deletions = Counter(
+            PREFIX + "operator_pods_deleted_unproven",
+            "Operator pods deleted while no report said their operator had stopped "
+            "(force-deleted, node lost): a Lease such a pod holds is left to expire.",
             registry=registry,
         )
         self.apply_errors = Counter(

@@ -1,11 +1,19 @@
-"""Deployment mode: watch the operator's pods and release the Lease of one that has died.
+"""Deployment mode: watch the operator's pods and release the Lease of one proven dead.
 
 Each operator pod's supervisor (reloader.supervise) releases its KEDA's Lease the moment KEDA
 exits, and the next pod's starts KEDA once it is free. A pod that died without that (its
-supervisor SIGKILLed, its node lost) would leave the Lease held for its whole duration; so when
-an operator pod's container has terminated, or the pod is gone, the Lease it still holds is
-released here (reloader.lease checks that the holder is that pod and did not renew after it
-died), and the next operator takes over at once.
+supervisor SIGKILLed or OOM-killed) would leave the Lease held for its whole duration; so when
+the kubelet reports that an operator pod's operator container has terminated, the Lease it still
+holds is released here (reloader.lease checks that the holder is that pod and did not renew
+after it died), and the next operator takes over at once.
+
+Only the kubelet's report is proof: the container's current state `terminated`, or the pod's
+phase `Succeeded`/`Failed`. A pod that leaves the API without it (force-deleted with grace 0;
+its node lost) may still run its KEDA on the node, so its Lease is left to expire (KEDA's
+lease duration). A graceful deletion reports the terminated container before the pod goes, so
+its DELETED event carries the proof. All pods of the namespace are watched, not only those the
+Deployment's selector picks: a relabelled pod leaves the selector (a DELETED event to a
+selected watch) but runs on, and it is still followed here until it really stops.
 
 A pod's hostname is its name (the chart sets no `hostname` and no `hostNetwork`); a holder
 whose hostname is not a pod seen here is never touched.
@@ -17,7 +25,6 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,15 +45,17 @@ BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 30.0
 
 
-def selector_of(match_labels: Mapping[str, str]) -> str:
-    """A Deployment's spec.selector.matchLabels as a label selector string."""
-    return ",".join(f"{key}={value}" for key, value in sorted(match_labels.items()))
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
 def died_at(pod: dict[str, Any], container: str) -> datetime | None:
-    """When the operator container of `pod` stopped; None while it runs (or has not started).
+    """When the kubelet reports that the operator container of `pod` stopped; None without
+    that proof (it runs, waits to start or restart, or nothing is reported).
 
-    Only the current state counts: a container that was restarted in place runs again."""
+    Only the current state counts: a container that was restarted in place runs again. A pod
+    in phase Succeeded or Failed has stopped every container for good (the kubelet reports a
+    terminal phase only once they have; the pod garbage collector sets Failed only on a node
+    that is gone or declared out of service)."""
     status = pod.get("status") or {}
     for entry in status.get("containerStatuses") or ():
         if entry.get("name") != container:
@@ -58,10 +67,23 @@ def died_at(pod: dict[str, Any], container: str) -> datetime | None:
                 return datetime.now(UTC)
             # The kubelet reports whole seconds: the container died within the second after.
             return finished + timedelta(seconds=1) if finished.microsecond == 0 else finished
+        if status.get("phase") in TERMINAL_PHASES:
+            return datetime.now(UTC)  # no finish time: stopped by the time we read this
+        return None
     return None
 
 
+def runs_container(pod: dict[str, Any], container: str) -> bool:
+    """Whether `pod` has the operator container (in its spec or its reported status)."""
+    spec = (pod.get("spec") or {}).get("containers") or ()
+    reported = (pod.get("status") or {}).get("containerStatuses") or ()
+    return any(entry.get("name") == container for entry in (*spec, *reported))
+
+
 class OperatorPodWatch:
+    """Follows every pod of the operator's namespace, and releases the Lease of a pod whose
+    operator container the kubelet reports terminated."""
+
     def __init__(
         self,
         api: ApiClient,
@@ -75,12 +97,11 @@ class OperatorPodWatch:
         self._container = container
         self._releaser = releaser
         self._metrics = metrics
-        self._known: set[str] = set()
 
-    async def run(self, selector: str, stop: asyncio.Event) -> None:
-        """Follow the pods `selector` picks until `stop`; errors reconnect with backoff."""
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the namespace's pods until `stop`; errors reconnect with backoff."""
         stopping = asyncio.create_task(stop.wait())
-        following = asyncio.create_task(self._follow(selector, stop))
+        following = asyncio.create_task(self._follow(stop))
         try:
             await asyncio.wait({stopping, following}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -90,12 +111,12 @@ class OperatorPodWatch:
         if following.done() and not following.cancelled() and following.exception() is not None:
             raise following.exception()  # type: ignore[misc]
 
-    async def _follow(self, selector: str, stop: asyncio.Event) -> None:
+    async def _follow(self, stop: asyncio.Event) -> None:
         backoff_s = BACKOFF_INITIAL_S
         while not stop.is_set():
             try:
-                resource_version = await self._list(selector)
-                await self._watch(selector, resource_version)
+                resource_version = await self._list()
+                await self._watch(resource_version)
                 backoff_s = BACKOFF_INITIAL_S
             except (aiohttp.ClientError, ApiException, TimeoutError, ValueError, OSError) as exc:
                 delay_s = backoff_s * random.uniform(0.5, 1.5)  # noqa: S311 - jitter
@@ -106,26 +127,19 @@ class OperatorPodWatch:
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
                 await wait_stopped(stop, delay_s)
 
-    async def _list(self, selector: str) -> str:
+    async def _list(self) -> str:
+        # A pod that went while we were not watching left no proof here: its Lease expires.
         listing = await read_json(
-            self._core.list_namespaced_pod(
-                self._namespace, label_selector=selector, _preload_content=False
-            )
+            self._core.list_namespaced_pod(self._namespace, _preload_content=False)
         )
-        pods = listing.get("items") or []
-        names = {pod["metadata"]["name"] for pod in pods}
-        for gone in sorted(self._known - names):  # deleted while we were not watching
-            await self._dead(gone, datetime.now(UTC))
-        self._known = names
-        for pod in pods:
+        for pod in listing.get("items") or []:
             await self._seen(pod, deleted=False)
         return str((listing.get("metadata") or {}).get("resourceVersion", ""))
 
-    async def _watch(self, selector: str, resource_version: str) -> None:
+    async def _watch(self, resource_version: str) -> None:
         response = await open_stream(
             self._core.list_namespaced_pod(
                 self._namespace,
-                label_selector=selector,
                 watch=True,
                 resource_version=resource_version,
                 timeout_seconds=WATCH_TIMEOUT_S,
@@ -148,14 +162,14 @@ class OperatorPodWatch:
     async def _seen(self, pod: dict[str, Any], *, deleted: bool) -> None:
         name = str(pod["metadata"]["name"])
         stopped = died_at(pod, self._container)
-        if deleted:
-            self._known.discard(name)
-            await self._dead(name, stopped or datetime.now(UTC))
-            return
-        self._known.add(name)
         if stopped is not None:
-            await self._dead(name, stopped)
-
-    async def _dead(self, pod: str, when: datetime) -> None:
-        if await self._releaser.release(hostname=pod, died_at=when):
-            self._metrics.lease_releases.inc()
+            if await self._releaser.release(hostname=name, died_at=stopped):
+                self._metrics.lease_releases.inc()
+        elif deleted and runs_container(pod, self._container):
+            # Force-deleted (or its node lost): its KEDA may still run and lead on the node.
+            self._metrics.unproven_deletions.inc()
+            logger.info(
+                "an operator pod was deleted without a report that its operator stopped: "
+                "a Lease it holds is left to expire",
+                extra={"pod": name, "lease": self._releaser.describe()},
+            )

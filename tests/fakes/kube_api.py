@@ -1,18 +1,21 @@
 """A fake Kubernetes API server on loopback with the semantics our watches rely on.
 
 Namespaces with a global, increasing resourceVersion; LIST with label selectors and
-limit/continue; WATCH from a resourceVersion with selector transitions (an object that
-stops matching arrives as DELETED, one that starts matching as ADDED, as kube-apiserver
-does), BOOKMARKs, timeoutSeconds, `410 Gone` for compacted versions, and for a resourceVersion newer
-than the store's (after `restore`, as after an etcd restore) kube-apiserver's answer: a 504
-`Timeout` Status with the cause `ResourceVersionTooLarge` as the HTTP response of a LIST (kube-
-apiserver first waits up to 3 s for its cache to catch up; here the answer is immediate), and a
-WATCH kept open and silent (no event, no bookmark) until the store passes that version, as
-kube-apiserver 1.35 does (`too_large_watch="error"`: the ERROR event older watch caches sent). Test knobs drop or silence open watches, or end new ones with an
-ERROR event (`watch_error`), or answer LISTs with an error Status (`list_error`). Also ConfigMaps and Deployments (GET, strategic-merge PATCH of
-container env) for the router's and reloader's other reads and writes, and Leases (GET, PUT
-with the resourceVersion precondition: a stale one is refused with 409 Conflict; LIST and WATCH
-by `fieldSelector=metadata.name=...`, as a single Lease is followed).
+limit/continue; WATCH from a resourceVersion with selector transitions (an object that stops
+matching arrives as DELETED, carrying its last matching state, one that starts matching as
+ADDED, as kube-apiserver does), BOOKMARKs, timeoutSeconds, `410 Gone` for compacted versions,
+and for a resourceVersion newer than the store's (after `restore`, as after an etcd restore)
+kube-apiserver's answer: a 504 `Timeout` Status with the cause `ResourceVersionTooLarge` as the
+HTTP response of a LIST (kube-apiserver first waits up to 3 s for its cache to catch up; here the
+answer is immediate), and a WATCH kept open and silent (no event, no bookmark) until the store
+passes that version, as kube-apiserver 1.35 does (`too_large_watch="error"`: the ERROR event
+older watch caches sent). Test knobs drop or silence open watches, or end new ones with an ERROR
+event (`watch_error`), or answer LISTs with an error Status (`list_error`). Also ConfigMaps and
+Deployments (GET, strategic-merge PATCH of container env) for the router's and reloader's other
+reads and writes, Pods (LIST and WATCH, with or without a label selector; graceful and forced
+deletion, see `delete_pod`), and Leases (GET, PUT with the resourceVersion precondition: a stale
+one is refused with 409 Conflict; LIST and WATCH by `fieldSelector=metadata.name=...`, as a
+single Lease is followed).
 
 RBAC, for the operator's RoleBindings: RoleBindings (cluster-wide LIST by label, create,
 delete with a uid precondition) with the API server's escalation check (a binding can only be
@@ -411,7 +414,12 @@ class FakeKubeAPI:
         if now and was:
             return {"type": "MODIFIED", "object": event.new}
         if was and not now:
-            return {"type": "DELETED", "object": event.new}
+            # As kube-apiserver's watch cache: the object as it last matched, at the new version.
+            assert event.old is not None
+            assert event.new is not None
+            gone = copy.deepcopy(event.old)
+            gone["metadata"]["resourceVersion"] = event.new["metadata"]["resourceVersion"]
+            return {"type": "DELETED", "object": gone}
         return None
 
     async def _configmap(self, request: web.Request) -> web.Response:
@@ -472,18 +480,34 @@ class FakeKubeAPI:
         )
 
     def put_pod(self, namespace: str, name: str, labels: dict[str, str], status: Obj) -> None:
-        """Create or update a pod (as the kubelet reports its containers)."""
+        """Create or update a pod (as the kubelet reports its containers, or as a relabel
+        does); a deletion already under way (deletionTimestamp) is kept."""
         old = copy.deepcopy(self.pods.get((namespace, name)))
+        metadata = {**((old or {}).get("metadata") or {}), "name": name, "namespace": namespace}
         obj = {
             "kind": "Pod",
             "apiVersion": "v1",
-            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+            "metadata": {**metadata, "labels": dict(labels)},
             "status": copy.deepcopy(status),
         }
         self.pods[(namespace, name)] = obj
         self._record("MODIFIED" if old else "ADDED", old, obj, f"pods/{namespace}")
 
-    def delete_pod(self, namespace: str, name: str) -> None:
+    def delete_pod(self, namespace: str, name: str, *, grace_period_s: int = 0) -> None:
+        """Delete a pod as `kubectl delete` does. With a grace period the API server only
+        marks it (deletionTimestamp; a MODIFIED event) and the kubelet stops its containers,
+        reports them terminated (`put_pod`) and then removes it (`finalize_pod`). With 0 (a
+        force deletion) it goes at once, its last status as it was: DELETED, whatever runs."""
+        if grace_period_s > 0:
+            old = copy.deepcopy(self.pods[(namespace, name)])
+            metadata = self.pods[(namespace, name)]["metadata"]
+            metadata["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+            metadata["deletionGracePeriodSeconds"] = grace_period_s
+            self._record("MODIFIED", old, self.pods[(namespace, name)], f"pods/{namespace}")
+        else:
+            self.finalize_pod(namespace, name)
+
+    def finalize_pod(self, namespace: str, name: str) -> None:
         obj = self.pods.pop((namespace, name))
         self._record("DELETED", obj, obj, f"pods/{namespace}")
 

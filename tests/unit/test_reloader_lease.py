@@ -114,3 +114,26 @@ def test_when_the_supervisor_may_start_the_operator(holder: str, expected: str) 
 
 def test_no_lease_at_all_is_free() -> None:
     assert verdict(None, "keda-operator-7f9c-new") == "free"
+
+
+def test_only_the_kubelets_report_proves_an_operator_stopped() -> None:
+    """A pod in a terminal phase has stopped its containers for good; a pod that is merely
+    being deleted (deletionTimestamp) or shows its container running or waiting proves
+    nothing, whatever event it came with."""
+    from reloader.operator_pods import died_at, runs_container  # noqa: PLC0415
+
+    def pod(phase: str, state: dict[str, Any], **metadata: Any) -> dict[str, Any]:
+        statuses = [{"name": "keda-operator", "state": state}]
+        return {"metadata": metadata, "status": {"phase": phase, "containerStatuses": statuses}}
+
+    before = datetime.now(UTC)
+    assert died_at(pod("Failed", {"running": {}}), "keda-operator") is not None  # podgc, evicted
+    assert died_at(pod("Succeeded", {"waiting": {}}), "keda-operator") is not None
+    assert (died_at(pod("Failed", {"running": {}}), "keda-operator") or before) >= before
+    deleting = {"deletionTimestamp": "2026-12-01T12:00:00Z"}
+    assert died_at(pod("Running", {"running": {}}, **deleting), "keda-operator") is None
+    assert died_at(pod("Pending", {"waiting": {}}), "keda-operator") is None
+    assert died_at(pod("Failed", {"running": {}}), "other") is None  # not an operator pod
+    assert runs_container(pod("Running", {"running": {}}), "keda-operator")
+    assert runs_container({"spec": {"containers": [{"name": "keda-operator"}]}}, "keda-operator")
+    assert not runs_container(pod("Running", {"running": {}}), "other")

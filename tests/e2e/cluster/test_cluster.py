@@ -31,6 +31,16 @@ from tests.e2e.cluster.install import (
     metric_path,
     tenant_namespace,
 )
+from tests.e2e.cluster.leaders import (
+    Instance,
+    LeaseTimeline,
+    LogFollower,
+    kubectl_argv,
+    lease_violations,
+    merge_runs,
+    overlapping_leaders,
+    parse_log,
+)
 from tests.e2e.cluster.network import DNS_SERVICE_IP
 from tests.e2e.stack import wait_for
 
@@ -322,6 +332,98 @@ def test_06c_an_operator_rollout_fails_no_read(installed: Installed, tenant: str
     )
     assert poller.reads > 10
     assert not poller.failures, f"failed reads while {tenant}'s operator rolled: {poller.failures}"
+
+
+OPERATOR_PODS = "app.kubernetes.io/component=operator,app.kubernetes.io/instance=keda"
+
+
+def test_06d_a_relabelled_or_force_deleted_operator_pod_never_makes_two_leaders(
+    installed: Installed,
+) -> None:
+    """beta runs deployment mode. Relabelling its leading operator pod takes it out of the
+    Deployment (its ReplicaSet starts a replacement, whose supervisor waits for the Lease) and
+    out of every label-selected watch, while its KEDA may run on; force-deleting a pod removes
+    it from the API while the kubelet is still to stop it. Neither proves that its KEDA has
+    stopped, so the namespace reloader never releases its Lease: the Lease leaves a holder only
+    once its KEDA has stopped (its supervisor released it) or after it expired, and no KEDA
+    logs "successfully acquired lease" while another that acquired it before still runs."""
+    cluster, namespace = installed.cluster, tenant_namespace("beta")
+    settled(installed, APPS["beta"], str(VALUES["beta"]))
+    kubectl = kubectl_argv(cluster.bin, cluster.kubeconfig)
+    timeline = LeaseTimeline(kubectl, namespace, "beta.operator.keda-tenancy.io")
+    followers: dict[str, LogFollower] = {}
+
+    def follow(pod: str) -> None:
+        if pod not in followers:
+            followers[pod] = LogFollower(kubectl, namespace, pod, "keda-operator")
+
+    def operator_pods() -> list[str]:
+        done = cluster.kubectl(
+            "-n", namespace, "get", "pods", "-l", OPERATOR_PODS, "-o", "jsonpath={.items[*].metadata.name}"
+        )  # fmt: skip
+        return done.stdout.split()
+
+    def started_keda(pod: str) -> bool:
+        done = cluster.kubectl("-n", namespace, "logs", pod, "-c", "keda-operator", check=False)
+        return '"starting the operator"' in done.stdout
+
+    try:
+        first = wait_for(timeline.holder_pod, "beta's operator leads", 60, 0.5)
+        follow(first)
+        cluster.kubectl(
+            "-n", namespace, "label", "pod", first, "app.kubernetes.io/instance=relabelled", "--overwrite"
+        )  # fmt: skip
+        second = wait_for(
+            lambda: next(
+                (pod for pod in operator_pods() if pod != first and started_keda(pod)), ""
+            ),
+            "the replacement pod's supervisor started its KEDA (--lease-wait is 30 s)",
+            180,
+            1,
+        )
+        follow(second)
+        writes = len(timeline.records)
+        wait_for(lambda: len(timeline.records) >= writes + 3, "three more Lease writes", 90, 0.5)
+        leader = timeline.holder_pod()
+        follow(leader)
+        cluster.kubectl("-n", namespace, "delete", "pod", leader, "--force", "--grace-period=0")
+        wait_for(
+            lambda: timeline.holder_pod() not in ("", leader),
+            f"another operator leads after {leader} was force-deleted",
+            180,
+            1,
+        )
+        if first != leader:  # the relabelled pod goes too; the Deployment keeps its own
+            cluster.kubectl("-n", namespace, "delete", "pod", first, "--wait=false")
+        cluster.kubectl(
+            "-n", namespace, "rollout", "status", "deployment/keda-operator", "--timeout=180s"
+        )  # fmt: skip
+    finally:
+        timeline.close()
+        for follower in followers.values():
+            follower.close(wait_s=90)
+    runs = [follower.run for follower in followers.values()]
+    for pod in operator_pods():
+        for previous in (False, True):
+            done = cluster.kubectl(
+                "-n", namespace, "logs", pod, "-c", "keda-operator", "--timestamps",
+                *(["--previous"] if previous else []), check=False,
+            )  # fmt: skip
+            lines = parse_log(done.stdout) if done.returncode == 0 else []
+            if lines:
+                runs.append(Instance(pod, lines, lines[-1][0] if previous else None))
+    runs = merge_runs(runs)
+    reloader = pod_logs(installed, namespace, "app.kubernetes.io/component=namespace-reloader")
+    print(
+        f"\n[cluster] beta: relabelled {first}, force-deleted {leader}; the Lease went "
+        + " -> ".join(dict.fromkeys(r.holder or "(released)" for r in timeline.records))
+        + f"; the namespace reloader released it {reloader.count('released the dead operator')}"
+        " time(s)"
+    )
+    assert lease_violations(timeline.records, runs) == []
+    assert overlapping_leaders(runs, timeline.records) == []
+    assert "deleted without a report that its operator stopped" in reloader
+    settled(installed, APPS["beta"], str(VALUES["beta"]))
 
 
 def hpa_failure_events(installed: Installed, namespace: str) -> int:
