@@ -67,6 +67,8 @@ class ReloaderMetrics:
         self.grpc_forward_refused = Counter(
             PREFIX + "grpc_forward_refused_connections",
             "Process mode: connections closed at once, --forward-grpc-max-connections being open.",
+            registry=registry,
+        )
         self.unproven_deletions = Counter(
             PREFIX + "operator_pods_deleted_unproven",
             "Operator pods deleted while no report said their operator had stopped "
