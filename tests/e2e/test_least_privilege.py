@@ -74,6 +74,8 @@ def reloader_argv(container: dict[str, Any], kubeconfig: Path, health_port: int)
     own = replace_flag(args[:split], "--health-port", str(health_port))
     own = replace_flag(own, "--health-bind-address", "127.0.0.1")
     own = replace_flag(own, "--kubeconfig", str(kubeconfig))
+    if any(a.startswith("--forward-grpc-bind-address=") for a in own):  # the pod IP on a node
+        own = replace_flag(own, "--forward-grpc-bind-address", "127.0.0.1")
     # Only the waits are shortened, so the test does not sit out production debounces.
     own = replace_flag(own, "--debounce", "1s")
     own = replace_flag(own, "--min-restart-interval", "1s")
