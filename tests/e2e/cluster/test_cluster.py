@@ -24,7 +24,9 @@ from tests.e2e.cluster import rbac_matrix
 from tests.e2e.cluster.cluster import Cluster
 from tests.e2e.cluster.install import (
     APPS,
+    HNC_ROOT,
     MAX_REPLICAS,
+    TENANT_LABEL,
     VALUES,
     Installed,
     deployment,
@@ -936,3 +938,98 @@ def test_14_a_malformed_ca_secret_in_one_tenant_namespace_stays_there(
     finally:
         # Alpha's own CA back as it was: its leaves chain to it again, nothing to reissue.
         put_ca(original["data"], original["metadata"].get("labels") or {})
+
+
+def router_tenants(installed: Installed, namespace: str, since: str) -> list[str]:
+    """The tenant each router request about `namespace` since `since` went to (access log)."""
+    done = installed.cluster.kubectl(
+        "-n", ROUTER_NAMESPACE, "logs",
+        f"-lapp.kubernetes.io/instance={ROUTER_RELEASE},app.kubernetes.io/component=router",
+        f"--since-time={since}", "--tail=-1", "--prefix=false", check=False,
+    )  # fmt: skip
+    tenants = []
+    for line in done.stdout.splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and entry.get("namespace") == namespace:
+                tenants.append(str(entry.get("tenant")))
+    return tenants
+
+
+def test_15_a_namespace_moved_to_another_tenant_leaves_the_old_ones_reach(
+    installed: Installed,
+) -> None:
+    """Issue 20: a namespace moves from alpha to beta (its labels change) while alpha's operator,
+    with its own identity, does all it may to keep it (strips the watched ConfigMap's
+    annotation, claims the namespace there). Within the manager's unbind bound alpha's operator
+    can no longer read its Secrets, beta's can, and the router serves it from beta."""
+    cluster = installed.cluster
+    namespace = "mover"
+    alpha_operator = "system:serviceaccount:keda-alpha:keda-operator"
+
+    def can_get_secrets(tenant: str) -> str:
+        subject = f"system:serviceaccount:{tenant_namespace(tenant)}:keda-operator"
+        return cluster.kubectl(
+            "auth", "can-i", "get", "secrets", "-n", namespace, "--as", subject, check=False
+        ).stdout.strip()
+
+    installed.tenant_namespace("alpha", namespace)
+    installed.scaled_app(namespace, 9)
+    wait_for(lambda: can_get_secrets("alpha") == "yes", "alpha's binding in mover", 120, 1)
+    wait_for(lambda: installed.metric_value(namespace) == "9", "mover served by alpha", 180, 1)
+
+    claims: list[int] = []
+    stop = threading.Event()
+
+    def keep_claiming() -> None:
+        patch = {
+            "metadata": {"annotations": {"keda-tenancy.io/watched-published": None}},
+            "data": {"not-a-pod": f"{namespace},{APPS['alpha']}"},
+        }
+        while not stop.is_set():
+            done = cluster.kubectl(
+                "-n", "keda-alpha", "patch", "configmap", "keda-operator-watched",
+                "--type=merge", "-p", json.dumps(patch), "--as", alpha_operator, check=False,
+            )  # fmt: skip
+            claims.append(done.returncode)
+            stop.wait(0.5)
+
+    claimer = threading.Thread(target=keep_claiming, daemon=True)
+    claimer.start()
+    try:
+        wait_for(lambda: 0 in claims, "alpha's operator writing its claim", 30, 0.2)
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        moved = time.monotonic()
+        cluster.kubectl(
+            "label", "namespace", namespace, f"{TENANT_LABEL}-",
+            f"{HNC_ROOT}.tree.hnc.x-k8s.io/depth=1", f"{namespace}.tree.hnc.x-k8s.io/depth=0",
+        )  # fmt: skip
+        wait_for(lambda: can_get_secrets("alpha") == "no", "alpha's access gone", 60, 0.2)
+        unbound_s = time.monotonic() - moved
+        wait_for(lambda: can_get_secrets("beta") == "yes", "beta's binding in mover", 120, 1)
+        wait_for(
+            lambda: (
+                installed.metric_value(namespace) == "9"
+                and router_tenants(installed, namespace, since)[-1:] == ["beta"]
+            ),
+            "mover served by beta",
+            180,
+            1,
+        )
+        served_s = time.monotonic() - moved
+    finally:
+        stop.set()
+        claimer.join()
+        cluster.kubectl(
+            "-n", "keda-alpha", "patch", "configmap", "keda-operator-watched", "--type=json",
+            "-p", '[{"op": "remove", "path": "/data/not-a-pod"}]', check=False,
+        )  # fmt: skip
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    print(
+        f"\n[cluster] mover moved alpha -> beta: alpha's Secrets access gone after "
+        f"{unbound_s:.1f}s (alpha's operator claiming it {claims.count(0)} times), "
+        f"served by beta after {served_s:.1f}s"
+    )
+    # The manager's documented bound (--unbind-timeout 5s from seeing it leave), with room for
+    # its watch and the API server's authorizer cache on this loaded 2-core machine.
+    assert unbound_s < 20
