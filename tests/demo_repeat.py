@@ -49,7 +49,9 @@ def one_run(settled_lines: int, timeout_s: float) -> tuple[bool, float | None, s
     os.killpg(demo.pid, signal.SIGINT)
     rest, _ = demo.communicate(timeout=300)
     tail += rest.splitlines()[-10:]
-    ok = settled >= settled_lines and demo.returncode == 0 and "[demo] stopped" in rest
+    # make itself gets the SIGINT too (as from a terminal) and reports "Interrupt"; what counts
+    # is that the demo came up, then tore down and said so.
+    ok = settled >= settled_lines and "[demo] stopped" in rest
     return ok, first_values, "\n".join(tail[-15:])
 
 
