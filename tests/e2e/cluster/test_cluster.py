@@ -280,9 +280,8 @@ def test_06b_deployment_mode_namespace_changes_without_failed_reads(installed: I
     assert not poller.failures, f"failed reads while beta's operator rolled: {poller.failures}"
 
 
-def router_durations_ms(installed: Installed, namespace: str, since: str) -> list[float]:
-    """How long each router pod took for the requests about `namespace` since `since` (RFC
-    3339), from its JSON access log: the time the read waited, without kubectl's own."""
+def router_access_log(installed: Installed, namespace: str, since: str) -> list[dict[str, Any]]:
+    """The router pods' JSON access-log entries about `namespace` since `since` (RFC 3339)."""
     done = installed.cluster.kubectl(
         "-n",
         ROUTER_NAMESPACE,
@@ -293,13 +292,21 @@ def router_durations_ms(installed: Installed, namespace: str, since: str) -> lis
         "--prefix=false",
         check=False,
     )
-    durations = []
+    entries = []
     for line in done.stdout.splitlines():
         with contextlib.suppress(ValueError):
             entry = json.loads(line)
             if isinstance(entry, dict) and entry.get("namespace") == namespace:
-                durations.append(float(entry.get("duration_ms") or 0.0))
-    return durations
+                entries.append(entry)
+    return entries
+
+
+def router_durations_ms(installed: Installed, namespace: str, since: str) -> list[float]:
+    """How long each router pod took for the requests about `namespace` since `since`: the
+    time the read waited, without kubectl's own."""
+    return [
+        float(e.get("duration_ms") or 0.0) for e in router_access_log(installed, namespace, since)
+    ]
 
 
 @pytest.mark.parametrize("tenant", ["alpha", "beta"], ids=["process-mode", "deployment-mode"])
@@ -941,19 +948,8 @@ def test_14_a_malformed_ca_secret_in_one_tenant_namespace_stays_there(
 
 
 def router_tenants(installed: Installed, namespace: str, since: str) -> list[str]:
-    """The tenant each router request about `namespace` since `since` went to (access log)."""
-    done = installed.cluster.kubectl(
-        "-n", ROUTER_NAMESPACE, "logs",
-        f"-lapp.kubernetes.io/instance={ROUTER_RELEASE},app.kubernetes.io/component=router",
-        f"--since-time={since}", "--tail=-1", "--prefix=false", check=False,
-    )  # fmt: skip
-    tenants = []
-    for line in done.stdout.splitlines():
-        with contextlib.suppress(ValueError):
-            entry = json.loads(line)
-            if isinstance(entry, dict) and entry.get("namespace") == namespace:
-                tenants.append(str(entry.get("tenant")))
-    return tenants
+    """The tenant each router request about `namespace` since `since` went to."""
+    return [str(e.get("tenant")) for e in router_access_log(installed, namespace, since)]
 
 
 def test_15_a_namespace_moved_to_another_tenant_leaves_the_old_ones_reach(
