@@ -33,8 +33,11 @@ T = TypeVar("T")
 GIVE_UP_AFTER_S = 120.0
 
 
+STARTED = time.monotonic()
+
+
 def say(message: str) -> None:
-    print(f"[demo] {message}", flush=True)
+    print(f"[demo] {message} (at {time.monotonic() - STARTED:.0f}s)", flush=True)
 
 
 def one_line(exc: BaseException) -> str:
@@ -71,7 +74,6 @@ def main() -> int:
     if os.geteuid() != 0:
         say("the cluster runs a kubelet: run as root (or `make demo-loopback`, no node)")
         return 1
-    started = time.monotonic()
     stopping = False
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
@@ -89,7 +91,7 @@ def main() -> int:
                 "rule, process mode; beta: HNC labels, deployment mode)"
             )
             installed.everything(say)
-            say(f"ready {time.monotonic() - started:.0f}s after the start")
+            say("ready")
             say(f"kubeconfig: {cluster.kubeconfig}")
             say(
                 f"try: {cluster.bin / 'kubectl'} --kubeconfig {cluster.kubeconfig} "
