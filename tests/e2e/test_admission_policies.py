@@ -158,6 +158,49 @@ def test_label_rule_binds_only_in_the_tenants_namespaces(admission: Policies) ->
     assert "protected namespace" in message
 
 
+def test_a_binding_left_behind_by_a_move_can_still_be_released(admission: Policies) -> None:
+    """The policy gates what a binding grants, not its removal: once its namespace moved to
+    another tenant, the RoleBinding manager must still take its finalizer off (an update), or
+    the binding, and the old tenant's access, would stay for good. New subjects stay refused."""
+    admission.use({}, ("a", "adm-a"), ("a", "adm-b"))
+    stack = admission.stack
+    stack.apply(namespace("adm-move", {LABEL: "a"}))
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {
+            "name": "keda-tenancy-a-operator-managed",
+            "namespace": "adm-move",
+            "finalizers": ["keda-tenancy.io/operator-access"],
+        },
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "keda-tenancy-a-operator",
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": "keda-operator", "namespace": "keda-a"}],
+    }
+    stack.kubectl("create", "-f", "-", stdin=json.dumps(binding))
+    try:
+        stack.kubectl("label", "namespace", "adm-move", f"{LABEL}=b", "--overwrite")
+        name = ["-n", "adm-move", "rolebinding", "keda-tenancy-a-operator-managed"]
+        more = [{"op": "add", "path": "/subjects/-", "value": {"kind": "ServiceAccount",
+                 "name": "other", "namespace": "keda-a"}}]  # fmt: skip
+        done = stack.kubectl("patch", *name, "--type=json", "-p", json.dumps(more), check=False)
+        assert REFUSED in done.stderr
+        stack.kubectl("delete", *name, "--wait=false")
+        release = [{"op": "remove", "path": "/metadata/finalizers"}]
+        stack.kubectl("patch", *name, "--type=json", "-p", json.dumps(release))
+        wait_for(
+            lambda: stack.kubectl("get", *name, check=False).returncode != 0,
+            "the released binding gone",
+            30,
+            0.2,
+        )
+    finally:
+        stack.kubectl("delete", "namespace", "adm-move", "--wait=false", check=False)
+
+
 def test_conflicting_rules_give_the_namespace_to_nobody(admission: Policies) -> None:
     admission.use(
         {"tenancy": {"labelKeys": [LABEL, "capsule.clastix.io/tenant"]}},
