@@ -706,8 +706,11 @@ def test_tenant_flags_are_accepted_by_reloader_and_scope_keda_to_the_tenant(
     assert env["KEDA_CLUSTER_OBJECT_NAMESPACE"]["value"] == "keda-tenant-a"
     assert "WATCH_NAMESPACE" not in env, "the reloader owns WATCH_NAMESPACE, never empty"
     # A new operator starts only once the Lease is released (by the reloader in process
-    # mode, by the old pod's supervisor in deployment mode): KEDA's own retry period.
-    assert "KEDA_OPERATOR_LEADER_ELECTION_RETRY_PERIOD" not in env
+    # mode, by the old pod's supervisor in deployment mode), so the retry period is only the
+    # leader's renewal pace: 15 s is under 0.1 Lease writes a second per tenant at rest.
+    assert env["KEDA_OPERATOR_LEADER_ELECTION_RETRY_PERIOD"]["value"] == "15s"
+    assert env["KEDA_OPERATOR_LEADER_ELECTION_RENEW_DEADLINE"]["value"] == "40s"
+    assert env["KEDA_OPERATOR_LEADER_ELECTION_LEASE_DURATION"]["value"] == "60s"
     assert keda["livenessProbe"]["httpGet"]["port"] == "reloader"
     assert keda["readinessProbe"]["httpGet"]["port"] == "reloader"
     if values.get("reloader", {}).get("mode") == "deployment":
@@ -1380,6 +1383,18 @@ TENANT_REJECTED = {
     "hnc-roots-without-tenant": {"tenancy": {"hnc": {"roots": ["someone-else"]}}},
     "namespaces-scope-without-namespaces": {"rbac": {"scope": "namespaces"}},
     "old-router-ca-values": {"certificates": {"routerCA": {"caCert": "", "caKey": ""}}},
+    # client-go refuses these at KEDA's start; the chart says so at install.
+    "lease-not-longer-than-renew": {
+        "operator": {"leaderElectionLeaseDuration": "40s", "leaderElectionRenewDeadline": "40s"}
+    },
+    "renew-within-jittered-retry": {
+        "operator": {
+            "leaderElectionLeaseDuration": "2m",
+            "leaderElectionRenewDeadline": "1m",
+            "leaderElectionRetryPeriod": "50s",
+        }
+    },
+    "bad-duration": {"operator": {"leaderElectionRetryPeriod": "15 seconds"}},
 }
 
 
@@ -1405,6 +1420,38 @@ def test_tenant_rejects_bad_values(helm: Helm, router_docs: list[Doc], name: str
     )
     assert result.returncode != 0, result.stdout[:2000]
     assert "Error" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "timings",
+    [
+        {"leaderElectionRetryPeriod": ""},  # KEDA's own 2s with the chart's 60s/40s
+        {
+            "leaderElectionLeaseDuration": "1m30s",
+            "leaderElectionRenewDeadline": "1m",
+            "leaderElectionRetryPeriod": "49500ms",
+        },
+    ],
+)
+def test_tenant_accepts_leader_election_timings_client_go_accepts(
+    helm: Helm, router_docs: list[Doc], timings: dict[str, str]
+) -> None:
+    values = deep_merge(
+        tenant_values("label-process", "tenant-a", router_docs), {"operator": timings}
+    )
+    keda = container(
+        find(render_tenant(helm, values), "Deployment", "keda-operator"), "keda-operator"
+    )
+    env = {e["name"]: e.get("value") for e in keda["env"]}
+    for key, name in [
+        ("leaderElectionLeaseDuration", "LEASE_DURATION"),
+        ("leaderElectionRenewDeadline", "RENEW_DEADLINE"),
+        ("leaderElectionRetryPeriod", "RETRY_PERIOD"),
+    ]:
+        if timings.get(key) == "":
+            assert f"KEDA_OPERATOR_LEADER_ELECTION_{name}" not in env  # KEDA's default
+        elif key in timings:
+            assert env[f"KEDA_OPERATOR_LEADER_ELECTION_{name}"] == timings[key]
 
 
 def test_tenant_refuses_a_system_namespace(helm: Helm, router_docs: list[Doc]) -> None:

@@ -275,3 +275,14 @@ matchLabels:
         - port: "53"
           protocol: ANY
 {{- end }}
+
+{{- /* A Go duration ("1m30s", "500ms") in milliseconds, as a float; "" when empty. */}}
+{{- define "tenant.durationMs" -}}
+{{- $units := dict "ns" 0.000001 "us" 0.001 "ms" 1.0 "s" 1000.0 "m" 60000.0 "h" 3600000.0 }}
+{{- $total := 0.0 }}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h)" . -1 }}
+{{- $unit := regexFind "(ns|us|ms|s|m|h)$" . }}
+{{- $total = addf $total (mulf (float64 (trimSuffix $unit .)) (get $units $unit)) }}
+{{- end }}
+{{- if . }}{{ $total }}{{ end }}
+{{- end }}
