@@ -1443,15 +1443,15 @@ def test_tenant_accepts_leader_election_timings_client_go_accepts(
         find(render_tenant(helm, values), "Deployment", "keda-operator"), "keda-operator"
     )
     env = {e["name"]: e.get("value") for e in keda["env"]}
-    for key, name in [
+    for value, name in [
         ("leaderElectionLeaseDuration", "LEASE_DURATION"),
         ("leaderElectionRenewDeadline", "RENEW_DEADLINE"),
         ("leaderElectionRetryPeriod", "RETRY_PERIOD"),
     ]:
-        if timings.get(key) == "":
+        if timings.get(value) == "":
             assert f"KEDA_OPERATOR_LEADER_ELECTION_{name}" not in env  # KEDA's default
-        elif key in timings:
-            assert env[f"KEDA_OPERATOR_LEADER_ELECTION_{name}"] == timings[key]
+        elif value in timings:
+            assert env[f"KEDA_OPERATOR_LEADER_ELECTION_{name}"] == timings[value]
 
 
 def test_tenant_refuses_a_system_namespace(helm: Helm, router_docs: list[Doc]) -> None:
