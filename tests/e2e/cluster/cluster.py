@@ -117,6 +117,12 @@ class Cluster(Kubectl):
         (self.run_dir / f"{name}.pid").write_text(str(process.popen.pid))
         return process
 
+    def restart(self, name: str) -> Process:
+        """Stops one of the cluster's programs (SIGTERM) and starts it again as it was started."""
+        old = self.processes[name]
+        self._stop(name)
+        return self.start(name, old.argv, old.env)
+
     def _certificates(self) -> None:
         p = self.pki
         self.ca = CertificateAuthority("keda-tenancy-cluster-ca")
