@@ -24,6 +24,7 @@ from router.listener import SecureListener
 from router.metrics import RouterMetrics
 from router.proxy import AuthState, ProxyHandler
 from router.requestheader import HeaderNames, RequestHeaderAuth
+from router.routing import RuleRouter, named_upstream_tls
 from router.tenants import NamespaceView, TenantDirectory
 from router.upstreams import Upstreams
 from tenancy_common import health, tls
@@ -106,13 +107,18 @@ class Router:
             ),
             on_error=self._reload_failed,
         )
+        routing = config.routing
         self.resolver = BackendResolver(
-            config.upstream_url_template, config.tenancy_file.tenants, config.default_upstream
+            config.upstream_url_template,
+            config.tenancy_file.tenants,
+            config.default_upstream,
+            routing.default.backend("_default") if routing.default else None,
         )
         self.upstream_tls = {
             ca_file: self._upstream_reloadable(ca_file)
             for ca_file in {DEFAULT_CA, *self.resolver.per_tenant_ca_files()}
         }
+        self.upstream_tls.update(self._named_upstream_tls())
         self.upstreams = Upstreams(config.upstream, lambda ca: self.upstream_tls[ca].value[0])
         self.metrics.requests.in_flight = self.upstreams.in_flight
         self.metrics.upstream.timeouts = lambda: self.upstreams.timeouts
@@ -127,6 +133,7 @@ class Router:
             self.metrics,
             synced=lambda: not config.tenancy.needs_cluster or self.cache.synced.is_set(),
         )
+        self.routing = RuleRouter(self.directory, routing)
         self._auth: AuthState | None = None
         self._auth_inputs: tuple[object, ...] = ()
         self.stopping = False
@@ -156,6 +163,17 @@ class Router:
 
         name = f"upstream client TLS ({ca_file})" if ca_file else "upstream client TLS"
         return tls.Reloadable(name, sources, build, on_error=self._reload_failed)
+
+    def _named_upstream_tls(
+        self,
+    ) -> dict[str, tls.Reloadable[tuple[ssl.SSLContext, bytes | None]]]:
+        routing = self.config.routing
+        named = [*routing.upstreams.values(), *([routing.default] if routing.default else [])]
+        router_client = (
+            self.config.upstream_client_cert_file,
+            self.config.upstream_client_key_file,
+        )
+        return dict(named_upstream_tls(named, router_client, self._reload_failed))
 
     def _namespace_view(self) -> NamespaceView | None:
         return self.cache.snapshot if self.config.tenancy.needs_cluster else None
@@ -245,7 +263,7 @@ class Router:
             return
         handler = ProxyHandler(
             auth_state=self.auth_state,
-            directory=self.directory,
+            routing=self.routing,
             upstreams=self.upstreams,
             metrics=self.metrics,
         )
@@ -355,6 +373,6 @@ class Router:
             api,
             self.cache,
             stop=stop,
-            on_change=self.directory.invalidate,
+            on_change=self.routing.invalidate,
             metrics=WatchMetrics(self.registry),
         )
