@@ -9,6 +9,7 @@ in-flight requests --shutdown-grace-period to finish.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import ssl
@@ -23,6 +24,7 @@ from router.forwarding import HeaderPolicy
 from router.listener import SecureListener
 from router.metrics import RouterMetrics
 from router.proxy import AuthState, ProxyHandler
+from router.registration import REGISTRATION_LABEL, Registrations, RegistrationStore
 from router.requestheader import HeaderNames, RequestHeaderAuth
 from router.routing import RuleRouter, named_upstream_tls
 from router.tenants import NamespaceView, TenantDirectory
@@ -119,7 +121,7 @@ class Router:
             for ca_file in {DEFAULT_CA, *self.resolver.per_tenant_ca_files()}
         }
         self.upstream_tls.update(self._named_upstream_tls())
-        self.upstreams = Upstreams(config.upstream, lambda ca: self.upstream_tls[ca].value[0])
+        self.upstreams = Upstreams(config.upstream, self._upstream_context)
         self.metrics.requests.in_flight = self.upstreams.in_flight
         self.metrics.upstream.timeouts = lambda: self.upstreams.timeouts
         self.metrics.upstream.fast_failed = lambda: self.upstreams.fast_failed
@@ -133,7 +135,17 @@ class Router:
             self.metrics,
             synced=lambda: not config.tenancy.needs_cluster or self.cache.synced.is_set(),
         )
-        self.routing = RuleRouter(self.directory, routing)
+        self.registrations = (
+            Registrations(
+                routing.registration_namespaces,
+                config.tenancy,
+                self.registry,
+                on_change=self._registrations_changed,
+            )
+            if routing.registration_namespaces
+            else None
+        )
+        self.routing = RuleRouter(self.directory, routing, self.registrations)
         self._auth: AuthState | None = None
         self._auth_inputs: tuple[object, ...] = ()
         self.stopping = False
@@ -174,6 +186,17 @@ class Router:
             self.config.upstream_client_key_file,
         )
         return dict(named_upstream_tls(named, router_client, self._reload_failed))
+
+    def _registrations_changed(self) -> None:
+        self.routing.invalidate()  # self.routing is made after the registrations
+
+    def _upstream_context(self, key: str) -> ssl.SSLContext:
+        reloadable = self.upstream_tls.get(key)
+        if reloadable is not None:
+            return reloadable.value[0]
+        assert self.registrations is not None, key
+        client = self.upstream_tls[DEFAULT_CA]
+        return self.registrations.context(key, client.value, client.inputs)
 
     def _namespace_view(self) -> NamespaceView | None:
         return self.cache.snapshot if self.config.tenancy.needs_cluster else None
@@ -237,7 +260,15 @@ class Router:
         def shutdown() -> str | None:
             return "shutting down" if self.stopping else None
 
-        return {"certificates": certificates, "namespaces": namespaces, "shutdown": shutdown}
+        checks = {"certificates": certificates, "namespaces": namespaces, "shutdown": shutdown}
+        if self.registrations is not None:
+            registrations = self.registrations
+
+            def registered() -> str | None:
+                return None if registrations.synced else "backend registrations not listed yet"
+
+            checks["registrations"] = registered
+        return checks
 
     def readiness_warnings(self) -> dict[str, health.ReadinessCheck]:
         """Shown in /readyz without failing it: an unready router makes the APIService
@@ -340,6 +371,8 @@ class Router:
                 roots["requestheader-configmap"] = self._poll_configmap(api, stop)
             if api is not None and self.config.tenancy.needs_cluster:
                 roots["namespaces"] = self._watch_namespaces(api, stop)
+            if api is not None and self.registrations is not None:
+                roots["registrations"] = self._watch_registrations(api, stop)
             await run_roots(roots, stop)
         finally:
             if api is not None:
@@ -376,3 +409,24 @@ class Router:
             on_change=self.routing.invalidate,
             metrics=WatchMetrics(self.registry),
         )
+
+    async def _watch_registrations(self, api: ApiClient, stop: asyncio.Event) -> None:
+        """One list+watch per declared namespace: the Role allows nothing wider."""
+        from kubernetes_asyncio.client import CoreV1Api  # noqa: PLC0415 - see run()
+
+        from tenancy_common.namespace_watch import watch_objects  # noqa: PLC0415 - see run()
+
+        assert self.registrations is not None
+        core = CoreV1Api(api)
+
+        def watch(store: RegistrationStore) -> Coroutine[Any, Any, None]:
+            return watch_objects(
+                api,
+                store,
+                functools.partial(core.list_namespaced_config_map, store.namespace),
+                stop=stop,
+                what=f"backend registrations in {store.namespace}",
+                label_selector=f"{REGISTRATION_LABEL}=true",
+            )
+
+        await asyncio.gather(*(watch(store) for store in self.registrations.stores.values()))

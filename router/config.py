@@ -67,7 +67,11 @@ class RouterConfig:
 
     @property
     def needs_cluster(self) -> bool:
-        return self.tenancy.needs_cluster or self.requestheader_client_ca_file is None
+        return (
+            self.tenancy.needs_cluster
+            or self.requestheader_client_ca_file is None
+            or bool(self.routing.registration_namespaces)
+        )
 
     @classmethod
     def from_args(cls, argv: Sequence[str], environ: Mapping[str, str]) -> RouterConfig:

@@ -1,9 +1,10 @@
 """A request -> its backend: routing rules first, then the namespace's tenant (or default).
 
-Without rules this is the tenant directory's per-namespace lookup and nothing else. With
-rules, which rule (if any) takes a request is a pure function of the namespace's owner, the
-metric name and the query, so it is memoised per (namespace, metric, query) and dropped
-whenever namespace ownership changes: a routed request costs one more dictionary lookup.
+Without rules or registrations this is the tenant directory's per-namespace lookup and
+nothing else. Otherwise which rule (if any) takes a request is a pure function of the
+namespace's owner, the metric name, the query and the registrations, so it is memoised per
+(namespace, metric, query) and dropped whenever ownership or a registration changes: a routed
+request costs one more dictionary lookup.
 """
 
 from __future__ import annotations
@@ -15,31 +16,41 @@ from yarl import URL
 
 from router.backends import Backend
 from router.paths import MetricRoute
+from router.registration import Registrations
 from router.status import StatusError
 from router.tenants import TenantDirectory
 from router.upstream_rules import RoutingRule, RoutingRules, UpstreamDefinition, rule_upstream
 from tenancy_common import tls
+from tenancy_common.names import TenantName
 from tenancy_common.tenancy import Verdict
 
 _MEMO_LIMIT = 100_000
-_NO_RULE = None
 _UNSEEN = Backend("", URL("https://unseen"))
 
 
 class RuleRouter:
-    def __init__(self, directory: TenantDirectory, rules: RoutingRules) -> None:
+    def __init__(
+        self,
+        directory: TenantDirectory,
+        rules: RoutingRules,
+        registrations: Registrations | None = None,
+    ) -> None:
         self._directory = directory
         self._rules = rules
+        self._registrations = registrations
         self._backends: dict[str, Backend] = {
             name: definition.backend() for name, definition in rules.upstreams.items()
         }
-        self._by_tenant: dict[str | None, Sequence[RoutingRule]] = {}
+        self._own: dict[TenantName | None, Sequence[RoutingRule]] = {}
+        self._platform = rules.platform_rules()
         self._memo: dict[tuple[str, str, str], Backend | None] = {}
-        self._enabled = bool(rules.rules)
+        self._enabled = bool(rules.rules) or registrations is not None
 
     def invalidate(self) -> None:
-        """Namespace ownership changed: rules and tenants are decided again."""
+        """Namespace ownership or a registration changed: decide everything again."""
         self._memo.clear()
+        if self._registrations is not None:
+            self._registrations.invalidate()
         self._directory.invalidate()
 
     def backend_for(self, route: MetricRoute) -> Backend:
@@ -62,12 +73,21 @@ class RuleRouter:
 
     def _evaluate(self, route: MetricRoute) -> Backend | None:
         decision = self._directory.decide(route.namespace)
-        if decision.tenant is None and decision.verdict is not Verdict.UNMAPPED:
-            return _NO_RULE  # claimed by several tenants (or an invalid name): fail closed
-        rules = self._by_tenant.get(decision.tenant)
-        if rules is None:
-            rules = self._by_tenant[decision.tenant] = self._rules.for_tenant(decision.tenant)
-        return rule_upstream(rules, route, self._backends)
+        tenant = decision.tenant
+        if tenant is None and decision.verdict is not Verdict.UNMAPPED:
+            return None  # claimed by several tenants (or an invalid name): fail closed
+        own = self._own.get(tenant)
+        if own is None:
+            own = self._own[tenant] = self._rules.tenant_rules(tenant)
+        if self._registrations is None:
+            return rule_upstream((*own, *self._platform), route, self._backends)
+        view = self._registrations.view(self._directory.decide)
+        registered = view.rules.get(tenant, ()) if tenant is not None else ()
+        backends = {**self._backends, **view.backends} if view.backends else self._backends
+        backend = rule_upstream((*own, *registered, *self._platform), route, backends)
+        if backend is None and tenant is not None:
+            backend = view.defaults.get(tenant)
+        return backend
 
 
 def named_upstream_tls(

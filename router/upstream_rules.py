@@ -22,9 +22,11 @@ The rules file (`--routing-rules-file`, YAML or JSON; the router chart's `routin
         upstream: datadog
 
 Evaluation order for a request in namespace N (first match wins, file order within a step):
-the rules of the tenant owning N, then the platform rules, then the tenant's own upstream
-(URL template, tenancy file, registration); for a namespace no tenant owns the platform
-rules, then --default-upstream, then 404. A namespace several tenants claim is never routed.
+the rules of the tenant owning N, then that tenant's registered `metricName` backends
+(router.registration), then the platform rules, then the tenant's own upstream (a `default`
+registration, else the tenancy file or URL template); for a namespace no tenant owns the
+platform rules, then --default-upstream, then 404. A namespace several tenants claim is never
+routed.
 
 An upstream's CA, server name and client certificate are used for that upstream only: each
 has its own client TLS context (`trust_key`), never the template's --upstream-ca-file.
@@ -53,7 +55,7 @@ from tenancy_common.tenancy_config import ConfigError
 TRUST_PREFIX = "\0upstream/"
 """Trust keys of named upstreams: a NUL can be in no file path, so none equals a tenant's
 caFile (the key of a per-tenant CA)."""
-DEFAULT_UPSTREAM_NAME = "default"
+DEFAULT_UPSTREAM_NAME = "_default"  # no DNS-1123 label: never a named upstream's
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,11 +148,14 @@ class RoutingRules:
     default: UpstreamDefinition | None = None
     """--default-upstream with its own --default-upstream-* trust; None when it has none of
     its own (then the template's trust verifies it, as before) or is not set."""
+    registration_namespaces: frozenset[str] = frozenset()
+    """Where backends may register themselves (router.registration)."""
 
-    def for_tenant(self, tenant: TenantName | None) -> tuple[RoutingRule, ...]:
-        """The rules a namespace of `tenant` (None: no tenant) meets, in evaluation order."""
-        own = tuple(rule for rule in self.rules if tenant is not None and rule.tenant == tenant)
-        return own + tuple(rule for rule in self.rules if rule.tenant is None)
+    def tenant_rules(self, tenant: TenantName | None) -> tuple[RoutingRule, ...]:
+        return tuple(rule for rule in self.rules if tenant is not None and rule.tenant == tenant)
+
+    def platform_rules(self) -> tuple[RoutingRule, ...]:
+        return tuple(rule for rule in self.rules if rule.tenant is None)
 
     def validate(self, tenancy: TenancyRule, source: str) -> None:
         for rule in self.rules:
@@ -202,6 +207,13 @@ def add_routing_flags(parser: argparse.ArgumentParser) -> None:
         "--upstream-client-cert-file)",
     )
     group.add_argument("--default-upstream-client-key-file", default="", help="its private key")
+    group.add_argument(
+        "--registration-namespaces",
+        default="",
+        metavar="NS[,NS...]",
+        help="namespaces whose ConfigMaps labelled keda-tenancy.io/backend-registration=true "
+        "register backends (deploy/README.md); watched with a Role in each",
+    )
 
 
 def routing_from_flags(args: argparse.Namespace, tenancy: TenancyRule) -> RoutingRules:
@@ -220,8 +232,12 @@ def routing_from_flags(args: argparse.Namespace, tenancy: TenancyRule) -> Routin
         raise ConfigError(
             "--default-upstream-client-cert-file and --default-upstream-client-key-file go together"
         )
+    declared = frozenset(ns for ns in args.registration_namespaces.split(",") if ns)
+    bad = sorted(ns for ns in declared if not is_dns1123_label(ns))
+    if bad:
+        raise ConfigError(f"--registration-namespaces: not namespace names: {bad}")
     if not any(own):
-        return rules
+        return RoutingRules(rules.upstreams, rules.rules, None, declared)
     default = UpstreamDefinition(
         name=DEFAULT_UPSTREAM_NAME,
         url=args.default_upstream,
@@ -231,7 +247,7 @@ def routing_from_flags(args: argparse.Namespace, tenancy: TenancyRule) -> Routin
         client_key_file=args.default_upstream_client_key_file or None,
     )
     default.backend()  # the URL checked at start
-    return RoutingRules(rules.upstreams, rules.rules, default)
+    return RoutingRules(rules.upstreams, rules.rules, default, declared)
 
 
 def load_rules(path: str | Path) -> RoutingRules:

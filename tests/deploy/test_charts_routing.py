@@ -126,3 +126,45 @@ def test_no_routing_values_render_nothing_new(helm: Helm) -> None:
 def test_schema_refuses_rules_the_router_cannot_use(helm: Helm, routing: dict[str, Any]) -> None:
     with pytest.raises(HelmFailed):
         render_router(helm, {"routing": routing})
+
+
+def test_registrations_are_read_with_a_role_in_each_declared_namespace_only(
+    helm: Helm,
+) -> None:
+    declared = ["platform-registrations", "team-a"]
+    docs = render_router(helm, {"routing": {"registration": {"namespaces": declared}}})
+    args = container(find(docs, "Deployment", ROUTER_RELEASE))["args"]
+    assert flag(args, "registration-namespaces") == ",".join(declared)
+    roles = [
+        d
+        for d in docs
+        if d["kind"] == "Role" and d["metadata"]["name"].endswith("registration-reader")
+    ]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == declared
+    for role in roles:
+        assert role["rules"] == [
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]}
+        ]
+    bindings = [
+        d
+        for d in docs
+        if d["kind"] == "RoleBinding" and d["metadata"]["name"].endswith("registration-reader")
+    ]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == declared
+    # No cluster-wide ConfigMap access.
+    for cluster_role in (d for d in docs if d["kind"] == "ClusterRole"):
+        for rule in cluster_role.get("rules") or []:
+            assert "configmaps" not in rule.get("resources", []), cluster_role["metadata"]["name"]
+
+
+def test_network_policy_opens_egress_to_rule_upstreams(helm: Helm) -> None:
+    docs = render_router(helm, {**ROUTING, "networkPolicy": {"enabled": True}})
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    opened = {
+        peer["namespaceSelector"].get("matchLabels", {}).get("kubernetes.io/metadata.name")
+        for policy in policies
+        for rule in policy["spec"].get("egress") or []
+        for peer in rule.get("to", [])
+        if "namespaceSelector" in peer
+    }
+    assert {"datadog", "team-a", "keda"} <= opened

@@ -116,6 +116,7 @@ port to any address (NetworkPolicy has no host names). JSON list of NetworkPolic
 {{- range $name, $spec := .Values.tenancy.tenants }}
 {{- if and $spec $spec.upstream }}{{ $urls = append $urls $spec.upstream }}{{ end }}
 {{- end }}
+{{- range $name, $u := .Values.routing.upstreams }}{{ $urls = append $urls $u.url }}{{ end }}
 {{- $rules := list }}
 {{- $namespaces := list }}
 {{- range $urls | uniq }}
@@ -197,6 +198,9 @@ Secrets' paths in place of their names. */}}
 {{- define "router.routingArgs" -}}
 {{- if or .Values.routing.rules .Values.routing.upstreams }}
 - --routing-rules-file=/etc/keda-tenancy/routing/rules.yaml
+{{- end }}
+{{- with .Values.routing.registration.namespaces }}
+- --registration-namespaces={{ join "," . }}
 {{- end }}
 {{- with .Values.routing.defaultUpstream }}
 {{- if .caSecret }}
