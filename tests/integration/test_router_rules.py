@@ -3,9 +3,11 @@ upstream's own trust, and the configurations refused at start."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -306,3 +308,48 @@ def test_rules_file_from_the_environment(pki: Pki, tmp_path: Path) -> None:
     )
     assert [rule.name for rule in config.routing.rules] == ["dd"]
     assert config.routing.upstreams["dd"].ca_file is None  # system roots, not the template's
+
+
+async def test_template_tenant_never_trusts_the_default_upstreams_ca(
+    pki: Pki, tmp_path: Path, servers: dict[str, TenantBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gamma is routed by the URL template to a server whose certificate (right name) the
+    default upstream's CA signed: refused. Before, the default upstream's CA could only be
+    given as --upstream-ca-file, which made exactly that server acceptable (the contrast)."""
+    impostor = servers["impostor"]
+    cert, key = pki.other_ca.issue(
+        "gamma", dns=("gamma.tenants.svc",), ips=("127.0.0.1",), server=True
+    ).write(pki.directory, "gamma-impostor")
+    await impostor.stop()
+    impostor.cert_pem_path, impostor.key_pem_path = cert, key
+    await impostor.start()
+    real = socket.getaddrinfo
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+        return real("127.0.0.1" if host == "gamma.tenants.svc" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    path = tmp_path / "template.yaml"
+    path.write_text("tenants:\n  gamma:\n    namespaces: [gamma-ns]\n")
+    template = f"--upstream-url-template=https://{{tenant}}.tenants.svc:{impostor.port}"
+    default = [
+        f"--default-upstream={servers['shared-keda'].url}",
+        "--default-upstream-server-name=localhost",
+    ]
+    context = pki.client_context(pki.aggregator())
+    own_ca = [*default, f"--default-upstream-ca-file={pki.path('other_ca.crt')}"]
+    async with running_router(router_args(pki, str(path), template, *own_ca)) as router:
+        assert router.secure_port
+        assert await served_by(router.secure_port, context, "free", "s0-x", "") == "shared-keda"
+        refused = await served_by(router.secure_port, context, "gamma-ns", "s0-x", "")
+        assert refused.startswith("503: "), refused
+    assert not impostor.received
+    shared = [
+        a
+        if not a.startswith("--upstream-ca-file=")
+        else f"--upstream-ca-file={pki.path('other_ca.crt')}"
+        for a in router_args(pki, str(path), template, *default)
+    ]
+    async with running_router(shared) as router:
+        assert router.secure_port
+        assert await served_by(router.secure_port, context, "gamma-ns", "s0-x", "") == "impostor"
