@@ -228,6 +228,10 @@ class Registrations:
                         )
                     )
         view.rules = {tenant: tuple(listed) for tenant, listed in rules.items()}
+        present = {
+            (namespace, name) for namespace, store in self.stores.items() for name in store.objects
+        }
+        self._counted = {key for key in self._counted if key[:2] in present}
         return view
 
     def _admit(
