@@ -57,10 +57,11 @@ bench: $(STAMP) bench-packages
 	$(PY) -m bench
 
 # Instructions per forwarded request under valgrind (deterministic, unlike requests/s on a
-# shared machine); BASELINE=<git revision> compares with that revision's router.
+# shared machine); BASELINE=<git revision> compares with that revision's router; RULES=1
+# also measures it with a routing rules file and prints the ratio.
 .PHONY: bench-instructions
 bench-instructions: $(STAMP) bench-packages
-	$(PY) -m bench.instructions $(if $(BASELINE),--baseline $(BASELINE))
+	$(PY) -m bench.instructions $(if $(BASELINE),--baseline $(BASELINE)) $(if $(RULES),--rules)
 
 # The reloader's restart timing (burst coalescing, label-change latency); not part of `bench`.
 .PHONY: bench-reloader

@@ -355,6 +355,7 @@ def measure(
     direct: bool,
     passes: int = 0,
     aggregator_headers: bool = False,
+    path: str = "",
 ) -> Result:
     """One load-generator run; with `passes`, every namespace exactly that many times. With
     `aggregator_headers`, each request carries what kube-apiserver's aggregator sends with an
@@ -376,6 +377,7 @@ def measure(
             f"-c={concurrency}",
             *([f"-passes={passes}"] if passes else [f"-d={seconds}s", "-warmup=0.5s"]),
             *(["-aggregator-headers"] if aggregator_headers else []),
+            *([f"-path={path}"] if path else []),
             f"-cert={pki.path(cert)}",
             f"-key={pki.path(key)}",
             f"-ca={pki.path(ca)}",
@@ -405,6 +407,7 @@ def router_process(
     *,
     wrapper: Sequence[str] = (),
     root: Path = ROOT,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
     """The router, pinned to CPU 0. Namespaces come from a static tenancy file, or with
     `kubeconfig` from the cluster's namespace labels (the file then only gives upstreams).
@@ -447,6 +450,7 @@ def router_process(
             f"--upstream-ca-file={pki.path('backend-ca.crt')}",
             f"--tenancy-file={tenancy}",
             *cluster,
+            *extra_args,
             "--log-level=error",
         ],
         env={**os.environ, "PYTHONPATH": str(root)},

@@ -15,6 +15,11 @@ percent; at higher concurrency how requests batch depends on timing, and runs va
 
 `--baseline REV` measures a worktree of that git revision the same way (same venv, same
 load), alternately with this tree, and prints both and their ratio.
+
+`--rules` measures this tree also with a realistic routing rules file (RULES: per-tenant
+rules by metric name, platform rules by metric name and labelSelector, 9 in all, none of
+which takes the KEDA request sent, so every one is evaluated) and prints the ratio with /
+without rules. Both send the KEDA request an HPA sends (`?labelSelector=...`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,39 @@ from bench.__main__ import (
 
 TENANTS = 3
 IDLE_S = 5.0
+KEDA_PATH = (
+    "/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/s0-metric"
+    "?labelSelector=scaledobject.keda.sh%2Fname%3Dweb"
+)
+
+
+def rules_file(workdir: Path, pki: Pki, backend_port: int) -> Path:
+    """Routing rules as a platform with a shared Datadog-style adapter, a shared KEDA by
+    ScaledObject name and a prometheus-adapter per tenant would write them."""
+    upstream = (
+        f"    url: https://127.0.0.1:{backend_port}\n    serverName: localhost\n"
+        f"    caFile: {pki.path('backend-ca.crt')}\n"
+    )
+    lines = ["upstreams:", "  datadog:", upstream, "  shared-keda:", upstream]
+    rules = ["rules:"]
+    for i in range(TENANTS):
+        lines += [f"  t{i}-prometheus:", upstream + f"    tenant: t{i}\n"]
+        rules += [
+            f"  - {{name: t{i}-prometheus, tenant: t{i}, metricName: 'prometheus-.*', "
+            f"upstream: t{i}-prometheus}}",
+            f"  - {{name: t{i}-custom, tenant: t{i}, metricName: 'custom\\.t{i}\\..+', "
+            f"upstream: t{i}-prometheus}}",
+        ]
+    rules += [
+        "  - {name: shared-keda, labelSelector: {values: "
+        "{scaledobject.keda.sh/name: 'legacy-.*'}}, upstream: shared-keda}",
+        "  - {name: datadog-by-name, metricName: 'datadog\\.[a-z0-9_.]+', upstream: datadog}",
+        "  - {name: not-keda, labelSelector: {absent: [scaledobject.keda.sh/name]}, "
+        "upstream: datadog}",
+    ]
+    path = workdir / "rules.yaml"
+    path.write_text("\n".join(lines + rules) + "\n")
+    return path
 
 
 def _totals(directory: Path, dump: int) -> int:
@@ -61,6 +99,8 @@ def per_request(
     passes: int,
     concurrency: int,
     aggregator_headers: bool,
+    extra_args: tuple[str, ...] = (),
+    path: str = "",
 ) -> float:
     """Instructions per request of the router in `root` (see the module docstring)."""
     out = Path(tempfile.mkdtemp(prefix="callgrind-", dir=workdir))
@@ -83,6 +123,7 @@ def per_request(
             False,
             passes=n,
             aggregator_headers=aggregator_headers,
+            path=path,
         )
         return time.monotonic() - started
 
@@ -95,6 +136,7 @@ def per_request(
         namespace_count(TENANTS),
         wrapper=wrapper,
         root=root,
+        extra_args=extra_args,
     ) as router:
         load(60)  # pools and caches warm, as in every cell of `python -m bench`
         control("--zero", router.pid)
@@ -144,6 +186,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2, help="runs per tree (median)")
     parser.add_argument("--baseline", help="a git revision to compare with (its worktree)")
     parser.add_argument(
+        "--rules",
+        action="store_true",
+        help="this tree also with a routing rules file; both with the KEDA labelSelector",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the callgrind files (callgrind_annotate them)"
     )
     args = parser.parse_args()
@@ -155,14 +202,25 @@ def main() -> int:
     backend_port = free_port()
     backend = Nginx("backend", workdir, backend_block(pki, backend_port), cpu=1)
     results: dict[str, list[float]] = {"this tree": [], args.baseline or "": []}
+    variants: dict[str, tuple[tuple[str, ...], str]] = {"this tree": ((), "")}
+    if args.rules:
+        rules = rules_file(workdir, pki, backend_port)
+        variants = {
+            "this tree": ((), KEDA_PATH),
+            "with rules": ((f"--routing-rules-file={rules}",), KEDA_PATH),
+        }
+        results["with rules"] = []
     try:
         wait_port(backend_port)
         with contextlib.ExitStack() as stack:
             trees = {"this tree": ROOT}
             if args.baseline:
                 trees[args.baseline] = stack.enter_context(worktree(args.baseline))
+            runs = [(name, root, variants.get(name, ((), ""))) for name, root in trees.items()]
+            if args.rules:
+                runs.append(("with rules", ROOT, variants["with rules"]))
             for _ in range(args.repeat):
-                for name, root in trees.items():  # alternately, as the throughput A/B does
+                for name, root, (extra, path) in runs:  # alternately, as the A/B does
                     value = per_request(
                         pki,
                         workdir,
@@ -171,6 +229,8 @@ def main() -> int:
                         args.passes,
                         args.concurrency,
                         args.aggregator_headers,
+                        extra,
+                        path,
                     )
                     results[name].append(value)
                     print(f"{name}: {value:,.0f} instructions per request", flush=True)
@@ -193,6 +253,9 @@ def main() -> int:
     if args.baseline:
         ratio = medians["this tree"] / medians[args.baseline]
         print(f"  this tree / {args.baseline}: {ratio:.3f}x")
+    if args.rules:
+        ratio = medians["with rules"] / medians["this tree"]
+        print(f"  with rules / without: {ratio:.3f}x (target: at most 1.050x)")
     return 0
 
 

@@ -9,6 +9,7 @@ in-flight requests --shutdown-grace-period to finish.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import ssl
@@ -23,7 +24,9 @@ from router.forwarding import HeaderPolicy
 from router.listener import SecureListener
 from router.metrics import RouterMetrics
 from router.proxy import AuthState, ProxyHandler
+from router.registration import REGISTRATION_LABEL, Registrations, RegistrationStore
 from router.requestheader import HeaderNames, RequestHeaderAuth
+from router.routing import RuleRouter, named_upstream_tls
 from router.tenants import NamespaceView, TenantDirectory
 from router.upstreams import Upstreams
 from tenancy_common import health, tls
@@ -106,14 +109,19 @@ class Router:
             ),
             on_error=self._reload_failed,
         )
+        routing = config.routing
         self.resolver = BackendResolver(
-            config.upstream_url_template, config.tenancy_file.tenants, config.default_upstream
+            config.upstream_url_template,
+            config.tenancy_file.tenants,
+            config.default_upstream,
+            routing.default.backend("_default") if routing.default else None,
         )
         self.upstream_tls = {
             ca_file: self._upstream_reloadable(ca_file)
             for ca_file in {DEFAULT_CA, *self.resolver.per_tenant_ca_files()}
         }
-        self.upstreams = Upstreams(config.upstream, lambda ca: self.upstream_tls[ca].value[0])
+        self.upstream_tls.update(self._named_upstream_tls())
+        self.upstreams = Upstreams(config.upstream, self._upstream_context)
         self.metrics.requests.in_flight = self.upstreams.in_flight
         self.metrics.upstream.timeouts = lambda: self.upstreams.timeouts
         self.metrics.upstream.fast_failed = lambda: self.upstreams.fast_failed
@@ -127,6 +135,17 @@ class Router:
             self.metrics,
             synced=lambda: not config.tenancy.needs_cluster or self.cache.synced.is_set(),
         )
+        self.registrations = (
+            Registrations(
+                routing.registration_namespaces,
+                config.tenancy,
+                self.registry,
+                on_change=self._registrations_changed,
+            )
+            if routing.registration_namespaces
+            else None
+        )
+        self.routing = RuleRouter(self.directory, routing, self.registrations)
         self._auth: AuthState | None = None
         self._auth_inputs: tuple[object, ...] = ()
         self.stopping = False
@@ -156,6 +175,28 @@ class Router:
 
         name = f"upstream client TLS ({ca_file})" if ca_file else "upstream client TLS"
         return tls.Reloadable(name, sources, build, on_error=self._reload_failed)
+
+    def _named_upstream_tls(
+        self,
+    ) -> dict[str, tls.Reloadable[tuple[ssl.SSLContext, bytes | None]]]:
+        routing = self.config.routing
+        named = [*routing.upstreams.values(), *([routing.default] if routing.default else [])]
+        router_client = (
+            self.config.upstream_client_cert_file,
+            self.config.upstream_client_key_file,
+        )
+        return dict(named_upstream_tls(named, router_client, self._reload_failed))
+
+    def _registrations_changed(self) -> None:
+        self.routing.invalidate()  # self.routing is made after the registrations
+
+    def _upstream_context(self, key: str) -> ssl.SSLContext:
+        reloadable = self.upstream_tls.get(key)
+        if reloadable is not None:
+            return reloadable.value[0]
+        assert self.registrations is not None, key
+        client = self.upstream_tls[DEFAULT_CA]
+        return self.registrations.context(key, client.value, client.inputs)
 
     def _namespace_view(self) -> NamespaceView | None:
         return self.cache.snapshot if self.config.tenancy.needs_cluster else None
@@ -219,7 +260,15 @@ class Router:
         def shutdown() -> str | None:
             return "shutting down" if self.stopping else None
 
-        return {"certificates": certificates, "namespaces": namespaces, "shutdown": shutdown}
+        checks = {"certificates": certificates, "namespaces": namespaces, "shutdown": shutdown}
+        if self.registrations is not None:
+            registrations = self.registrations
+
+            def registered() -> str | None:
+                return None if registrations.synced else "backend registrations not listed yet"
+
+            checks["registrations"] = registered
+        return checks
 
     def readiness_warnings(self) -> dict[str, health.ReadinessCheck]:
         """Shown in /readyz without failing it: an unready router makes the APIService
@@ -245,7 +294,7 @@ class Router:
             return
         handler = ProxyHandler(
             auth_state=self.auth_state,
-            directory=self.directory,
+            routing=self.routing,
             upstreams=self.upstreams,
             metrics=self.metrics,
         )
@@ -322,6 +371,8 @@ class Router:
                 roots["requestheader-configmap"] = self._poll_configmap(api, stop)
             if api is not None and self.config.tenancy.needs_cluster:
                 roots["namespaces"] = self._watch_namespaces(api, stop)
+            if api is not None and self.registrations is not None:
+                roots["registrations"] = self._watch_registrations(api, stop)
             await run_roots(roots, stop)
         finally:
             if api is not None:
@@ -355,6 +406,27 @@ class Router:
             api,
             self.cache,
             stop=stop,
-            on_change=self.directory.invalidate,
+            on_change=self.routing.invalidate,
             metrics=WatchMetrics(self.registry),
         )
+
+    async def _watch_registrations(self, api: ApiClient, stop: asyncio.Event) -> None:
+        """One list+watch per declared namespace: the Role allows nothing wider."""
+        from kubernetes_asyncio.client import CoreV1Api  # noqa: PLC0415 - see run()
+
+        from tenancy_common.namespace_watch import watch_objects  # noqa: PLC0415 - see run()
+
+        assert self.registrations is not None
+        core = CoreV1Api(api)
+
+        def watch(store: RegistrationStore) -> Coroutine[Any, Any, None]:
+            return watch_objects(
+                api,
+                store,
+                functools.partial(core.list_namespaced_config_map, store.namespace),
+                stop=stop,
+                what=f"backend registrations in {store.namespace}",
+                label_selector=f"{REGISTRATION_LABEL}=true",
+            )
+
+        await asyncio.gather(*(watch(store) for store in self.registrations.stores.values()))

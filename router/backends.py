@@ -30,7 +30,7 @@ class Backend:
     ca_file: str = DEFAULT_CA
 
 
-def _origin(raw: str, what: str) -> URL:
+def origin(raw: str, what: str) -> URL:
     try:
         url = URL(raw)
     except (ValueError, TypeError) as exc:
@@ -50,18 +50,20 @@ class BackendResolver:
         template: str,
         overrides: Mapping[TenantName, TenantSpec],
         default_upstream: str | None,
+        default_backend: Backend | None = None,
     ) -> None:
+        """`default_backend`: --default-upstream with its own trust (router.upstream_rules)."""
         if "{tenant}" not in template:
             raise ConfigError("--upstream-url-template must contain {tenant}")
         try:
-            _origin(template.format(tenant="tenant-check"), "--upstream-url-template")
+            origin(template.format(tenant="tenant-check"), "--upstream-url-template")
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigError(f"--upstream-url-template: {exc}") from exc
         self._template = template
         self._overrides = dict(overrides)
         self._cache: dict[TenantName, Backend] = {}
-        self.default = (
-            Backend("_default", _origin(default_upstream, "--default-upstream"))
+        self.default = default_backend or (
+            Backend("_default", origin(default_upstream, "--default-upstream"))
             if default_upstream
             else None
         )
@@ -75,7 +77,7 @@ class BackendResolver:
             raw = spec.upstream or self._template.format(tenant=tenant)
             backend = Backend(
                 name=tenant,
-                origin=_origin(raw, f"upstream of tenant {tenant}"),
+                origin=origin(raw, f"upstream of tenant {tenant}"),
                 server_name=spec.server_name,
                 ca_file=spec.ca_file or DEFAULT_CA,
             )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from router.backends import DEFAULT_UPSTREAM_TEMPLATE
 from router.requestheader import DEFAULT_HEADER_NAMES, HeaderNames, split_names
+from router.upstream_rules import RoutingRules, add_routing_flags, routing_from_flags
 from router.upstreams import UpstreamSettings
 from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration
@@ -53,6 +54,7 @@ class RouterConfig:
 
     tenancy: TenancyRule
     tenancy_file: TenancyFile
+    routing: RoutingRules
 
     cert_reload_interval_s: float
     shutdown_delay_s: float
@@ -65,7 +67,11 @@ class RouterConfig:
 
     @property
     def needs_cluster(self) -> bool:
-        return self.tenancy.needs_cluster or self.requestheader_client_ca_file is None
+        return (
+            self.tenancy.needs_cluster
+            or self.requestheader_client_ca_file is None
+            or bool(self.routing.registration_namespaces)
+        )
 
     @classmethod
     def from_args(cls, argv: Sequence[str], environ: Mapping[str, str]) -> RouterConfig:
@@ -128,6 +134,7 @@ class RouterConfig:
             ),
             tenancy=tenancy,
             tenancy_file=tenancy_file,
+            routing=routing_from_flags(args, tenancy),
             cert_reload_interval_s=_positive(args.cert_reload_interval, "--cert-reload-interval"),
             shutdown_delay_s=parse_duration(args.shutdown_delay),
             shutdown_grace_period_s=_positive(
@@ -277,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_tenancy_flags(parser)
+    add_routing_flags(parser)
 
     ops = parser.add_argument_group("operations")
     ops.add_argument(

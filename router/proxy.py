@@ -19,8 +19,8 @@ from router.local_answers import local_body
 from router.metrics import RouterMetrics
 from router.paths import LocalRoute, Route, parse_target
 from router.requestheader import RequestHeaderAuth
+from router.routing import RuleRouter
 from router.status import StatusError
-from router.tenants import TenantDirectory
 from router.upstreams import Outcome, Upstreams
 from tenancy_common.client_verification import peer_intermediates, verify_result
 
@@ -70,13 +70,13 @@ class ProxyHandler:
         self,
         *,
         auth_state: Callable[[], AuthState],
-        directory: TenantDirectory,
+        routing: RuleRouter,
         upstreams: Upstreams,
         metrics: RouterMetrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._auth_state = auth_state
-        self._directory = directory
+        self._routing = routing
         self._upstreams = upstreams
         self._metrics = metrics
         self._clock = clock
@@ -155,7 +155,7 @@ class ProxyHandler:
             self._reply(request, 200, _JSON, body)
             return
         request.namespace = route.namespace
-        backend = self._directory.backend_for(route.namespace)
+        backend = self._routing.backend_for(route)
         request.tenant = backend.name
         forwarded = request.state.policy.forwarded(head.lines, head.low)
         # The raw target was validated above; it goes upstream byte-for-byte, query included.

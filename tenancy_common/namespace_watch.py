@@ -50,9 +50,9 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
@@ -113,6 +113,43 @@ def _status_error(status: Mapping[str, Any], http_status: int | None = None) -> 
     return _RelistError("error", f"{code} {status.get('reason', '')}: {message}")
 
 
+class WatchedStore(Protocol):
+    """What a watch keeps current: `NamespaceCache`, or any store of other objects."""
+
+    def replace(self, items: Iterable[Any]) -> bool: ...
+    def apply(self, event_type: str, item: Any) -> bool: ...
+    def confirm_current(self) -> None: ...
+    def __len__(self) -> int: ...
+
+
+async def watch_objects(
+    api: ApiClient,
+    store: WatchedStore,
+    list_call: Callable[..., Awaitable[object]],
+    *,
+    stop: asyncio.Event,
+    what: str,
+    parse: Callable[[Mapping[str, Any]], Any] = dict,
+    label_selector: str | None = None,
+    on_change: Callable[[], None] | None = None,
+    settings: WatchSettings = WatchSettings(),
+) -> None:
+    """Keep `store` equal to the objects `list_call` (a CoreV1Api list method, bound to its
+    namespace) lists, with the same list/watch/relist rules as the namespace watch."""
+    watcher = _Watcher(
+        CoreV1Api(api),
+        store,
+        label_selector=label_selector,
+        on_change=on_change or (lambda: None),
+        settings=settings,
+        metrics=None,
+        list_call=list_call,
+        parse=parse,
+        what=what,
+    )
+    await _run_until_stopped(watcher, stop)
+
+
 async def watch_namespaces(
     api: ApiClient,
     cache: NamespaceCache,
@@ -132,6 +169,10 @@ async def watch_namespaces(
         settings=settings,
         metrics=metrics,
     )
+    await _run_until_stopped(watcher, stop)
+
+
+async def _run_until_stopped(watcher: _Watcher, stop: asyncio.Event) -> None:
     stopping = asyncio.create_task(stop.wait())
     running = asyncio.create_task(watcher.run(stop))
     try:
@@ -162,14 +203,20 @@ class _Watcher:
     def __init__(
         self,
         core: CoreV1Api,
-        cache: NamespaceCache,
+        cache: WatchedStore,
         *,
         label_selector: str | None,
         on_change: Callable[[], None],
         settings: WatchSettings,
         metrics: WatchMetrics | None,
+        list_call: Callable[..., Awaitable[object]] | None = None,
+        parse: Callable[[Mapping[str, Any]], Any] = Namespace.from_object,
+        what: str = "namespace",
     ) -> None:
         self._core = core
+        self._list = list_call or core.list_namespace
+        self._parse = parse
+        self._what = what
         self._cache = cache
         self._selector = label_selector
         self._on_change = on_change
@@ -185,6 +232,7 @@ class _Watcher:
         """The last resourceVersion seen (a LIST's, an event's): where a watch resumes. Kept
         here, not returned, so that a stream that breaks still moves it on."""
         if metrics is not None:
+            assert isinstance(cache, NamespaceCache)
             metrics.follow(cache)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -215,7 +263,8 @@ class _Watcher:
             error = f"{type(failure).__name__}: {failure}"
             if self._version is None:
                 logger.warning(
-                    "namespace list failed, retrying",
+                    "%s list failed, retrying",
+                    self._what,
                     extra={"error": error, "failures": failures, "retry_in_s": round(delay_s, 3)},
                 )
                 await wait_stopped(stop, delay_s)
@@ -232,7 +281,8 @@ class _Watcher:
                 relist_reason = "failures"
             else:
                 logger.warning(
-                    "namespace watch failed, resuming",
+                    "%s watch failed, resuming",
+                    self._what,
                     extra={
                         "error": error,
                         "resource_version": self._version,
@@ -243,7 +293,8 @@ class _Watcher:
                 await wait_stopped(stop, delay_s)
                 continue
             logger.warning(
-                "namespace watch cannot resume, relisting",
+                "%s watch cannot resume, relisting",
+                self._what,
                 extra={
                     "reason": relist_reason,
                     "error": error,
@@ -258,9 +309,7 @@ class _Watcher:
     async def _get_json(self, **params: Any) -> dict[str, Any]:
         response = cast(
             aiohttp.ClientResponse,
-            await self._core.list_namespace(
-                label_selector=self._selector or "", _preload_content=False, **params
-            ),
+            await self._list(label_selector=self._selector or "", _preload_content=False, **params),
         )
         try:
             await _check_status(response)
@@ -278,7 +327,7 @@ class _Watcher:
             page = await self._get_json(
                 limit=self._settings.page_size, _continue=token, _request_timeout=60
             )
-            items += [Namespace.from_object(obj) for obj in page.get("items") or ()]
+            items += [self._parse(obj) for obj in page.get("items") or ()]
             meta = page.get("metadata") or {}
             token = meta.get("continue") or ""
             if not token:
@@ -288,7 +337,7 @@ class _Watcher:
         changed = self._cache.replace(items)
         self._confirmed()
         self._changed(changed)
-        logger.info("namespaces listed", extra={"namespaces": len(items), "reason": reason})
+        logger.info("%s objects listed", self._what, extra={"count": len(items), "reason": reason})
         return str(meta.get("resourceVersion", ""))
 
     async def _watch(self, resource_version: str) -> None:
@@ -297,7 +346,7 @@ class _Watcher:
         try:
             response = cast(
                 aiohttp.ClientResponse,
-                await self._core.list_namespace(
+                await self._list(
                     watch=True,
                     resource_version=resource_version,
                     allow_watch_bookmarks=True,
@@ -373,7 +422,7 @@ class _Watcher:
         if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
             raise ValueError(f"unexpected watch event type {kind!r}")
         if kind != "BOOKMARK":
-            self._changed(self._cache.apply(kind, Namespace.from_object(obj)))
+            self._changed(self._cache.apply(kind, self._parse(obj)))
         self._version = str((obj.get("metadata") or {}).get("resourceVersion") or self._version)
         self._progress = True
         self._progress_at = asyncio.get_running_loop().time()

@@ -74,6 +74,23 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "networkPolicy": {"enabled": True},
             "prometheusRule": {"enabled": True},
             "serviceMonitor": {"enabled": True},
+            "routing": {
+                "upstreams": {
+                    "datadog": {
+                        "url": "https://datadog-cluster-agent-metrics-api.datadog.svc:8443",
+                        "caSecret": "datadog-metrics-api-ca",
+                        "clientCertSecret": "router-for-datadog",
+                    }
+                },
+                "rules": [
+                    {
+                        "name": "not-keda",
+                        "labelSelector": {"absent": ["scaledobject.keda.sh/name"]},
+                        "upstream": "datadog",
+                    }
+                ],
+                "registration": {"namespaces": ["platform-registrations"]},
+            },
         },
         {},
     ),

@@ -48,7 +48,7 @@ class _Event:
     old: Obj | None
     new: Obj | None
     resource: str = "namespaces"
-    """"namespaces", "pods/<namespace>" or "leases/<namespace>/<name>"."""
+    """"namespaces", "pods/<namespace>", "configmaps/<namespace>" or "leases/<namespace>/<name>"."""
 
 
 def _parse_selector(selector: str) -> list[tuple[str, str, set[str]]]:
@@ -141,6 +141,7 @@ class FakeKubeAPI:
         app = web.Application()
         app.router.add_get("/api/v1/namespaces", self._namespaces)
         app.router.add_get("/api/v1/namespaces/{ns}/configmaps/{name}", self._configmap)
+        app.router.add_get("/api/v1/namespaces/{ns}/configmaps", self._configmaps)
         app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments/{name}", self._deployment)
         app.router.add_patch(
             "/apis/apps/v1/namespaces/{ns}/deployments/{name}", self._patch_deployment
@@ -379,7 +380,12 @@ class FakeKubeAPI:
                         await response.write(json.dumps(line).encode() + b"\n")
                         sent = True
                 if not sent and bookmarks and not self._silent and self._rv >= since:
-                    kinds = {"namespaces": "Namespace", "pods": "Pod", "leases": "Lease"}
+                    kinds = {
+                        "namespaces": "Namespace",
+                        "pods": "Pod",
+                        "leases": "Lease",
+                        "configmaps": "ConfigMap",
+                    }
                     mark = {
                         "kind": kinds[resource.partition("/")[0]],
                         "apiVersion": "v1",
@@ -457,6 +463,46 @@ class FakeKubeAPI:
         obj["metadata"]["resourceVersion"] = str(self._rv)
         obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
         return web.json_response(obj)
+
+    async def _configmaps(self, request: web.Request) -> web.StreamResponse:
+        """LIST and WATCH of one namespace's ConfigMaps (events only for those changed
+        through put_configmap / delete_configmap)."""
+        namespace = request.match_info["ns"]
+        selector = _parse_selector(request.query.get("labelSelector", ""))
+        if _true(request.query.get("watch")):
+            self.requests["watch configmaps"] += 1
+            return await self._watch(request, selector, f"configmaps/{namespace}")
+        self.requests["list configmaps"] += 1
+        items = [
+            obj
+            for (ns, _), obj in sorted(self.configmaps.items())
+            if ns == namespace and _matches(obj, selector)
+        ]
+        return web.json_response(
+            {
+                "kind": "ConfigMapList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "items": items,
+            }
+        )
+
+    def put_configmap(
+        self, namespace: str, name: str, labels: dict[str, str], data: dict[str, str]
+    ) -> None:
+        old = copy.deepcopy(self.configmaps.get((namespace, name)))
+        obj: Obj = {
+            "kind": "ConfigMap",
+            "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+            "data": dict(data),
+        }
+        self.configmaps[(namespace, name)] = obj
+        self._record("MODIFIED" if old else "ADDED", old, obj, f"configmaps/{namespace}")
+
+    def delete_configmap(self, namespace: str, name: str) -> None:
+        obj = self.configmaps.pop((namespace, name))
+        self._record("DELETED", obj, obj, f"configmaps/{namespace}")
 
     async def _pods(self, request: web.Request) -> web.StreamResponse:
         namespace = request.match_info["ns"]

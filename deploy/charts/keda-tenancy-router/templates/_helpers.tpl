@@ -116,6 +116,7 @@ port to any address (NetworkPolicy has no host names). JSON list of NetworkPolic
 {{- range $name, $spec := .Values.tenancy.tenants }}
 {{- if and $spec $spec.upstream }}{{ $urls = append $urls $spec.upstream }}{{ end }}
 {{- end }}
+{{- range $name, $u := .Values.routing.upstreams }}{{ $urls = append $urls $u.url }}{{ end }}
 {{- $rules := list }}
 {{- $namespaces := list }}
 {{- range $urls | uniq }}
@@ -170,5 +171,83 @@ values, with only the namespace lists of `tenants`. */}}
 - --tenancy-rule-file=/etc/keda-tenancy/rule/rule.yaml
 {{- if .Values.tenancy.tenants }}
 - --tenancy-file=/etc/keda-tenancy/tenancy/tenancy.yaml
+{{- end }}
+{{- end }}
+
+{{/* The routing rules file (router.upstream_rules) from .Values.routing, with the mounted
+Secrets' paths in place of their names. */}}
+{{- define "router.routingRules" -}}
+{{- $upstreams := dict }}
+{{- range $name, $u := .Values.routing.upstreams }}
+{{- $out := dict "url" $u.url }}
+{{- with $u.serverName }}{{ $_ := set $out "serverName" . }}{{ end }}
+{{- with $u.tenant }}{{ $_ := set $out "tenant" . }}{{ end }}
+{{- if $u.caSecret }}
+{{- $_ := set $out "caFile" (printf "/etc/keda-tenancy/upstreams/%s/ca/%s" $name ($u.caKey | default "ca.crt")) }}
+{{- end }}
+{{- if $u.clientCertSecret }}
+{{- $_ := set $out "clientCertFile" (printf "/etc/keda-tenancy/upstreams/%s/client/tls.crt" $name) }}
+{{- $_ := set $out "clientKeyFile" (printf "/etc/keda-tenancy/upstreams/%s/client/tls.key" $name) }}
+{{- end }}
+{{- $_ := set $upstreams $name $out }}
+{{- end }}
+{{- dict "upstreams" $upstreams "rules" .Values.routing.rules | toYaml }}
+{{- end }}
+
+{{/* Flags of the routing rules and of the default upstream's own trust. */}}
+{{- define "router.routingArgs" -}}
+{{- if or .Values.routing.rules .Values.routing.upstreams }}
+- --routing-rules-file=/etc/keda-tenancy/routing/rules.yaml
+{{- end }}
+{{- with .Values.routing.registration.namespaces }}
+- --registration-namespaces={{ join "," . }}
+{{- end }}
+{{- with .Values.routing.defaultUpstream }}
+{{- if .caSecret }}
+- --default-upstream-ca-file=/etc/keda-tenancy/default-upstream/ca/{{ .caKey | default "ca.crt" }}
+{{- end }}
+{{- with .serverName }}
+- --default-upstream-server-name={{ . }}
+{{- end }}
+{{- if .clientCertSecret }}
+- --default-upstream-client-cert-file=/etc/keda-tenancy/default-upstream/client/tls.crt
+- --default-upstream-client-key-file=/etc/keda-tenancy/default-upstream/client/tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Volume mounts (mounts=true) or volumes of the routing rules and upstream Secrets. */}}
+{{- define "router.routingVolumes" -}}
+{{- $mounts := .mounts }}
+{{- $routing := .root.Values.routing }}
+{{- $fullname := include "router.fullname" .root }}
+{{- if or $routing.rules $routing.upstreams }}
+{{- if $mounts }}
+- name: routing
+  mountPath: /etc/keda-tenancy/routing
+  readOnly: true
+{{- else }}
+- name: routing
+  configMap:
+    name: {{ $fullname }}-routing
+{{- end }}
+{{- end }}
+{{- $secrets := list }}
+{{- range $name, $u := $routing.upstreams }}
+{{- with $u.caSecret }}{{ $secrets = append $secrets (list (printf "upstream-%s-ca" $name) (printf "/etc/keda-tenancy/upstreams/%s/ca" $name) .) }}{{ end }}
+{{- with $u.clientCertSecret }}{{ $secrets = append $secrets (list (printf "upstream-%s-client" $name) (printf "/etc/keda-tenancy/upstreams/%s/client" $name) .) }}{{ end }}
+{{- end }}
+{{- with $routing.defaultUpstream.caSecret }}{{ $secrets = append $secrets (list "default-upstream-ca" "/etc/keda-tenancy/default-upstream/ca" .) }}{{ end }}
+{{- with $routing.defaultUpstream.clientCertSecret }}{{ $secrets = append $secrets (list "default-upstream-client" "/etc/keda-tenancy/default-upstream/client" .) }}{{ end }}
+{{- range $secrets }}
+{{- if $mounts }}
+- name: {{ index . 0 }}
+  mountPath: {{ index . 1 }}
+  readOnly: true
+{{- else }}
+- name: {{ index . 0 }}
+  secret:
+    secretName: {{ index . 2 }}
+{{- end }}
 {{- end }}
 {{- end }}
