@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from router.backends import DEFAULT_UPSTREAM_TEMPLATE
+from router.health_probes import ProbeSettings, add_health_probe_flags, health_probe_settings
 from router.requestheader import DEFAULT_HEADER_NAMES, HeaderNames, split_names
 from router.upstreams import UpstreamSettings
 from tenancy_common.cli import apply_env_defaults
@@ -50,6 +51,7 @@ class RouterConfig:
     upstream_ca_file: str | None
     default_upstream: str | None
     upstream: UpstreamSettings
+    health_probes: ProbeSettings
 
     tenancy: TenancyRule
     tenancy_file: TenancyFile
@@ -126,6 +128,7 @@ class RouterConfig:
                     "--upstream-max-response-bytes",
                 ),
             ),
+            health_probes=health_probe_settings(args),
             tenancy=tenancy,
             tenancy_file=tenancy_file,
             cert_reload_interval_s=_positive(args.cert_reload_interval, "--cert-reload-interval"),
@@ -276,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="https origin for namespaces no tenant owns (opt-in; default: answer 404)",
     )
 
+    add_health_probe_flags(parser)
     add_tenancy_flags(parser)
 
     ops = parser.add_argument_group("operations")
