@@ -49,7 +49,8 @@ PROBE_NAMESPACE = "default"
 PROBE_USER = "keda-tenancy:health-probe"
 PROBE_TARGET = f"{GROUP_VERSION_PATH}/namespaces/{PROBE_NAMESPACE}/{PROBE_METRIC}"
 _GRPC_TIMEOUT = b"timeout while waiting to establish gRPC connection"
-_MAX_ANSWER = 64 * 1024
+_MAX_ANSWER = 64 * 1024  # of a body searched for KEDA's messages (a Status: a few hundred bytes)
+_MAX_READ = 1024 * 1024  # an answer larger than this is not the adapter's: unhealthy
 
 HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"
@@ -191,6 +192,12 @@ class HealthProbes:
         except (OSError, ssl.SSLError, ProtocolError, asyncio.IncompleteReadError) as exc:
             connection.close()
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        except Exception as exc:  # the router's side (its client TLS not loaded): no verdict
+            connection.close()
+            logger.warning(
+                "cannot probe a backend", extra={"tenant": backend.name, "error": str(exc)}
+            )
+            return
         self._record(backend, reason, started)
 
     async def _exchange(
@@ -218,7 +225,7 @@ class HealthProbes:
                 + self._identity
                 + b"\r\n"
             )
-            reader = ResponseReader(_MAX_ANSWER)
+            reader = ResponseReader(_MAX_READ)
             while True:
                 data = await connection.reader.read(65536)
                 if not data:
