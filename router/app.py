@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from router.backends import DEFAULT_CA, BackendResolver
+from router.backends import DEFAULT_CA, Backend, BackendResolver
 from router.config import EXTENSION_AUTH_CONFIGMAP, RouterConfig
 from router.forwarding import HeaderPolicy
+from router.health_probes import HealthProbes, HealthStats
 from router.listener import SecureListener
 from router.metrics import RouterMetrics
 from router.proxy import AuthState, ProxyHandler
@@ -127,6 +128,7 @@ class Router:
         self.metrics.upstream.fast_failed = lambda: self.upstreams.fast_failed
         self.metrics.upstream.transient_retries = lambda: self.upstreams.transient_retries
         self.metrics.upstream.pools = self.upstreams.pool_sizes
+        self.health_probes = self._health_probes()
         self.cache = NamespaceCache()
         self.directory = TenantDirectory(
             config.tenancy,
@@ -197,6 +199,26 @@ class Router:
         assert self.registrations is not None, key
         client = self.upstream_tls[DEFAULT_CA]
         return self.registrations.context(key, client.value, client.inputs)
+
+    def _health_probes(self) -> HealthProbes:
+        """Active health of every backend requests went to, and the default upstream."""
+        default = self.resolver.default
+
+        def backends() -> list[Backend]:
+            known = self.upstreams.known_backends()
+            return known if default is None or default in known else [*known, default]
+
+        headers = self.config.header_names
+        probes = HealthProbes(
+            self.config.health_probes,
+            backends,
+            self._upstream_context,
+            self.upstreams,
+            user_header=headers.username[0],
+            group_header=headers.group[0],
+        )
+        self.registry.register(HealthStats(probes))
+        return probes
 
     def _namespace_view(self) -> NamespaceView | None:
         return self.cache.snapshot if self.config.tenancy.needs_cluster else None
@@ -297,6 +319,7 @@ class Router:
             routing=self.routing,
             upstreams=self.upstreams,
             metrics=self.metrics,
+            health=self.health_probes.health,
         )
         listener = SecureListener(handler)
         self.metrics.open_connections.set_function(lambda: len(listener.connections))
@@ -366,6 +389,7 @@ class Router:
                 "health": self.serve_health(stop),
                 "reload": self.reload_loop(stop),
                 "secure": self.serve_secure(stop),
+                "health-probes": self._probe_when_serving(stop),
             }
             if api is not None and self.requestheader.from_cluster:
                 roots["requestheader-configmap"] = self._poll_configmap(api, stop)
@@ -377,6 +401,13 @@ class Router:
         finally:
             if api is not None:
                 await api.close()
+
+    async def _probe_when_serving(self, stop: asyncio.Event) -> None:
+        # The upstream client certificates are loaded by then.
+        while not self.listening.is_set():
+            if await wait_stopped(stop, 0.5):
+                return
+        await self.health_probes.run(stop)
 
     async def _read_configmap(self, api: ApiClient) -> None:
         from kubernetes_asyncio.client import CoreV1Api  # noqa: PLC0415 - see run()

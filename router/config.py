@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from router.backends import DEFAULT_UPSTREAM_TEMPLATE
+from router.health_probes import ProbeSettings, add_health_probe_flags, health_probe_settings
 from router.requestheader import DEFAULT_HEADER_NAMES, HeaderNames, split_names
 from router.upstream_rules import RoutingRules, add_routing_flags, routing_from_flags
 from router.upstreams import UpstreamSettings
@@ -51,6 +52,7 @@ class RouterConfig:
     upstream_ca_file: str | None
     default_upstream: str | None
     upstream: UpstreamSettings
+    health_probes: ProbeSettings
 
     tenancy: TenancyRule
     tenancy_file: TenancyFile
@@ -132,6 +134,7 @@ class RouterConfig:
                     "--upstream-max-response-bytes",
                 ),
             ),
+            health_probes=health_probe_settings(args),
             tenancy=tenancy,
             tenancy_file=tenancy_file,
             routing=routing_from_flags(args, tenancy),
@@ -283,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="https origin for namespaces no tenant owns (opt-in; default: answer 404)",
     )
 
+    add_health_probe_flags(parser)
     add_tenancy_flags(parser)
     add_routing_flags(parser)
 

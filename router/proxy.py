@@ -9,7 +9,7 @@ import datetime
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from router.forwarding import HeaderPolicy
@@ -74,6 +74,7 @@ class ProxyHandler:
         upstreams: Upstreams,
         metrics: RouterMetrics,
         clock: Callable[[], float] = time.time,
+        health: Mapping[str, str] | None = None,
     ) -> None:
         self._auth_state = auth_state
         self._routing = routing
@@ -81,6 +82,8 @@ class ProxyHandler:
         self._metrics = metrics
         self._clock = clock
         self._routes: dict[bytes, Route] = {}
+        self._health: Mapping[str, str] = {} if health is None else health
+        """Backend -> its last health probe's result (router/health_probes.py), logged."""
 
     # -- entry points (RequestHandler) -----------------------------------------------------
 
@@ -222,6 +225,7 @@ class ProxyHandler:
                 ),
                 "status": code,
                 "outcome": request.outcome,
+                "backend_health": self._health.get(request.tenant, ""),
                 "duration_ms": round(elapsed_s * 1000, 3),
                 "audit_id": head.header(b"audit-id").decode("ascii", "replace"),
             },

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import ssl
 import time
 from collections.abc import Callable
@@ -634,6 +635,33 @@ class Upstreams:
             "metrics server down, failing fast",
             extra={"tenant": pool.backend.name, "reason": reason, "cooldown_s": pool.cooldown_s},
         )
+
+    # -- active health (router/health_probes.py): off the request path ----------------------
+
+    def hold_down(self, backend: Backend, reason: str, since: float) -> None:
+        """A health probe sent at `since` found `backend` unhealthy: fail its requests fast
+        until `release_down`, with no request sent to find out. Not when a request was
+        answered meanwhile (the probe's own connection failed, the others serve)."""
+        pool = self._pool(backend)
+        if pool.answered_at >= since:
+            return
+        if pool.down_until != math.inf:
+            pool.down_until = math.inf
+            pool.down_reason = reason
+            logger.warning(
+                "metrics server down, failing fast",
+                extra={"tenant": backend.name, "reason": reason},
+            )
+
+    def release_down(self, backend: Backend) -> None:
+        """A health probe was answered: whatever made `backend` down is over."""
+        pool = self._pools.get(backend.name)
+        if pool is not None and pool.down_until:
+            pool.down_until = pool.cooldown_s = 0.0
+
+    def known_backends(self) -> list[Backend]:
+        """Every backend a request went to since start (one pool each)."""
+        return [pool.backend for pool in self._pools.values()]
 
     def _schedule_sweep(self) -> None:
         interval = max(self._settings.keepalive_s / 2, 0.05)

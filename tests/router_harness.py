@@ -88,6 +88,9 @@ def router_args(pki: Pki, tenancy_file: str, *extra: str) -> list[str]:
         f"--upstream-ca-file={pki.path('backend_ca.crt')}",
         f"--tenancy-file={tenancy_file}",
         "--cert-reload-interval=100ms",
+        # Probes are a connection and requests of their own: tests that count what reaches a
+        # backend turn them on themselves (tests/integration/test_router_health_probes.py).
+        "--health-probe-interval=0s",
         *extra,
     ]
 

@@ -4,8 +4,8 @@
 #
 #   tests/e2e/build/build.sh [component ...]   (default: all)
 #
-# Components: etcd kube-apiserver kube-controller-manager kubectl keda keda-adapter helm, and for
-# the kubelet-backed cluster kubelet kube-scheduler kube-proxy coredns kube-router keda-webhooks.
+# Components: etcd kube-apiserver kube-controller-manager kubectl keda keda-adapter helm
+# custom-metrics-test-adapter, and for the kubelet-backed cluster kubelet kube-scheduler kube-proxy coredns kube-router keda-webhooks.
 # Progress goes to stderr; the last line of stdout is the bin directory.
 #
 # `go install pkg@version` refuses modules with replace directives (kubernetes and KEDA
@@ -92,6 +92,72 @@ GO
   echo "$dir"
 }
 
+test_adapter_wrapper() {
+  local dir
+  dir=$(wrapper test-adapter 1.25.0 \
+    "sigs.k8s.io/custom-metrics-apiserver $CUSTOM_METRICS_APISERVER_VERSION" </dev/null)
+  # The module's own test-adapter main serves its write endpoint on :8080 of every address;
+  # this one is the same adapter (the module's fake provider, custom and external metrics)
+  # with that endpoint on an address the suite chooses, on loopback.
+  cat > "$dir/main.go" <<'GO'
+// The sample test adapter of custom-metrics-apiserver, its write endpoint on --write-metrics-address.
+package main
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/emicklei/go-restful/v3"
+	"k8s.io/component-base/logs"
+	"k8s.io/component-base/metrics/legacyregistry"
+	"k8s.io/klog/v2"
+
+	"sigs.k8s.io/custom-metrics-apiserver/pkg/apiserver/metrics"
+	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
+	fakeprov "sigs.k8s.io/custom-metrics-apiserver/test-adapter/provider"
+)
+
+func main() {
+	logs.InitLogs()
+	defer logs.FlushLogs()
+
+	cmd := &basecmd.AdapterBase{Name: "test-adapter"}
+	writeAddress := "127.0.0.1:8080"
+	cmd.Flags().StringVar(&writeAddress, "write-metrics-address", writeAddress,
+		"address of the plain HTTP endpoint that sets custom metric values")
+	logs.AddFlags(cmd.Flags())
+	if err := cmd.Flags().Parse(os.Args); err != nil {
+		klog.Fatalf("unable to parse flags: %v", err)
+	}
+	client, err := cmd.DynamicClient()
+	if err != nil {
+		klog.Fatalf("unable to construct dynamic client: %v", err)
+	}
+	mapper, err := cmd.RESTMapper()
+	if err != nil {
+		klog.Fatalf("unable to construct discovery REST mapper: %v", err)
+	}
+	provider, webService := fakeprov.NewFakeProvider(client, mapper)
+	cmd.WithCustomMetrics(provider)
+	cmd.WithExternalMetrics(provider)
+	if err := metrics.RegisterMetrics(legacyregistry.Register); err != nil {
+		klog.Fatalf("unable to register metrics: %v", err)
+	}
+	restful.DefaultContainer.Add(webService)
+	go func() {
+		server := &http.Server{Addr: writeAddress, ReadHeaderTimeout: 3 * time.Second}
+		klog.Fatal(server.ListenAndServe())
+	}()
+	if err := cmd.Run(context.Background()); err != nil {
+		klog.Fatalf("unable to run custom metrics adapter: %v", err)
+	}
+}
+GO
+  echo "$dir"
+}
+
 build() {  # build NAME DIR PACKAGE [extra go build flags]
   local name=$1 dir=$2 pkg=$3
   shift 3
@@ -123,7 +189,7 @@ go_install() {  # go_install NAME MODULE_PATH/CMD VERSION: modules without repla
 
 components=("$@")
 [ ${#components[@]} -gt 0 ] || components=(etcd kube-apiserver kube-controller-manager kubectl keda keda-adapter helm
-  kubelet kube-scheduler kube-proxy coredns kube-router keda-webhooks)
+  custom-metrics-test-adapter kubelet kube-scheduler kube-proxy coredns kube-router keda-webhooks)
 for component in "${components[@]}"; do
   case $component in
     etcd) build etcd "$(etcd_wrapper)" . ;;
@@ -135,6 +201,9 @@ for component in "${components[@]}"; do
     keda) build keda "$(keda_wrapper)" github.com/kedacore/keda/v2/cmd/operator ;;
     keda-adapter) build keda-adapter "$(keda_wrapper)" github.com/kedacore/keda/v2/cmd/adapter ;;
     keda-webhooks) build keda-webhooks "$(keda_wrapper)" github.com/kedacore/keda/v2/cmd/webhooks ;;
+    custom-metrics-test-adapter)
+      # Its version is not in the cache key (that would rebuild everything): in its name.
+      build "custom-metrics-test-adapter-$CUSTOM_METRICS_APISERVER_VERSION" "$(test_adapter_wrapper)" . ;;
     helm) go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" ;;
     coredns) go_install coredns github.com/coredns/coredns "$COREDNS_VERSION" ;;
     kube-router) go_install kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router "$KUBE_ROUTER_VERSION" ;;
