@@ -30,7 +30,9 @@ from reloader.desired import Desired, desired_namespaces
 from reloader.forward import Forwarder
 from reloader.lease import LeaseReleaser
 from reloader.lease_gate import LeaseGate
+from reloader.metrics import PREFIX as METRICS_PREFIX
 from reloader.metrics import ReloaderMetrics
+from reloader.operator_health import OperatorHealth
 from reloader.operator_pods import OperatorPodWatch
 from reloader.publishing import PublishingTarget
 from reloader.rolebindings import BindingMetrics, BindingSpec, RoleBindingManager
@@ -95,6 +97,16 @@ class Reloader:
             if config.forward_grpc is not None and self.child is not None
             else None
         )
+        self.operator_health = (
+            OperatorHealth(
+                config.operator_health,
+                self.child.running_for_s,
+                registry=self.registry,
+                prefix=METRICS_PREFIX,
+            )
+            if config.operator_health is not None and self.child is not None
+            else None
+        )
         if self.forwarder is not None:
             forwarder = self.forwarder
             self.metrics.grpc_forward_connections.set_function(lambda: forwarder.open_connections)
@@ -147,7 +159,18 @@ class Reloader:
             checks["operator"] = operator
         if self.config.bindings is not None:
             checks["role-bindings"] = role_bindings
+        if self.operator_health is not None:
+            # KEDA's /readyz while it runs: outside restarts (not asked then), a KEDA that
+            # does not answer cannot serve the adapter either.
+            checks["operator-readyz"] = self.operator_health.readyz
         return checks
+
+    def liveness_checks(self) -> dict[str, health.ReadinessCheck]:
+        """A KEDA that runs but does not answer its own /healthz fails /livez, and the
+        kubelet restarts the container (operator_health says why through us)."""
+        if self.operator_health is None:
+            return {}
+        return {"operator-healthz": self.operator_health.healthz}
 
     def readiness_warnings(self) -> dict[str, health.ReadinessCheck]:
         """Shown in /readyz without failing it: the operator's pod must stay in its Service
@@ -168,7 +191,11 @@ class Reloader:
         def published() -> str | None:
             return self.publisher.last_error if self.publisher is not None else None
 
-        warnings = {"lease": lease, "namespace-access": access, "watched-published": published}
+        warnings: dict[str, health.ReadinessCheck] = {
+            "lease": lease,
+            "namespace-access": access,
+            "watched-published": published,
+        }
         if self.config.mode == "process":
             # The operator's pod: not ready, it would leave the Service the adapter reaches
             # it through, and every ScaledObject's metrics fail, for a stale namespace list.
@@ -444,7 +471,10 @@ class Reloader:
             self.health_port = port
 
         app = health.build_health_app(
-            self.registry, self.readiness_checks(), self.readiness_warnings()
+            self.registry,
+            self.readiness_checks(),
+            self.readiness_warnings(),
+            liveness=self.liveness_checks(),
         )
         await health.serve_until(
             app, self.config.health_bind_address, self.config.health_port, stop, started=started

@@ -54,6 +54,7 @@ class ChildProcess:
         self._process: asyncio.subprocess.Process | None = None
         self._spawning = False
         self.value: str | None = None
+        self._started_at = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -62,6 +63,10 @@ class ChildProcess:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
+
+    def running_for_s(self) -> float | None:
+        """How long the running operator has run (monotonic); None when none runs."""
+        return time.monotonic() - self._started_at if self.running else None
 
     def is_managed(self, pid: int) -> bool:
         """True for the operator's pid, and for any pid while a spawn is in flight."""
@@ -89,6 +94,7 @@ class ChildProcess:
         finally:
             self._spawning = False
         self.value = value
+        self._started_at = time.monotonic()
         counted = {} if value is None else {"namespaces": len(value.split(","))}
         logger.info("operator started", extra={"pid": self._process.pid, **counted})
 

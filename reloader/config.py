@@ -12,7 +12,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from reloader import operator_health
 from reloader.forward import parse_address
+from reloader.operator_health import OperatorHealthSettings
 from reloader.schedule import CrashPolicy, SchedulePolicy
 from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration
@@ -86,6 +88,8 @@ class ReloaderConfig:
     filled in from it at start (both None until then)."""
     rule_check_interval_s: float = 30.0
     """How often the published rule is re-read; a change ends the process."""
+    operator_health: OperatorHealthSettings | None = None
+    """Process mode: ask KEDA's own probes from /livez and /readyz (None: never)."""
 
     @classmethod
     def from_args(cls, argv: Sequence[str], environ: Mapping[str, str]) -> ReloaderConfig:
@@ -193,6 +197,9 @@ class ReloaderConfig:
             deployment = (namespace, name)
         if args.mode != "process" and check_access:
             raise ConfigError("--check-operator-access is for --mode=process")
+        operator_probes = operator_health.settings_from(args, command)
+        if args.mode != "process" and operator_probes is not None:
+            raise ConfigError("--check-operator-health is for --mode=process")
         forward_grpc = None
         if args.forward_grpc:
             if args.mode != "process":
@@ -253,6 +260,7 @@ class ReloaderConfig:
             bindings=bindings,
             watched_configmap=watched,
             check_operator_access=check_access,
+            operator_health=operator_probes,
             forward_grpc_max_connections=args.forward_grpc_max_connections,
             max_namespace_staleness_s=_duration(
                 "--max-namespace-staleness", args.max_namespace_staleness
@@ -437,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     target = parser.add_argument_group("what to update")
     target.add_argument("--mode", choices=MODES, default="process")
+    operator_health.add_flags(parser.add_argument_group("the operator's own probes (process mode)"))
     target.add_argument(
         "--target-env",
         default="WATCH_NAMESPACE",

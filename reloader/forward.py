@@ -29,6 +29,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from reloader.forward_metrics import ForwardMetrics
+
 logger = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
@@ -54,9 +56,11 @@ class _Link:
         self,
         client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         operator: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        metrics: ForwardMetrics | None = None,
     ) -> None:
         self._client = client
         self._operator = operator
+        self._metrics = metrics
         self._last_client = 0.0
         self._last_operator = 0.0
         self._loop = asyncio.get_running_loop()
@@ -78,6 +82,8 @@ class _Link:
         with contextlib.suppress(OSError):
             while data := await reader.read(CHUNK):
                 self._last_client = self._loop.time()
+                if self._metrics is not None:
+                    self._metrics.bytes.labels(direction="to_operator").inc(len(data))
                 writer.write(data)
                 await writer.drain()
 
@@ -87,6 +93,8 @@ class _Link:
         with contextlib.suppress(OSError):
             while data := await reader.read(CHUNK):
                 self._last_operator = self._loop.time()
+                if self._metrics is not None:
+                    self._metrics.bytes.labels(direction="to_adapter").inc(len(data))
                 writer.write(data)
                 await writer.drain()
 
@@ -123,16 +131,20 @@ class Forwarder:
         dial_wait_s: float = 10.0,
         max_connections: int | None = None,
         on_refused: Callable[[], None] | None = None,
+        metrics: ForwardMetrics | None = None,
     ) -> None:
         """`dial_wait_s`: how long a connection is held for an operator that is not
         listening (gRPC gives a connection attempt 5 s at least, then backs off).
         `max_connections`: held or spliced at once (None: no bound); `on_refused` is called
-        for each connection refused beyond it."""
+        for each connection refused beyond it. `metrics`: connections, bytes, errors."""
         self._listen = listen
         self._target = target
         self._dial_wait_s = dial_wait_s
         self._max_connections = max_connections
         self._on_refused = on_refused or (lambda: None)
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.open_connections.set_function(lambda: self.open_connections)
         self._refused_unlogged = 0
         self._next_refusal_log = 0.0
         self._connections: set[asyncio.Task[None]] = set()
@@ -163,21 +175,27 @@ class Forwarder:
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._max_connections is not None and len(self._connections) >= self._max_connections:
+            if self._metrics is not None:
+                self._metrics.errors.labels(reason="refused").inc()
             self._refuse(writer)
             await _close(writer)
             return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        if self._metrics is not None:
+            self._metrics.connections.inc()
         try:
             upstream = await self._dial()
             if upstream is None:
+                if self._metrics is not None:
+                    self._metrics.errors.labels(reason="operator_not_listening").inc()
                 logger.warning(
                     "the operator's gRPC port did not accept in time, closing a connection",
                     extra={"wait_s": self._dial_wait_s},
                 )
                 return
-            link = _Link((reader, writer), upstream)
+            link = _Link((reader, writer), upstream, self._metrics)
             self._links.add(link)
             try:
                 await link.run()

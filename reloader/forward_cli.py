@@ -9,6 +9,9 @@ instead: its connection is accepted at once and held (its TLS handshake waits) w
 sidecar dials the operator's Service every 50 ms, then spliced to it (TLS stays end to end;
 the adapter keeps verifying the operator's certificate through its gRPC authority).
 
+`/healthz`, `/livez`, `/readyz` (ready once listening) and `/metrics` (connections, bytes,
+errors: reloader.forward_metrics) are served on `--health-port`.
+
 On SIGTERM the adapter stops too: connections go on being forwarded until none is open (the
 adapter has exited) or `--shutdown-grace` has passed, so the adapter's last requests finish.
 """
@@ -22,7 +25,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+from prometheus_client import CollectorRegistry
+
 from reloader.forward import Forwarder, parse_address
+from reloader.forward_metrics import ForwardMetrics
+from tenancy_common import health
 from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration
 from tenancy_common.lifecycle import install_stop_signals, run_event_loop
@@ -43,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-grace", default="25s", help="after SIGTERM, forward at most this long"
     )
     parser.add_argument(
+        "--health-bind-address",
+        default="0.0.0.0",  # noqa: S104 - a pod listens on all its addresses
+        help="address of /healthz /livez /readyz /metrics",
+    )
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        default=8090,
+        help="port of /healthz /livez /readyz /metrics (0 picks a free one)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument("--log-format", default="json", choices=["json", "text"])
@@ -50,15 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def forward(
-    listen: tuple[str, int], target: tuple[str, int], dial_wait_s: float, grace_s: float
+    listen: tuple[str, int],
+    target: tuple[str, int],
+    dial_wait_s: float,
+    grace_s: float,
+    health_address: tuple[str, int] = ("127.0.0.1", 0),
 ) -> None:
-    forwarder = Forwarder(listen, target, dial_wait_s=dial_wait_s)
+    registry = CollectorRegistry()
+    forwarder = Forwarder(listen, target, dial_wait_s=dial_wait_s, metrics=ForwardMetrics(registry))
     signalled, stop = asyncio.Event(), asyncio.Event()
     install_stop_signals(signalled)
+
+    def listening() -> str | None:
+        return None if forwarder.port is not None else "not listening yet"
+
+    app = health.build_health_app(registry, {"listening": listening})
+    probes = asyncio.ensure_future(health.serve_until(app, *health_address, stop))
     serving = asyncio.ensure_future(forwarder.serve(stop))
     waiting = asyncio.ensure_future(signalled.wait())
-    await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
-    if not serving.done():
+    await asyncio.wait({serving, waiting, probes}, return_when=asyncio.FIRST_COMPLETED)
+    if not serving.done() and not probes.done():
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         while forwarder.open_connections and loop.time() < deadline:  # noqa: ASYNC110 - polled
@@ -66,7 +95,11 @@ async def forward(
         logger.info("stopping", extra={"open_connections": forwarder.open_connections})
         stop.set()
     waiting.cancel()
-    await serving  # raises when the listener could not be opened
+    stop.set()  # one of the listeners failed: stop the other too
+    try:
+        await serving  # raises when the listener could not be opened
+    finally:
+        await probes  # raises when the health port could not be opened
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,7 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     configure_logging(args.log_level, args.log_format)
-    run_event_loop(forward(listen, target, dial_wait_s, grace_s))
+    if not 0 <= args.health_port <= 65535:
+        parser.error("--health-port must be a port number (0 picks a free one)")
+    health_address = (args.health_bind_address, args.health_port)
+    run_event_loop(forward(listen, target, dial_wait_s, grace_s, health_address))
     return 0
 
 

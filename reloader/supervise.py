@@ -35,9 +35,11 @@ from datetime import UTC, datetime
 from kubernetes_asyncio.client import ApiClient
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from reloader import operator_health
 from reloader.child import ChildProcess, ChildStartError, become_subreaper, reap_orphans
 from reloader.lease import LeaseReleaser
 from reloader.lease_gate import LeaseGate
+from reloader.operator_health import OperatorHealth, OperatorHealthSettings
 from tenancy_common import health
 from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration
@@ -63,6 +65,8 @@ class SupervisorConfig:
     health_port: int = 8090
     log_level: str = "info"
     log_format: str = "json"
+    operator_health: OperatorHealthSettings | None = None
+    """Ask KEDA's own probes from /livez and /readyz (None: never)."""
 
 
 class SupervisorMetrics:
@@ -103,6 +107,16 @@ class Supervisor:
         self.phase = "starting"
         self._reap = reap
         self._started_at = datetime.now(UTC)
+        self.operator_health = (
+            OperatorHealth(
+                config.operator_health,
+                self.child.running_for_s,
+                registry=self.registry,
+                prefix=PREFIX,
+            )
+            if config.operator_health is not None
+            else None
+        )
 
     def readiness(self) -> str | None:
         """Ready while waiting for the Lease (the Deployment may stop the old pod: that is
@@ -187,8 +201,15 @@ class Supervisor:
         def started(port: int) -> None:
             self.health_port = port
 
+        checks: dict[str, health.ReadinessCheck] = {"operator": self.readiness}
+        liveness: dict[str, health.ReadinessCheck] = {}
+        if self.operator_health is not None:
+            # Asked only while KEDA runs (not while waiting for the Lease): see
+            # reloader.operator_health.
+            checks["operator-readyz"] = self.operator_health.readyz
+            liveness["operator-healthz"] = self.operator_health.healthz
         app = health.build_health_app(
-            self.registry, {"operator": self.readiness}, {"lease": self.waiting}
+            self.registry, checks, {"lease": self.waiting}, liveness=liveness
         )
         try:
             await health.serve_until(
@@ -238,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument("--log-format", default="json", choices=["json", "text"])
+    operator_health.add_flags(parser)
     return parser
 
 
@@ -258,6 +280,7 @@ def parse_config(argv: Sequence[str], environ: dict[str, str]) -> SupervisorConf
     try:
         lease_wait_s = parse_duration(args.lease_wait)
         grace_period_s = parse_duration(args.grace_period)
+        probes = operator_health.settings_from(args, command)
     except ValueError as exc:
         parser.error(str(exc))
     return SupervisorConfig(
@@ -270,6 +293,7 @@ def parse_config(argv: Sequence[str], environ: dict[str, str]) -> SupervisorConf
         health_port=args.health_port,
         log_level=args.log_level,
         log_format=args.log_format,
+        operator_health=probes,
     )
 
 

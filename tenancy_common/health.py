@@ -7,36 +7,55 @@ touch the request path.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-ReadinessCheck = Callable[[], str | None]
-"""Returns None when ready, else a short reason."""
+ReadinessCheck = Callable[[], str | Awaitable[str | None] | None]
+"""Returns None when ready, else a short reason (or a coroutine of either: a check that asks
+another process, such as KEDA's own probes)."""
+
+
+async def _failures(checks: dict[str, ReadinessCheck]) -> dict[str, str]:
+    failures = {}
+    for name, check in checks.items():
+        reason = check()
+        if inspect.isawaitable(reason):
+            reason = await reason
+        if reason is not None:
+            failures[name] = reason
+    return failures
+
+
+def _failed(failures: dict[str, str], probe: str) -> web.Response:
+    body = "\n".join(f"[-]{name} failed: {reason}" for name, reason in failures.items())
+    return web.Response(status=503, text=f"{body}\n{probe} check failed\n")
 
 
 def build_health_app(
     registry: CollectorRegistry,
     checks: dict[str, ReadinessCheck],
     warnings: dict[str, ReadinessCheck] | None = None,
+    liveness: dict[str, ReadinessCheck] | None = None,
 ) -> web.Application:
     """`warnings`: reported in /readyz's body like checks, without failing it (for a
-    condition that must not take a serving pod out of its Service)."""
+    condition that must not take a serving pod out of its Service). `liveness`: what fails
+    /healthz and /livez (by default nothing: the process answers, so it runs)."""
     notes = warnings or {}
+    lively = liveness or {}
 
     async def alive(_: web.Request) -> web.Response:
-        return web.Response(text="ok")
+        failures = await _failures(lively)
+        return _failed(failures, "livez") if failures else web.Response(text="ok")
 
     async def ready(_: web.Request) -> web.Response:
-        failures = {
-            name: reason for name, check in checks.items() if (reason := check()) is not None
-        }
+        failures = await _failures(checks)
         if failures:
-            body = "\n".join(f"[-]{name} failed: {reason}" for name, reason in failures.items())
-            return web.Response(status=503, text=body + "\nreadyz check failed\n")
-        warned = [f"[!]{name}: {reason}" for name, check in notes.items() if (reason := check())]
+            return _failed(failures, "readyz")
+        warned = [f"[!]{name}: {reason}" for name, reason in (await _failures(notes)).items()]
         return web.Response(text="\n".join([*warned, "ok"]))
 
     async def metrics(_: web.Request) -> web.Response:

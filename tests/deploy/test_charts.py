@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 import subprocess
 from collections import Counter
@@ -36,11 +35,9 @@ from tests.deploy.charts import (
     Doc,
     Helm,
     HelmFailed,
-    HelmNotFound,
     container,
     deep_merge,
     find,
-    find_helm,
     is_cluster_scoped,
     key,
     of_kind,
@@ -151,21 +148,6 @@ def _for_tenant(values: Any, tenant: str) -> Any:
     if isinstance(values, str):
         return values.replace("{tenant}", tenant)
     return values
-
-
-@pytest.fixture(scope="session")
-def helm() -> Helm:
-    try:
-        return Helm(find_helm())
-    except HelmNotFound as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"helm is required in CI: {exc}")
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="session")
-def router_docs(helm: Helm) -> list[Doc]:
-    return helm.template(ROUTER_CHART, release=ROUTER_RELEASE, namespace=ROUTER_NAMESPACE)
 
 
 def render_router(helm: Helm, values: dict[str, Any]) -> list[Doc]:
@@ -854,9 +836,11 @@ def test_deployment_mode_adapter_reaches_the_operator_through_grpc_forward(
     assert forward["command"] == ["keda-tenancy-grpc-forward"]
     assert flag(forward["args"], "listen") == "127.0.0.1:9666"
     assert flag(forward["args"], "target") == f"{service}:9666"
-    assert "ports" not in forward  # loopback only: nothing else reaches it
     parsed = forward_cli.build_parser().parse_args(forward["args"])
     assert (parsed.listen, parsed.target) == ("127.0.0.1:9666", f"{service}:9666")
+    # Its gRPC listener is on loopback only: the one port it declares is its health port.
+    (port,) = forward["ports"]
+    assert port["containerPort"] == parsed.health_port
 
 
 def test_tenant_cert_manager_uses_the_router_tenant_serving_issuer(helm: Helm) -> None:

@@ -11,9 +11,7 @@ import pytest
 
 from router.config import RouterConfig
 from tests.deploy.charts import ROUTER_RELEASE, Helm, HelmFailed, container, find
-from tests.deploy.test_charts import flag, helm, published_rule_text, render_router
-
-__all__ = ["helm"]  # the fixture, shared with test_charts
+from tests.deploy.test_charts import flag, published_rule_text, render_router
 
 ROUTING: dict[str, Any] = {
     "router": {"defaultUpstream": "https://keda-operator-metrics-apiserver.keda.svc:443"},

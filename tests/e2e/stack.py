@@ -687,6 +687,7 @@ class Stack(Kubectl):
         local = {
             "--listen": f"127.0.0.1:{ports['grpc-forward']}",
             "--target": f"127.0.0.1:{ports['grpc']}",
+            "--health-port": str(free_port()),
         }
         return self.run(
             f"grpc-forward-{tenant.name}",
@@ -695,6 +696,7 @@ class Stack(Kubectl):
                 "-m",
                 "reloader.forward_cli",
                 *_rewrite([str(a) for a in forward["args"]], local),
+                "--health-bind-address=127.0.0.1",
             ],
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )

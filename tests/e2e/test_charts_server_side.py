@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.charts import Helm, find_helm, render_installation, versions
+from tests.deploy.charts import Helm, deep_merge, find_helm, render_installation, versions
+from tests.deploy.test_chart_knobs import KNOBS
 from tests.e2e.stack import Stack, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -110,6 +111,27 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"networkPolicy": {"flavor": "cilium"}},
     ),
 }
+
+
+# The knobs of issue 23 (placement, probes, budgets, spread, volumes, env, token permission,
+# host network, named egress), each a field the API server must accept as rendered.
+VALUE_SETS["knobs-host-network-egress"] = (
+    {"hostNetwork": True, "router": {"securePort": 10443, "healthPort": 10080}},
+    deep_merge(
+        KNOBS,
+        {
+            "rbac": {"serviceAccountTokens": {"enabled": True, "serviceAccountNames": ["vault"]}},
+            "webhooks": {"hostNetwork": True, "port": 10444, "healthPort": 10081},
+            "networkPolicy": {
+                "cloudIdentity": "eks",
+                "routerFrom": [{"ipBlock": {"cidr": "10.0.0.0/16"}}],
+                "scalerEgress": [
+                    {"name": "kafka", "to": [{"ipBlock": {"cidr": "10.9.0.0/24"}}], "ports": [9092]}
+                ],
+            },
+        },
+    ),
+)
 
 
 @pytest.mark.parametrize("value_set", sorted(VALUE_SETS))

@@ -9,7 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def main() -> None:
@@ -21,7 +23,14 @@ def main() -> None:
     parser.add_argument(
         "--orphan", action="store_true", help="start a grandchild and let it be orphaned"
     )
+    parser.add_argument(
+        "--health-probe-bind-address",
+        default="",
+        help="serve /healthz and /readyz here, as KEDA does (SIGSTOP it to make it hang)",
+    )
     args = parser.parse_args()
+    if args.health_probe_bind_address:
+        serve_probes(args.health_probe_bind_address)
 
     def record(event: str, **extra: object) -> None:
         with open(args.log, "a", encoding="utf-8") as log:
@@ -52,6 +61,23 @@ def main() -> None:
     signal.signal(signal.SIGINT, on_term)
     while True:
         time.sleep(0.05)
+
+
+class _Probes(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        ok = self.path in ("/healthz", "/readyz")
+        self.send_response(200 if ok else 404)
+        self.end_headers()
+        self.wfile.write(b"ok" if ok else b"not found")
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def serve_probes(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), _Probes)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
 
 
 if __name__ == "__main__":

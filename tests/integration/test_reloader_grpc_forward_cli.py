@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.integration.test_reloader_forward import echo, free_port
@@ -32,6 +33,7 @@ async def ports() -> AsyncIterator[tuple[int, int, subprocess.Popen[bytes]]]:
             f"--target=127.0.0.1:{target}",
             "--shutdown-grace=5s",
             "--log-format=text",
+            "--health-port=0",
         ],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
@@ -141,3 +143,72 @@ def test_a_target_is_required() -> None:
     )
     assert done.returncode == 2
     assert b"is not HOST:PORT" in done.stderr
+
+
+async def test_probes_and_metrics_count_connections_bytes_and_errors() -> None:
+    """What a platform team watches: the sidecar is ready once it listens, and its metrics
+    say how many adapter connections it held, the bytes spliced, and those it gave up on."""
+    listen, target, health_port = free_port(), free_port(), free_port()
+    # The port through its env default, as a pod spec may set it.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env["KEDA_TENANCY_GRPC_FORWARD_HEALTH_PORT"] = str(health_port)
+    process = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
+        [
+            sys.executable,
+            "-m",
+            "reloader.forward_cli",
+            f"--listen=127.0.0.1:{listen}",
+            f"--target=127.0.0.1:{target}",
+            "--health-bind-address=127.0.0.1",
+            "--dial-wait=300ms",
+            "--log-format=text",
+        ],
+        env=env,
+    )
+    server = None
+    operators = Operators()
+    try:
+
+        async def get(path: str) -> tuple[int, str]:
+            url = f"http://127.0.0.1:{health_port}{path}"
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                return response.status, await response.text()
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                status, _ = await get("/readyz")
+            except aiohttp.ClientError:
+                assert time.monotonic() < deadline, "no probes served"
+                await asyncio.sleep(0.05)
+                continue
+            if status == 200:
+                break
+        assert (await get("/livez"))[0] == 200
+        assert (await get("/healthz"))[0] == 200
+        # No operator listening: the connection is held for --dial-wait, then given up on.
+        reader, writer = await asyncio.open_connection("127.0.0.1", listen)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        server = await operators.serve(target)
+        reader, writer = await asyncio.open_connection("127.0.0.1", listen)
+        writer.write(b"hello")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"HELLO"
+        metrics = (await get("/metrics"))[1]
+        assert "keda_tenancy_grpc_forward_connections_total 2.0" in metrics
+        assert "keda_tenancy_grpc_forward_open_connections 1.0" in metrics
+        assert 'keda_tenancy_grpc_forward_bytes_total{direction="to_operator"} 5.0' in metrics
+        assert 'keda_tenancy_grpc_forward_bytes_total{direction="to_adapter"} 5.0' in metrics
+        assert (
+            'keda_tenancy_grpc_forward_errors_total{reason="operator_not_listening"} 1.0' in metrics
+        )
+        writer.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(5)
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+        await operators.finished()

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from reloader.lease import format_micro_time
+from reloader.operator_health import OperatorHealthSettings, probe_url
 from reloader.supervise import Supervisor, SupervisorConfig, parse_config
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.reloader_harness import CHILD, ChildLog, eventually
@@ -61,7 +62,11 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def supervising(
-    kubeconfig: str, tmp_path: Path, *child: str, lease_wait_s: float = 30.0
+    kubeconfig: str,
+    tmp_path: Path,
+    *child: str,
+    lease_wait_s: float = 30.0,
+    operator_probes: bool = False,
 ) -> AsyncIterator[Running]:
     log = ChildLog(tmp_path / "child.log")
     config = SupervisorConfig(
@@ -72,6 +77,13 @@ async def supervising(
         grace_period_s=2.0,
         health_bind_address="127.0.0.1",
         health_port=0,
+        operator_health=(
+            OperatorHealthSettings(
+                probe_url(("/keda", *child)) or "", start_grace_s=0.0, timeout_s=0.5
+            )
+            if operator_probes
+            else None
+        ),
     )
     supervisor = Supervisor(config, CollectorRegistry(), hostname=POD)
     stop = asyncio.Event()

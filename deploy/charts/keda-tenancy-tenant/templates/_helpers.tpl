@@ -286,3 +286,129 @@ matchLabels:
 {{- end }}
 {{- if . }}{{ $total }}{{ end }}
 {{- end }}
+
+{{- /* ---- Per-component knobs (placement, probes, volumes): one definition per kind, so every
+component renders them alike. `key`: the component's values block (operator, metricsServer,
+webhooks, reloader); `component`: its app.kubernetes.io/component label. */}}
+
+{{- /* nodeSelector, affinity, tolerations and topologySpreadConstraints of one pod: the
+chart-wide nodeSelector/tolerations/affinity with the component's own merged over them (its
+nodeSelector keys win, its tolerations are added, its affinity replaces the chart-wide one). A
+spread constraint without a labelSelector gets the component's own pods. */}}
+{{- define "tenant.placement" -}}
+{{- $v := .ctx.Values -}}
+{{- $c := index $v .key -}}
+{{- $nodeSelector := merge (dict) ($c.nodeSelector | default dict) ($v.nodeSelector | default dict) (dict "kubernetes.io/os" "linux") -}}
+nodeSelector:
+  {{- toYaml $nodeSelector | nindent 2 }}
+{{- with ($c.affinity | default $v.affinity) }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with concat ($v.tolerations | default list) ($c.tolerations | default list) }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- $spread := list }}
+{{- range (index $v.topologySpreadConstraints .key | default list) }}
+{{- $selector := dict "matchLabels" (include "tenant.selectorLabels" (dict "ctx" $.ctx "component" $.component) | fromYaml) }}
+{{- $spread = append $spread (merge (dict) . (dict "labelSelector" $selector)) }}
+{{- end }}
+{{- with $spread }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{- /* A probe: the fixed endpoint (`probe`: an httpGet map) with the component's timing
+(`timing`: initialDelaySeconds, periodSeconds, timeoutSeconds, failureThreshold,
+successThreshold). */}}
+{{- define "tenant.probe" -}}
+{{- toYaml (merge (dict "httpGet" .probe) .timing) }}
+{{- end }}
+
+{{- /* The component's extra volumes and mounts (custom CA bundles for scalers, ...), as list
+items indented by `indent`, each on a new line; nothing when there are none. */}}
+{{- define "tenant.extraVolumeMounts" -}}
+{{- with (index .ctx.Values.volumes .key).extraVolumeMounts }}
+{{- toYaml . | nindent $.indent }}
+{{- end }}
+{{- end }}
+
+{{- define "tenant.extraVolumes" -}}
+{{- with (index .ctx.Values.volumes .key).extraVolumes }}
+{{- toYaml . | nindent $.indent }}
+{{- end }}
+{{- end }}
+
+{{- /* The wrapper (reloader, keda-tenancy-supervise) asks KEDA's own probes, at the address of
+KEDA's --health-probe-bind-address (read from KEDA's own arguments, never given twice). */}}
+{{- define "tenant.operatorHealthArgs" -}}
+{{- with .Values.operator.healthCheck -}}
+- --check-operator-health={{ .enabled }}
+- --operator-start-grace={{ .startGrace }}
+- --operator-probe-timeout={{ .timeout }}
+{{- end }}
+{{- end }}
+
+{{- /* ---- Operator egress by destination: each rule names what it lets out. ---- */}}
+
+{{- /* The identity endpoint of the cloud whose identity the operator's scalers use
+(networkPolicy.cloudIdentity; deploy/examples/identity-*.yaml set it). */}}
+{{- define "tenant.np.cloudIdentity" -}}
+{{- if eq .cloudIdentity "gke" }}
+# GKE Workload Identity: the GKE metadata server (169.254.169.254:80; on Dataplane V2 it
+# answers on 169.254.169.252:988).
+- to:
+    - ipBlock:
+        cidr: 169.254.169.254/32
+  ports:
+    - port: 80
+      protocol: TCP
+- to:
+    - ipBlock:
+        cidr: 169.254.169.252/32
+  ports:
+    - port: 988
+      protocol: TCP
+{{- else if eq .cloudIdentity "eks" }}
+# EKS Pod Identity: its agent on the node (169.254.170.23:80, fd00:ec2::23:80), and the
+# instance metadata service (IMDS, 169.254.169.254:80). IRSA instead calls STS on 443 (below).
+- to:
+    - ipBlock:
+        cidr: 169.254.170.23/32
+    - ipBlock:
+        cidr: fd00:ec2::23/128
+    - ipBlock:
+        cidr: 169.254.169.254/32
+  ports:
+    - port: 80
+      protocol: TCP
+{{- end }}
+{{- if has .cloudIdentity (list "gke" "eks" "aks") }}
+{{- $what := dict "gke" "Google APIs and STS (*.googleapis.com)" "eks" "AWS STS (IRSA's sts.<region>.amazonaws.com) and AWS APIs" "aks" "Microsoft Entra ID (login.microsoftonline.com) and Azure APIs" }}
+# {{ index $what .cloudIdentity }} on 443. NetworkPolicy cannot name a host: any public
+# address on 443 (Cilium's toFQDNs can name it).
+- to:
+    - ipBlock:
+        cidr: 0.0.0.0/0
+        except: [10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 169.254.0.0/16]
+  ports:
+    - port: 443
+      protocol: TCP
+{{- end }}
+{{- end }}
+
+{{- /* networkPolicy.scalerEgress: one rule per scaler destination, named. */}}
+{{- define "tenant.np.scalerEgress" -}}
+{{- range .scalerEgress }}
+# Scaler destination: {{ .name }}.
+- to:
+    {{- toYaml .to | nindent 4 }}
+  ports:
+    {{- range .ports }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+{{- end }}
