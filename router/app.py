@@ -282,7 +282,11 @@ class Router:
         def shutdown() -> str | None:
             return "shutting down" if self.stopping else None
 
-        checks = {"certificates": certificates, "namespaces": namespaces, "shutdown": shutdown}
+        checks: dict[str, health.ReadinessCheck] = {
+            "certificates": certificates,
+            "namespaces": namespaces,
+            "shutdown": shutdown,
+        }
         if self.registrations is not None:
             registrations = self.registrations
 
