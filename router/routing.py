@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 from yarl import URL
 
@@ -44,6 +45,15 @@ class RuleRouter:
         self._own: dict[TenantName | None, Sequence[RoutingRule]] = {}
         self._platform = rules.platform_rules()
         self._memo: dict[tuple[str, str, str], Backend | None] = {}
+        # A platform upstream serves each tenant through a pool of that tenant's own (its own
+        # in-flight limit and fast-fail state): one tenant's flood or hung metric there never
+        # queues, refuses or fails fast another tenant's reads.
+        self._platform_backends = {
+            self._backends[name].name
+            for name, definition in rules.upstreams.items()
+            if definition.tenant is None
+        }
+        self._tenant_shares: dict[tuple[str, TenantName], Backend] = {}
         self._enabled = bool(rules.rules) or registrations is not None
 
     def invalidate(self) -> None:
@@ -80,14 +90,25 @@ class RuleRouter:
         if own is None:
             own = self._own[tenant] = self._rules.tenant_rules(tenant)
         if self._registrations is None:
-            return rule_upstream((*own, *self._platform), route, self._backends)
+            backend = rule_upstream((*own, *self._platform), route, self._backends)
+            return self._share_of(backend, tenant)
         view = self._registrations.view(self._directory.decide)
         registered = view.rules.get(tenant, ()) if tenant is not None else ()
         backends = {**self._backends, **view.backends} if view.backends else self._backends
         backend = rule_upstream((*own, *registered, *self._platform), route, backends)
         if backend is None and tenant is not None:
             backend = view.defaults.get(tenant)
-        return backend
+        return self._share_of(backend, tenant)
+
+    def _share_of(self, backend: Backend | None, tenant: TenantName | None) -> Backend | None:
+        """`tenant`'s own pool of a platform upstream (same origin and trust, its own name)."""
+        if backend is None or tenant is None or backend.name not in self._platform_backends:
+            return backend
+        key = (backend.name, tenant)
+        share = self._tenant_shares.get(key)
+        if share is None:
+            share = self._tenant_shares[key] = replace(backend, name=f"{backend.name}@{tenant}")
+        return share
 
 
 def named_upstream_tls(

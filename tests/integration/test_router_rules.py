@@ -3,6 +3,7 @@ upstream's own trust, and the configurations refused at start."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -186,6 +187,39 @@ async def test_each_upstream_trusts_its_own_ca_only(
         assert refused.startswith("503: "), refused
     assert not servers["impostor"].received
     assert {r.client_cn for r in servers["shared-keda"].received} == {"keda-tenancy-router"}
+
+
+async def test_a_tenant_hanging_a_platform_upstream_never_queues_another_tenant(
+    pki: Pki, tmp_path: Path, servers: dict[str, TenantBackend]
+) -> None:
+    """alpha's HPAs fill the in-flight limit towards the shared adapter with a metric that
+    hangs there; beta's reads through the same platform rule are still answered at once
+    (each tenant has its own pool, limit and fast-fail state towards a platform upstream)."""
+    servers["datadog"].mode = "hang:datadog.hung"
+    argv = router_args(
+        pki,
+        tenancy(tmp_path, servers),
+        f"--routing-rules-file={rules_file(tmp_path, pki, servers, RULES)}",
+        "--upstream-max-concurrent=2",
+        "--upstream-timeout=30s",
+    )
+    keda = KEDA_SELECTOR.format(so="web")
+    async with running_router(argv) as router:
+        port = router.secure_port
+        assert port
+        context = pki.client_context(pki.aggregator())
+        hung = [
+            asyncio.create_task(served_by(port, context, "alpha-ns", "datadog.hung", keda))
+            for _ in range(2)
+        ]
+        while len(servers["datadog"].received) < 2:
+            await asyncio.sleep(0.01)
+        # alpha is at its limit: its next read there is refused, beta's is served.
+        refused = await served_by(port, context, "alpha-ns", "datadog.ok", keda)
+        assert refused.startswith("429: "), refused
+        assert await served_by(port, context, "beta-ns", "datadog.ok", keda) == "datadog"
+        servers["datadog"].hang_released.set()
+        assert await asyncio.gather(*hung) == ["datadog", "datadog"]
 
 
 async def test_named_upstream_presents_its_own_client_certificate(
