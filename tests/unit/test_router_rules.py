@@ -61,7 +61,8 @@ def test_platform_rules_never_take_a_namespace_several_tenants_claim() -> None:
     d = directory(rule, ns("both", a="x", b="y"), ns("free"), ns("mine", a="x"))
     router = RuleRouter(d, RULES)
     assert router.backend_for(route("free")).name == "upstream/datadog"
-    assert router.backend_for(route("mine")).name == "upstream/datadog"
+    # tenant x's own share of the platform upstream (its own pool and limit)
+    assert router.backend_for(route("mine")).name == "upstream/datadog@x"
     with pytest.raises(StatusError) as caught:
         router.backend_for(route("both"))
     assert caught.value.code == 404
