@@ -481,7 +481,11 @@ class Poller:
     """Reads alpha's metric in a loop; every read that is not the value is a failure."""
 
     def __init__(
-        self, installed: Installed, namespace: str = APPS["alpha"], expected: str = "7"
+        self,
+        installed: Installed,
+        namespace: str = APPS["alpha"],
+        expected: str = "7",
+        interval_s: float = 0.2,
     ) -> None:
         self.failures: list[str] = []
         self.reads = 0
@@ -499,7 +503,7 @@ class Poller:
                 value = str(items[0]["value"]) if items else None
                 if value != expected:
                     self.failures.append(f"{code}: {str(body.get('message', ''))[:200]}")
-                time.sleep(0.2)
+                time.sleep(interval_s)
 
         self._thread = threading.Thread(target=poll, daemon=True)
 
