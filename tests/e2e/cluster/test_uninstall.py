@@ -105,6 +105,21 @@ def leftovers(installed: Installed, tenant: str, namespaces: list[str]) -> list[
     return found
 
 
+LEFTOVERS_BOUND_S = 30
+
+
+def nothing_left(
+    installed: Installed, tenant: str, namespaces: list[str]
+) -> tuple[list[str], float]:
+    """(what is still there after LEFTOVERS_BOUND_S, or [] at once when nothing is; the time)."""
+    started = time.monotonic()
+    left = leftovers(installed, tenant, namespaces)
+    while left and time.monotonic() - started < LEFTOVERS_BOUND_S:
+        time.sleep(0.5)
+        left = leftovers(installed, tenant, namespaces)
+    return left, time.monotonic() - started
+
+
 def gone(installed: Installed, namespace: str) -> bool:
     return installed.cluster.kubectl("get", "namespace", namespace, check=False).returncode != 0
 
@@ -157,7 +172,8 @@ def test_offboard_and_uninstall_a_tenant_while_the_other_is_read(installed: Inst
         started = time.monotonic()
         cluster.helm("uninstall", "keda", "-n", tenant_namespace("alpha"), "--wait", "--timeout=5m")
         uninstall_s = time.monotonic() - started
-        left = leftovers(installed, "alpha", [alpha, bare])
+        # Helm deletes the hook's Job when it succeeded; its pod goes after it (background).
+        left, clean_s = nothing_left(installed, "alpha", [alpha, bare])
         # Still labelled alpha's, with no KEDA of alpha's behind it: unavailable, not unknown.
         labelled_code = code_for(installed, alpha)
         # Offboarded: the label goes, and the router answers 404 as soon as its watch sees it.
@@ -172,7 +188,7 @@ def test_offboard_and_uninstall_a_tenant_while_the_other_is_read(installed: Inst
     # What KEDA had scaled keeps its replicas (its HPA went with the ScaledObject, at deletion).
     print(
         f"\n[cluster] alpha uninstalled in {uninstall_s:.1f}s (helm uninstall --wait, hook "
-        f"included); alpha-apps answered {labelled_code} while still labelled, 404 "
+        f"included), nothing of it left {clean_s:.1f}s later; alpha-apps answered {labelled_code} while still labelled, 404 "
         f"{not_found_s:.2f}s after its label went, {deleted_code} once deleted; namespaces "
         f"gone after {', '.join(f'{n} {s:.1f}s' for n, s in took.items())} (bound "
         f"{NAMESPACE_GONE_BOUND_S}s); alpha's app had (HPA, ready) {alpha_replicas}; beta: "
@@ -207,7 +223,8 @@ def test_uninstall_the_last_tenant_then_the_router(installed: Installed) -> None
     started = time.monotonic()
     cluster.helm("uninstall", "keda", "-n", tenant_namespace("beta"), "--wait", "--timeout=5m")
     beta_s = time.monotonic() - started
-    assert leftovers(installed, "beta", [APPS["beta"], "beta"]) == []
+    left, _ = nothing_left(installed, "beta", [APPS["beta"], "beta"])
+    assert left == []
     started = time.monotonic()
     cluster.helm("uninstall", ROUTER_RELEASE, "-n", ROUTER_NAMESPACE, "--wait", "--timeout=5m")
     router_s = time.monotonic() - started
