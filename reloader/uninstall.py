@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -74,6 +74,8 @@ class Left:
     errors: list[str]
     changed: int = 0
     """Writes that succeeded in this pass (another pass follows at once)."""
+    keda_pending: set[str] = field(default_factory=set)
+    """Namespaces where KEDA's finalizer could not be removed yet (retried next pass)."""
 
     def __bool__(self) -> bool:
         return bool(self.bindings or self.keda_objects or self.other or self.errors)
@@ -158,6 +160,8 @@ class Uninstaller:
             await self._release_keda(namespace, left)
         for namespace, binding in sorted(ours.items()):
             left.bindings.append(namespace)
+            if namespace in left.keda_pending:
+                continue  # the binding is how that namespace is found again: keep it for now
             await self._release_binding(namespace, binding, left)
         if self._settings.lease is not None:
             await self._delete_lease(*self._settings.lease, left)
@@ -193,6 +197,7 @@ class Uninstaller:
             except _ERRORS as exc:
                 if isinstance(exc, ApiException) and exc.status == 404:
                     continue  # that CRD is not installed
+                left.keda_pending.add(namespace)
                 left.errors.append(f"cannot list {plural} in {namespace}: {_reason(exc)}")
                 continue
             for item in listed.get("items") or []:
@@ -223,10 +228,12 @@ class Uninstaller:
                         )
                     )
                 except _ERRORS as exc:
-                    if isinstance(exc, ApiException) and exc.status in (404, 409):
-                        continue  # gone, or changed since listed: the next pass sees it anew
-                    left.errors.append(f"cannot release {what}: {_reason(exc)}")
-                    continue
+                    if isinstance(exc, ApiException) and exc.status == 404:
+                        continue  # gone
+                    left.keda_pending.add(namespace)
+                    if not (isinstance(exc, ApiException) and exc.status == 409):
+                        left.errors.append(f"cannot release {what}: {_reason(exc)}")
+                    continue  # a 409: changed since listed, the next pass sees it anew
                 left.changed += 1
                 logger.info("KEDA's finalizer removed", extra={"object": what})
 

@@ -847,12 +847,22 @@ class FakeKubeAPI:
             return _not_found("namespaces", request.match_info["name"])
         return web.json_response(obj)
 
+    changed_after_list: int = 0
+    """This many custom-object LISTs are each followed by a write of someone else's to every
+    object listed (a new resourceVersion), so a patch based on the list gets 409 Conflict."""
+
     async def _list_custom(self, request: web.Request) -> web.Response:
         m = request.match_info
         items = self.custom_objects.get((m["group"], m["plural"], m["ns"]), [])
-        return web.json_response(
+        response = web.json_response(
             {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items}
         )
+        if items and self.changed_after_list > 0:
+            self.changed_after_list -= 1
+            for obj in items:
+                self._rv += 1
+                obj["metadata"]["resourceVersion"] = str(self._rv)
+        return response
 
     async def _patch_custom(self, request: web.Request) -> web.Response:
         """JSON merge patch of a namespaced custom object; a resourceVersion in it must match;

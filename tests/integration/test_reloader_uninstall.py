@@ -167,6 +167,27 @@ async def test_a_binding_already_released_by_hand_is_not_an_error(
     assert task.result() == 0
 
 
+async def test_a_binding_is_kept_until_keda_s_finalizer_there_is_gone(
+    kube_api: FakeKubeAPI, kubeconfig: str
+) -> None:
+    """The binding is how the namespace is found: released before KEDA's finalizer (a patch
+    refused as stale), the ScaledObject would keep it for good."""
+    kube_api.create("a1")
+    ours(kube_api, "a1")
+    kube_api.custom_objects[("keda.sh", "scaledobjects", "a1")] = [scaled_object("busy")]
+    kube_api.changed_after_list = 2
+    task, stop = await run(ReloaderConfig.from_args(argv(kubeconfig), {}))
+    try:
+        assert await asyncio.wait_for(task, 20) == 0
+    finally:
+        stop.set()
+    (obj,) = kube_api.custom_objects[("keda.sh", "scaledobjects", "a1")]
+    assert not obj["metadata"].get("finalizers")
+    assert ("a1", NAME) not in kube_api.rolebindings
+    released = kube_api.operations.index("patch scaledobjects a1/busy")
+    assert kube_api.operations.index("delete rolebinding a1") > released
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
