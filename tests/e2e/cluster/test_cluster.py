@@ -481,11 +481,7 @@ class Poller:
     """Reads alpha's metric in a loop; every read that is not the value is a failure."""
 
     def __init__(
-        self,
-        installed: Installed,
-        namespace: str = APPS["alpha"],
-        expected: str = "7",
-        interval_s: float = 0.2,
+        self, installed: Installed, namespace: str = APPS["alpha"], expected: str = "7"
     ) -> None:
         self.failures: list[str] = []
         self.reads = 0
@@ -503,7 +499,7 @@ class Poller:
                 value = str(items[0]["value"]) if items else None
                 if value != expected:
                     self.failures.append(f"{code}: {str(body.get('message', ''))[:200]}")
-                time.sleep(interval_s)
+                time.sleep(0.2)
 
         self._thread = threading.Thread(target=poll, daemon=True)
 
