@@ -4,12 +4,8 @@ test_cluster.py): nothing runs after the router is gone."""
 
 from __future__ import annotations
 
-import http.client
 import json
-import ssl
-import threading
 import time
-import urllib.parse
 from typing import Any
 
 import pytest
@@ -23,6 +19,7 @@ from tests.e2e.cluster.install import (
     metric_path,
     tenant_namespace,
 )
+from tests.e2e.cluster.reads import MetricReader
 from tests.e2e.cluster.test_cluster import hpa_failure_events, settled
 from tests.e2e.stack import wait_for
 
@@ -47,66 +44,6 @@ NAMESPACED_KINDS = (
 ALWAYS_THERE = {("ConfigMap", "kube-root-ca.crt"), ("ServiceAccount", "default")}
 """What kube-controller-manager puts in every namespace."""
 NAMESPACE_GONE_BOUND_S = 60
-
-
-class Reader:
-    """Reads a namespace's metric through kube-apiserver at a fixed rate on one kept-alive
-    connection, as the admin kubeconfig's user (kubectl per read manages about 4 Hz here)."""
-
-    def __init__(self, installed: Installed, namespace: str, expected: str, rate_hz: float) -> None:
-        config = json.loads(installed.cluster.kubeconfig.read_text())
-        cluster = config["clusters"][0]["cluster"]
-        user = config["users"][0]["user"]
-        self._context = ssl.create_default_context(cafile=cluster["certificate-authority"])
-        self._context.load_cert_chain(user["client-certificate"], user["client-key"])
-        url = urllib.parse.urlsplit(cluster["server"])
-        self._host, self._port = url.hostname or "", url.port or 443
-        self._path = metric_path(namespace)
-        self._expected = expected
-        self._interval_s = 1.0 / rate_hz
-        self.reads = 0
-        self.failures: list[str] = []
-        self.slowest_s = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        connection: http.client.HTTPSConnection | None = None
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            if (wait := next_at - time.monotonic()) > 0:
-                self._stop.wait(wait)
-                continue
-            next_at = max(next_at + self._interval_s, time.monotonic())
-            if connection is None:
-                connection = http.client.HTTPSConnection(
-                    self._host, self._port, context=self._context, timeout=10
-                )
-            started = time.monotonic()
-            try:
-                connection.request("GET", self._path)
-                response = connection.getresponse()
-                body = response.read()
-                items = json.loads(body).get("items") or [] if response.status == 200 else []
-                value = str(items[0]["value"]) if items else None
-                if value != self._expected:
-                    self.failures.append(f"{response.status}: {body[:200]!r}")
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-                connection.close()
-                connection = None
-            self.slowest_s = max(self.slowest_s, time.monotonic() - started)
-            self.reads += 1
-        if connection is not None:
-            connection.close()
-
-    def __enter__(self) -> Reader:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
 
 
 def items(installed: Installed, *args: str) -> list[dict[str, Any]]:
@@ -232,7 +169,7 @@ def test_offboard_and_uninstall_a_tenant_while_the_other_is_read(installed: Inst
     settled(installed, beta, str(VALUES["beta"]))
     alpha_replicas = installed.replicas(alpha)
     beta_events = hpa_failure_events(installed, beta)
-    with Reader(installed, beta, str(VALUES["beta"]), rate_hz=10) as reader:
+    with MetricReader(cluster, beta, str(VALUES["beta"])) as reader:
         started = time.monotonic()
         cluster.helm("uninstall", "keda", "-n", tenant_namespace("alpha"), "--wait", "--timeout=5m")
         uninstall_s = time.monotonic() - started
@@ -257,14 +194,15 @@ def test_offboard_and_uninstall_a_tenant_while_the_other_is_read(installed: Inst
         f"{not_found_s:.2f}s after its label went, {deleted_code} once deleted; namespaces "
         f"gone after {', '.join(f'{n} {s:.1f}s' for n, s in took.items())} (bound "
         f"{NAMESPACE_GONE_BOUND_S}s); alpha's app had (HPA, ready) {alpha_replicas}; beta: "
-        f"{reader.reads} reads in {read_s:.0f}s ({reader.reads / read_s:.1f}/s), slowest "
-        f"{reader.slowest_s * 1000:.0f} ms, {len(reader.failures)} failed, HPA {beta_replicas}"
+        f"{len(reader.reads)} reads in {read_s:.0f}s ({len(reader.reads) / read_s:.1f}/s), "
+        f"longest {reader.longest_s() * 1000:.0f} ms, {len(reader.failures())} failed, "
+        f"HPA {beta_replicas}"
     )
     assert left == [], f"left behind by helm uninstall: {left}"
     assert labelled_code == 503
     assert deleted_code == 404
-    assert reader.reads > 50
-    assert not reader.failures, f"beta's failed reads: {reader.failures[:5]}"
+    assert len(reader.reads) > 50
+    assert not reader.failures(), f"beta's failed reads: {reader.failures()[:5]}"
     assert hpa_failure_events(installed, beta) == beta_events
     assert beta_replicas[0] is not None
     assert beta_replicas[0] == beta_replicas[1]
