@@ -66,7 +66,7 @@ def test_the_hook_runs_after_the_release_is_gone_and_cleans_up_after_itself(
     for doc in hooked:
         annotations = doc["metadata"]["annotations"]
         assert annotations["helm.sh/hook"] == "post-delete"
-        # Gone when it succeeded; a failed one stays for `kubectl logs` (README: how to remove).
+        # Gone when it succeeded; a failed Job stays for `kubectl logs` (its RBAC goes anyway).
         assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
         # Its RBAC exists before the Job starts.
         weight = int(annotations["helm.sh/hook-weight"])
