@@ -38,6 +38,7 @@ from reloader.publishing import PublishingTarget
 from reloader.rolebindings import BindingMetrics, BindingSpec, RoleBindingManager
 from reloader.rule_source import PublishedRule
 from reloader.targets import DeploymentTarget, ProcessTarget, Target
+from reloader.uninstall import Uninstaller
 from reloader.watched import DeploymentPods, WatchedConfigMap, WatchedSource
 from tenancy_common import health
 from tenancy_common.kube import make_api_client
@@ -215,6 +216,11 @@ class Reloader:
         except Exception:
             logger.exception("cannot configure the Kubernetes client")
             return 1
+        if config.uninstall is not None:
+            try:
+                return await Uninstaller(api, config.uninstall).run(stop)
+            finally:
+                await api.close()
         failed = False
         rule_roots: dict[str, Coroutine[Any, Any, None]] = {}
         try:

@@ -16,6 +16,7 @@ from reloader import operator_health
 from reloader.forward import parse_address
 from reloader.operator_health import OperatorHealthSettings
 from reloader.schedule import CrashPolicy, SchedulePolicy
+from reloader.uninstall import UninstallSettings, parse_refs
 from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration
 from tenancy_common.names import TenantName, is_dns1123_label
@@ -29,7 +30,7 @@ from tenancy_common.tenancy_config import (
 )
 
 ENV_PREFIX = "KEDA_TENANCY_RELOADER_"
-MODES = ("process", "deployment", "bindings")
+MODES = ("process", "deployment", "bindings", "uninstall")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,8 @@ class ReloaderConfig:
     """How often the published rule is re-read; a change ends the process."""
     operator_health: OperatorHealthSettings | None = None
     """Process mode: ask KEDA's own probes from /livez and /readyz (None: never)."""
+    uninstall: UninstallSettings | None = None
+    """Uninstall mode: what to remove once the release's pods are gone (reloader/uninstall.py)."""
 
     @classmethod
     def from_args(cls, argv: Sequence[str], environ: Mapping[str, str]) -> ReloaderConfig:
@@ -138,7 +141,11 @@ class ReloaderConfig:
                 )
             tenant = TenantName(args.tenant)
             rule_configmap = _object_ref("--tenancy-rule-configmap", args.tenancy_rule_configmap)
-            if rule_configmap is not None:
+            if args.mode == "uninstall":
+                # Reads no rule: what it removes is found by its labels and names.
+                selector = None
+                rule_configmap = None
+            elif rule_configmap is not None:
                 if any(getattr(args, flag) for flag in (*RULE_FLAGS, "tenancy_rule_file")) or (
                     args.tenancy_file
                 ):
@@ -167,7 +174,10 @@ class ReloaderConfig:
         watched = _object_ref("--watched-configmap", args.watched_configmap)
         check_access = _boolean("--check-operator-access", args.check_operator_access)
         deployment: tuple[str, str] | None = None
-        if args.mode == "bindings":
+        uninstall: UninstallSettings | None = None
+        if args.mode == "uninstall":
+            uninstall = _uninstall_settings(args, tenant, bindings, command)
+        elif args.mode == "bindings":
             if command:
                 raise ConfigError("bindings mode runs no command: drop what follows '--'")
             if bindings is None or watched is None:
@@ -267,6 +277,7 @@ class ReloaderConfig:
             ),
             rule_configmap=rule_configmap,
             rule_check_interval_s=rule_interval,
+            uninstall=uninstall,
         )
 
 
@@ -326,6 +337,44 @@ def _binding_settings(
         name=name,
         interval_s=_duration("--bindings-interval", args.bindings_interval),
         unbind_timeout_s=unbind_timeout_s,
+    )
+
+
+def _uninstall_settings(
+    args: argparse.Namespace,
+    tenant: TenantName | None,
+    bindings: BindingSettings | None,
+    command: tuple[str, ...],
+) -> UninstallSettings:
+    if command:
+        raise ConfigError("uninstall mode runs no command: drop what follows '--'")
+    if tenant is None or bindings is None:
+        raise ConfigError(
+            "uninstall mode needs --tenant, --bind-cluster-role and --bind-service-account "
+            "(which RoleBindings are the tenant's)"
+        )
+    pods = args.uninstall_wait_for_pods.strip()
+    namespace, _, selector = pods.partition("/")
+    if not (is_dns1123_label(namespace) and selector.strip()):
+        raise ConfigError(
+            "uninstall mode needs --uninstall-wait-for-pods NAMESPACE/SELECTOR (the release's pods)"
+        )
+    validate_label_selector(selector)
+    lease = _object_ref("--release-lease", args.release_lease)
+    try:
+        secrets = parse_refs("--uninstall-delete-secrets", args.uninstall_delete_secrets)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    timeout_s = _duration("--uninstall-timeout", args.uninstall_timeout)
+    if timeout_s <= 0:
+        raise ConfigError("--uninstall-timeout must be positive")
+    return UninstallSettings(
+        tenant=tenant,
+        binding_name=bindings.name,
+        pods=(namespace, selector.strip()),
+        lease=lease,
+        secrets=secrets,
+        timeout_s=timeout_s,
     )
 
 
@@ -554,6 +603,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BOOL",
         help="process mode: add a namespace to the operator's list only once it may read "
         "it there (SelfSubjectRulesReview); until then it waits and is retried",
+    )
+
+    gone = parser.add_argument_group(
+        "uninstall (one-shot, the tenant chart's post-delete hook)",
+        "--mode=uninstall: once no pod of the release is left, remove the tenant's RoleBindings "
+        "(and their finalizer), KEDA's finalizer in its namespaces, the operator's Lease "
+        "(--release-lease) and the certificate Secrets; exit 0 when nothing is left",
+    )
+    gone.add_argument(
+        "--uninstall-wait-for-pods",
+        default="",
+        metavar="NAMESPACE/SELECTOR",
+        help="the release's pods: nothing is removed while one of them exists",
+    )
+    gone.add_argument(
+        "--uninstall-delete-secrets",
+        default="",
+        metavar="NAMESPACE/NAME[,...]",
+        help="Secrets to delete, each only if keda-tenancy-certs made it (its label)",
+    )
+    gone.add_argument(
+        "--uninstall-timeout",
+        default="3m",
+        help="give up (exit 1, what is left in the log) after this long",
     )
 
     timing = parser.add_argument_group("restarts")

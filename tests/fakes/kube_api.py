@@ -14,8 +14,10 @@ event (`watch_error`), or answer LISTs with an error Status (`list_error`). Also
 Deployments (GET, strategic-merge PATCH of container env) for the router's and reloader's other
 reads and writes, Pods (LIST and WATCH, with or without a label selector; graceful and forced
 deletion, see `delete_pod`), and Leases (GET, PUT with the resourceVersion precondition: a stale
-one is refused with 409 Conflict; LIST and WATCH by `fieldSelector=metadata.name=...`, as a
-single Lease is followed).
+one is refused with 409 Conflict; DELETE; LIST and WATCH by `fieldSelector=metadata.name=...`,
+as a single Lease is followed), Secrets (GET, DELETE with a uid precondition) and namespaced
+custom objects (LIST, merge PATCH with a resourceVersion precondition; finalizers hold a
+deleted one).
 
 RBAC, for the operator's RoleBindings: RoleBindings (cluster-wide LIST by label, create,
 delete with a uid precondition) with the API server's escalation check (a binding can only be
@@ -116,6 +118,7 @@ class FakeKubeAPI:
     """The ServiceAccount (namespace, name) SelfSubjectAccessReviews are answered for."""
     custom_objects: dict[tuple[str, str, str], list[Obj]] = field(default_factory=dict)
     """(group, plural, namespace) -> objects, e.g. ScaledObjects left in a namespace."""
+    secrets: dict[tuple[str, str], Obj] = field(default_factory=dict)
     operations: list[str] = field(default_factory=list)
     port: int = 0
     _rv: int = 1
@@ -151,6 +154,10 @@ class FakeKubeAPI:
         app.router.add_get(lease, self._lease)
         app.router.add_get("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", self._leases)
         app.router.add_put(lease, self._put_lease)
+        app.router.add_delete(lease, self._delete_lease)
+        secret = "/api/v1/namespaces/{ns}/secrets/{name}"
+        app.router.add_get(secret, self._get_secret)
+        app.router.add_delete(secret, self._delete_secret)
         app.router.add_patch("/api/v1/namespaces/{ns}/configmaps/{name}", self._patch_configmap)
         rbac = "/apis/rbac.authorization.k8s.io/v1"
         app.router.add_get(rbac + "/rolebindings", self._list_rolebindings)
@@ -161,6 +168,9 @@ class FakeKubeAPI:
         app.router.add_patch(rbac + "/namespaces/{ns}/rolebindings/{name}", self._patch_rolebinding)
         app.router.add_get("/api/v1/namespaces/{name}", self._get_namespace)
         app.router.add_get("/apis/{group}/{version}/namespaces/{ns}/{plural}", self._list_custom)
+        app.router.add_patch(
+            "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", self._patch_custom
+        )
         app.router.add_post(
             "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", self._access_review
         )
@@ -617,6 +627,53 @@ class FakeKubeAPI:
         self._record("MODIFIED" if old else "ADDED", old, obj, f"leases/{namespace}/{name}")
         return obj
 
+    async def _delete_lease(self, request: web.Request) -> web.Response:
+        key = (request.match_info["ns"], request.match_info["name"])
+        if key not in self.leases:
+            return _not_found("leases.coordination.k8s.io", key[1])
+        self.delete_lease(*key)
+        self.operations.append(f"delete lease {key[0]}/{key[1]}")
+        return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success"})
+
+    # -- Secrets (GET, DELETE with a uid precondition) ---------------------------------
+
+    def put_secret(self, namespace: str, name: str, labels: dict[str, str]) -> Obj:
+        self._rv += 1
+        obj = {
+            "kind": "Secret",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": dict(labels),
+                "uid": f"uid-{namespace}-{name}-{self._rv}",
+                "resourceVersion": str(self._rv),
+            },
+            "type": "kubernetes.io/tls",
+            "data": {},
+        }
+        self.secrets[(namespace, name)] = obj
+        return obj
+
+    async def _get_secret(self, request: web.Request) -> web.Response:
+        obj = self.secrets.get((request.match_info["ns"], request.match_info["name"]))
+        if obj is None:
+            return _not_found("secrets", request.match_info["name"])
+        return web.json_response(obj)
+
+    async def _delete_secret(self, request: web.Request) -> web.Response:
+        key = (request.match_info["ns"], request.match_info["name"])
+        obj = self.secrets.get(key)
+        if obj is None:
+            return _not_found("secrets", key[1])
+        text = await request.text()
+        uid = ((json.loads(text) if text else {}).get("preconditions") or {}).get("uid")
+        if uid and uid != obj["metadata"]["uid"]:
+            return _status(409, "Conflict", f"Precondition failed: UID in precondition: {uid}")
+        del self.secrets[key]
+        self.operations.append(f"delete secret {key[0]}/{key[1]}")
+        return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success"})
+
     def delete_lease(self, namespace: str, name: str) -> None:
         obj = self.leases.pop((namespace, name))
         self._record("DELETED", obj, obj, f"leases/{namespace}/{name}")
@@ -836,12 +893,42 @@ class FakeKubeAPI:
             return _not_found("namespaces", request.match_info["name"])
         return web.json_response(obj)
 
+    changed_after_list: int = 0
+    """This many custom-object LISTs are each followed by a write of someone else's to every
+    object listed (a new resourceVersion), so a patch based on the list gets 409 Conflict."""
+
     async def _list_custom(self, request: web.Request) -> web.Response:
         m = request.match_info
         items = self.custom_objects.get((m["group"], m["plural"], m["ns"]), [])
-        return web.json_response(
+        response = web.json_response(
             {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items}
         )
+        if items and self.changed_after_list > 0:
+            self.changed_after_list -= 1
+            for obj in items:
+                self._rv += 1
+                obj["metadata"]["resourceVersion"] = str(self._rv)
+        return response
+
+    async def _patch_custom(self, request: web.Request) -> web.Response:
+        """JSON merge patch of a namespaced custom object; a resourceVersion in it must match;
+        one being deleted goes once its last finalizer is removed."""
+        m = request.match_info
+        items = self.custom_objects.get((m["group"], m["plural"], m["ns"]), [])
+        obj = next((o for o in items if o["metadata"]["name"] == m["name"]), None)
+        if obj is None:
+            return _not_found(f"{m['plural']}.{m['group']}", m["name"])
+        patch = await request.json()
+        expected = (patch.get("metadata") or {}).pop("resourceVersion", None)
+        if expected is not None and expected != obj["metadata"].get("resourceVersion"):
+            return _status(409, "Conflict", "the object has been modified")
+        _merge_patch(obj, patch)
+        self._rv += 1
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        self.operations.append(f"patch {m['plural']} {m['ns']}/{m['name']}")
+        if obj["metadata"].get("deletionTimestamp") and not obj["metadata"].get("finalizers"):
+            items.remove(obj)
+        return web.json_response(obj)
 
     async def _access_review(self, request: web.Request) -> web.Response:
         self.requests["selfsubjectaccessreview"] += 1
