@@ -18,6 +18,7 @@ from router.listener import ClientConnection
 from router.local_answers import local_body
 from router.metrics import RouterMetrics
 from router.paths import LocalRoute, Route, parse_target
+from router.recent import RecentAnswers, upstream_message
 from router.requestheader import RequestHeaderAuth
 from router.status import StatusError
 from router.tenants import TenantDirectory
@@ -74,6 +75,7 @@ class ProxyHandler:
         upstreams: Upstreams,
         metrics: RouterMetrics,
         clock: Callable[[], float] = time.time,
+        recent: RecentAnswers | None = None,
     ) -> None:
         self._auth_state = auth_state
         self._directory = directory
@@ -81,6 +83,7 @@ class ProxyHandler:
         self._metrics = metrics
         self._clock = clock
         self._routes: dict[bytes, Route] = {}
+        self._recent = recent
 
     # -- entry points (RequestHandler) -----------------------------------------------------
 
@@ -89,6 +92,8 @@ class ProxyHandler:
         try:
             self._route(request)
         except StatusError as exc:
+            if self._recent is not None and request.namespace:
+                self._recent.record(request.tenant, request.namespace, exc.code, exc.message)
             self._refuse(request, exc)
         except Exception:
             access_log.exception("unexpected error", extra={"namespace": request.namespace})
@@ -163,6 +168,8 @@ class ProxyHandler:
 
     def _answered(self, request: _Request, outcome: Outcome) -> None:
         try:
+            if self._recent is not None:
+                self._remember(request, outcome)
             if isinstance(outcome, StatusError):
                 self._metrics.upstream_errors.labels(request.tenant, str(outcome.code)).inc()
                 request.outcome = "upstream_error"
@@ -180,6 +187,15 @@ class ProxyHandler:
         except Exception:
             access_log.exception("unexpected error", extra={"namespace": request.namespace})
             self._refuse(request, StatusError(500, "internal error"))
+
+    def _remember(self, request: _Request, outcome: Outcome) -> None:
+        assert self._recent is not None
+        if isinstance(outcome, StatusError):
+            status, message = outcome.code, outcome.message
+        else:
+            status = outcome.status
+            message = upstream_message(status, outcome.body) if status >= 400 else ""
+        self._recent.record(request.tenant, request.namespace, status, message)
 
     def _refuse(self, request: _Request, error: StatusError) -> None:
         headers = _RETRY if error.code == 429 else _JSON

@@ -1,0 +1,126 @@
+"""/debug/explain on the health port, and `keda-tenancy-router explain NAMESPACE`.
+
+Who may ask: only a process in the router pod's own network namespace (loopback peers); any
+other peer gets 403, whatever reaches the port (kubelet probes and Prometheus scrapes do; so
+may other pods). So the answer needs no credentials beyond `kubectl exec` into the pod, and
+whoever may exec there already holds the router's ServiceAccount token, which reads everything
+the answer is built from. It holds no Secret: namespace names, the rule's labels, upstream URLs,
+the router's own error messages and tenants' status codes (never their messages: a scaler error
+may quote a connection string), and whether two named RBAC objects exist. With
+`hostNetwork: true` loopback is the node's: any host-network process on that node may ask too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from router.explain import Explainer
+from router.status import StatusError
+
+PATH = "/debug/explain"
+
+
+def add_explain_route(app: web.Application, explainer: Explainer) -> None:
+    async def explain(request: web.Request) -> web.Response:
+        if not _loopback(request.remote):
+            return web.json_response(
+                {"error": "only from inside the router pod (kubectl exec)"}, status=403
+            )
+        try:
+            report = await explainer.explain(request.query.get("namespace", ""))
+        except StatusError as exc:
+            return web.json_response({"error": exc.message}, status=exc.code)
+        return web.json_response(report)
+
+    app.router.add_get(PATH, explain)
+
+
+def _loopback(remote: str | None) -> bool:
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="keda-tenancy-router explain",
+        description="Why a namespace's external metrics work or not, asked of the router "
+        "running in this pod (run it with kubectl exec).",
+    )
+    parser.add_argument("namespace")
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        default=int(os.environ.get("KEDA_TENANCY_ROUTER_HEALTH_PORT") or 8080),
+        help="the router's health port (default: $KEDA_TENANCY_ROUTER_HEALTH_PORT or 8080)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+    args = parser.parse_args(argv)
+    query = urllib.parse.urlencode({"namespace": args.namespace})
+    url = f"http://127.0.0.1:{args.health_port}{PATH}?{query}"
+    try:
+        with urllib.request.urlopen(url, timeout=15) as response:
+            report = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode("utf-8", "replace")
+        print(f"error: the router answered {exc.code}: {body}", file=sys.stderr)
+        return 2
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"error: cannot reach the router at {url}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+def render(report: dict[str, Any]) -> str:
+    """The answer for a person: the verdict first, then what it rests on."""
+    lines = [str(report["verdict"]), ""]
+    ownership = report.get("ownership")
+    if ownership:
+        lines.append(f"ownership: {ownership['verdict']}")
+        lines += [
+            f"  {rule['rule']}: {rule['reason']}"
+            + (f" -> {', '.join(rule['proposes'])}" if rule["proposes"] else "")
+            for rule in ownership["rules"]
+        ]
+    upstream = report.get("upstream")
+    if upstream:
+        lines.append(f"upstream: {upstream['url']}")
+        for health in upstream["health"]:
+            state = {True: "up", False: "DOWN", None: "unknown"}[health["healthy"]]
+            lines.append(f"  {health['source']}: {state}: {health['detail']}")
+    recent = report.get("recent")
+    if recent:
+        tenant = recent["tenant"]
+        if ownership and ownership.get("tenant"):
+            lines.append(
+                f"tenant's last {tenant['answers']} requests: {tenant['errors']} failed, "
+                f"{tenant['unavailable']} without a working metrics server"
+            )
+        for answer in recent["namespace"]:
+            if answer["status"] >= 400:
+                lines.append(f"  {answer['status']}: {answer['message']}")
+    operator = report.get("operator")
+    if operator:
+        for key, label in (("watches", "operator watches it"), ("access", "operator access")):
+            fact = operator[key]
+            state = {True: "yes", False: "NO", None: "unknown"}[fact["known"]]
+            lines.append(f"{label}: {state}: {fact['detail']}")
+    return "\n".join(lines).rstrip()
