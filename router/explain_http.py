@@ -68,13 +68,15 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--health-port",
         type=int,
-        default=int(os.environ.get("KEDA_TENANCY_ROUTER_HEALTH_PORT") or 8080),
-        help="the router's health port (default: $KEDA_TENANCY_ROUTER_HEALTH_PORT or 8080)",
+        default=None,
+        help="the router's health port (default: the --health-port of the pod's router, "
+        "process 1, else $KEDA_TENANCY_ROUTER_HEALTH_PORT, else 8080)",
     )
     parser.add_argument("--json", action="store_true", help="print the whole answer as JSON")
     args = parser.parse_args(argv)
+    port = args.health_port or _router_health_port()
     query = urllib.parse.urlencode({"namespace": args.namespace})
-    url = f"http://127.0.0.1:{args.health_port}{PATH}?{query}"
+    url = f"http://127.0.0.1:{port}{PATH}?{query}"
     try:
         with urllib.request.urlopen(url, timeout=15) as response:
             report = json.loads(response.read())
@@ -87,6 +89,23 @@ def main(argv: Sequence[str]) -> int:
         return 2
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
+
+
+def _router_health_port(cmdline: str = "/proc/1/cmdline") -> int:
+    """The port the router in this container serves health on: `kubectl exec` runs beside
+    it, and the chart passes the port as a flag, not in the environment."""
+    try:
+        with open(cmdline, "rb") as file:
+            words = file.read().decode("utf-8", "replace").split("\0")
+    except OSError:
+        words = []
+    if any(word.endswith("keda-tenancy-router") for word in words[:2]):
+        for i, word in enumerate(words):
+            if word.startswith("--health-port="):
+                return int(word.partition("=")[2])
+            if word == "--health-port" and i + 1 < len(words):
+                return int(words[i + 1])
+    return int(os.environ.get("KEDA_TENANCY_ROUTER_HEALTH_PORT") or 8080)
 
 
 def render(report: dict[str, Any]) -> str:

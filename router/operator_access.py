@@ -16,8 +16,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tenancy_common.kube import read_json
-
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient
 
@@ -69,7 +67,11 @@ class OperatorAccess:
 
     async def _get(self, call: Awaitable[object]) -> tuple[int, dict[str, Any]]:
         """(HTTP status, object); 0 when the API server could not be asked."""
+        # Imported here: kubernetes_asyncio is ~40 MB of RSS a router without a cluster never
+        # uses (see app.run()).
         from kubernetes_asyncio.client.exceptions import ApiException  # noqa: PLC0415
+
+        from tenancy_common.kube import read_json  # noqa: PLC0415
 
         try:
             async with asyncio.timeout(_READ_TIMEOUT_S):

@@ -48,12 +48,12 @@ def _finding(rule: Rule, namespace: Namespace, others: NamespaceLookup) -> RuleF
     if isinstance(rule, NamePatternRule):
         source = rule.pattern.pattern
         if proposes:
-            reason = f"name matches pattern {source!r}"
+            reason = f"the name pattern {source!r}"
         else:
             reason = f"name does not match pattern {source!r}"
         return RuleFinding("name pattern", proposes, reason)
     if isinstance(rule, StaticRule):
-        reason = "listed in the tenancy file" if proposes else "not listed in the tenancy file"
+        reason = "the tenancy file's list" if proposes else "not listed in the tenancy file"
         return RuleFinding("tenancy file", proposes, reason)
     # A rule kind added later: still say what it proposed.
     name = type(rule).__name__
@@ -63,7 +63,7 @@ def _finding(rule: Rule, namespace: Namespace, others: NamespaceLookup) -> RuleF
 
 def _hnc_reason(rule: HncTreeRule, namespace: Namespace, proposes: tuple[str, ...]) -> str:
     if proposes:
-        return f"in the HNC tree of root {', '.join(proposes)}"
+        return f"the HNC tree of root {', '.join(proposes)}"
     ancestors = sorted(
         key.removesuffix(HNC_DEPTH_SUFFIX)
         for key in namespace.labels
