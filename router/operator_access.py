@@ -100,7 +100,11 @@ class OperatorAccess:
                 f"deploy/keda-operator in {keda})",
             )
         if status != 200:
-            return Fact(None, _unreadable(where, status, obj))
+            hint = (
+                "a process-mode tenant release grants it; a deployment-mode one publishes none: "
+                f"see WATCH_NAMESPACE of deploy/keda-operator in {keda}"
+            )
+            return Fact(None, _unreadable(where, status, obj, hint))
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
         if PUBLISHED_ANNOTATION not in annotations:
             return Fact(None, f"{where} was never published to: no operator has started")
@@ -127,7 +131,11 @@ class OperatorAccess:
         if status == 404:
             return Fact(False, f"RoleBinding {name} missing in {namespace}")
         if status != 200:
-            return Fact(None, _unreadable(f"RoleBinding {namespace}/{name}", status, obj))
+            hint = (
+                "the tenant release grants it with rbac.scope=follow and router.serviceAccount; "
+                "other scopes bind the operator otherwise"
+            )
+            return Fact(None, _unreadable(f"RoleBinding {namespace}/{name}", status, obj, hint))
         keda = self.keda_namespace(tenant)
         role = (obj.get("roleRef") or {}).get("name")
         subjects = [
@@ -151,12 +159,9 @@ class OperatorAccess:
         return Fact(True, f"RoleBinding {name} grants {operator_role(tenant)}")
 
 
-def _unreadable(what: str, status: int, obj: dict[str, Any]) -> str:
+def _unreadable(what: str, status: int, obj: dict[str, Any], hint: str) -> str:
     if status == 403:
-        return (
-            f"the router may not read {what} (the tenant release grants it with "
-            "rbac.scope=follow; other scopes bind the operator otherwise)"
-        )
+        return f"the router may not read {what} ({hint})"
     if status == 0:
         return f"cannot read {what}: {obj.get('error', 'no answer')}"
     return f"cannot read {what}: HTTP {status}"
