@@ -203,8 +203,10 @@ async def test_a_tenants_error_message_is_not_repeated(
 
 
 async def test_the_command_prints_the_verdict_first(
-    router: Router, capsys: pytest.CaptureFixture[str]
+    router: Router, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A proxy in the container's environment (an unroutable one here) is not used for loopback.
+    monkeypatch.setenv("http_proxy", "http://192.0.2.1:9")
     code = await asyncio.to_thread(
         main, ["explain", "loose", f"--health-port={router.health_port}"]
     )
