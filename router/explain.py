@@ -167,18 +167,24 @@ def verdict(
                 "— waiting for the operator"
             )
     errors = [a for a in answers if a.error]
-    if errors:
-        last = errors[-1]
+    if answers and answers[-1].error:
+        last = answers[-1]
         return (
-            f"{owner}; {len(errors)} of the tenant's last {len(answers)} requests failed "
-            f"(last: {last.status} {last.message})"
+            f"{owner}; the tenant's last request failed ({last.status}: {last.message}; "
+            f"{len(errors)} of its last {len(answers)}) — tenant answers errors"
         )
     unknown = [
         fact.detail for fact in (facts.access, facts.watched) if fact.known is None
     ] if facts is not None else []  # fmt: skip
-    served = f"its metrics server answered the last {len(answers)} requests" if answers else (
-        "no request for it since the router started"
-    )  # fmt: skip
+    if not answers:
+        served = "no request for it since the router started"
+    elif errors:
+        served = (
+            f"its metrics server answered the last request ({len(errors)} of its last "
+            f"{len(answers)} failed, the last: {errors[-1].status} {errors[-1].message})"
+        )
+    else:
+        served = f"its metrics server answered the last {len(answers)} requests"
     tail = f"; not known: {'; '.join(unknown)}" if unknown else "; its operator watches it"
     return f"{owner}; {served}{tail} — ok"
 

@@ -93,7 +93,9 @@ class ProxyHandler:
             self._route(request)
         except StatusError as exc:
             if self._recent is not None and request.namespace:
-                self._recent.record(request.tenant, request.namespace, exc.code, exc.message)
+                self._recent.record(
+                    request.tenant, request.namespace, exc.code, exc.message, answered=False
+                )
             self._refuse(request, exc)
         except Exception:
             access_log.exception("unexpected error", extra={"namespace": request.namespace})
@@ -191,11 +193,13 @@ class ProxyHandler:
     def _remember(self, request: _Request, outcome: Outcome) -> None:
         assert self._recent is not None
         if isinstance(outcome, StatusError):
-            status, message = outcome.code, outcome.message
-        else:
-            status = outcome.status
-            message = upstream_message(status, outcome.body) if status >= 400 else ""
-        self._recent.record(request.tenant, request.namespace, status, message)
+            self._recent.record(
+                request.tenant, request.namespace, outcome.code, outcome.message, answered=False
+            )
+            return
+        status = outcome.status
+        message = upstream_message(status, outcome.body) if status >= 400 else ""
+        self._recent.record(request.tenant, request.namespace, status, message, answered=True)
 
     def _refuse(self, request: _Request, error: StatusError) -> None:
         headers = _RETRY if error.code == 429 else _JSON

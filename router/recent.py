@@ -22,7 +22,10 @@ class Answer:
     """Wall-clock time (Unix seconds)."""
     status: int
     message: str
-    """Why it failed ("" for a success): the router's own Status message, or the upstream's."""
+    """Why it failed ("" for a success): the router's own Status message, or what the tenant's
+    answer says (see `upstream_message`)."""
+    answered: bool = True
+    """The tenant's metrics server gave this answer (False: the router answered for it)."""
 
     @property
     def error(self) -> bool:
@@ -30,8 +33,8 @@ class Answer:
 
     @property
     def unavailable(self) -> bool:
-        """The tenant's metrics server could not give an answer (down, hung, broken)."""
-        return self.status >= 500
+        """No answer came from the tenant's metrics server (unreachable, hung, broken)."""
+        return not self.answered and self.status >= 500 and self.status != 429
 
 
 class _Rings:
@@ -65,8 +68,10 @@ class RecentAnswers:
         self._namespaces = _Rings(per_key, max_keys)
         self._clock = clock
 
-    def record(self, tenant: str, namespace: str, status: int, message: str = "") -> None:
-        answer = Answer(self._clock(), status, message[:_MESSAGE_LIMIT])
+    def record(
+        self, tenant: str, namespace: str, status: int, message: str = "", *, answered: bool
+    ) -> None:
+        answer = Answer(self._clock(), status, message[:_MESSAGE_LIMIT], answered)
         if tenant:
             self._tenants.add(tenant, answer)
         if namespace:

@@ -185,10 +185,12 @@ async def test_what_the_router_may_not_read_is_unknown_not_missing(
     assert "not known: the router may not read" in report["verdict"]
 
 
-async def test_a_tenants_error_message_is_not_repeated(
-    router: Router, pki: Pki, backends: dict[str, TenantBackend]
+async def test_a_tenants_error_answer_is_told_without_its_message(
+    router: Router, pki: Pki, backends: dict[str, TenantBackend], kube_api: FakeKubeAPI
 ) -> None:
     """A scaler's error may quote a connection string: only the status and reason are kept."""
+    bind_operator(kube_api, "alpha", "alpha-apps")
+    publish_watched(kube_api, "alpha", **{"keda-operator-x": "alpha-apps"})
     body = json.dumps(
         {"kind": "Status", "reason": "InternalError", "code": 500,
          "message": "dial postgres://app:hunter2@db:5432 failed"}
@@ -200,6 +202,18 @@ async def test_a_tenants_error_message_is_not_repeated(
     assert report["recent"]["namespace"][-1]["message"] == (
         "the metrics server answered 500 InternalError"
     )
+    assert report["verdict"].endswith(
+        "the tenant's last request failed (500: the metrics server answered 500 InternalError; "
+        "1 of its last 1) — tenant answers errors"
+    )
+    # Answered again: the path works; the past error is still told.
+    assert await get_metric(router, pki, "alpha-apps") == 200
+    report = await explain(router, "alpha-apps")
+    assert (
+        "its metrics server answered the last request (1 of its last 2 failed, the last: "
+        in (report["verdict"])
+    )
+    assert report["verdict"].endswith(" — ok")
 
 
 async def test_the_command_prints_the_verdict_first(
