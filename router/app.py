@@ -20,15 +20,20 @@ from prometheus_client import CollectorRegistry
 
 from router.backends import DEFAULT_CA, Backend, BackendResolver
 from router.config import EXTENSION_AUTH_CONFIGMAP, RouterConfig
+from router.explain import Explainer
+from router.explain_http import add_explain_route
 from router.forwarding import HeaderPolicy
 from router.health_probes import HealthProbes, HealthStats
 from router.listener import SecureListener
 from router.metrics import RouterMetrics
+from router.operator_access import OperatorAccess
 from router.proxy import AuthState, ProxyHandler
+from router.recent import RecentAnswers
 from router.registration import REGISTRATION_LABEL, Registrations, RegistrationStore
 from router.requestheader import HeaderNames, RequestHeaderAuth
 from router.routing import RuleRouter, named_upstream_tls
 from router.tenants import NamespaceView, TenantDirectory
+from router.upstream_health import FastFailHealth, HealthSource, ProbeHealth
 from router.upstreams import Upstreams
 from tenancy_common import health, tls
 from tenancy_common.lifecycle import run_roots, wait_stopped
@@ -148,6 +153,13 @@ class Router:
             else None
         )
         self.routing = RuleRouter(self.directory, routing, self.registrations)
+        self.recent = RecentAnswers()
+        self.health_sources: list[HealthSource] = [
+            FastFailHealth(self.upstreams),
+            ProbeHealth(self.health_probes, config.health_probes.interval_s > 0),
+        ]
+        """What the explain command reports of an upstream's health; probers add theirs."""
+        self._api: ApiClient | None = None
         self._auth: AuthState | None = None
         self._auth_inputs: tuple[object, ...] = ()
         self.stopping = False
@@ -324,6 +336,7 @@ class Router:
             upstreams=self.upstreams,
             metrics=self.metrics,
             health=self.health_probes.health,
+            recent=self.recent,
         )
         listener = SecureListener(handler)
         self.metrics.open_connections.set_function(lambda: len(listener.connections))
@@ -358,12 +371,25 @@ class Router:
         app = health.build_health_app(
             self.registry, self.readiness_checks(), self.readiness_warnings()
         )
+        add_explain_route(app, self.explainer())
 
         def started(port: int) -> None:
             self.health_port = port
 
         await health.serve_until(
             app, self.config.health_bind_address, self.config.health_port, stop, started=started
+        )
+
+    def explainer(self) -> Explainer:
+        """The diagnosis path behind /debug/explain (router/explain.py)."""
+        return Explainer(
+            rule=self.config.tenancy,
+            directory=self.directory,
+            resolver=self.resolver,
+            namespaces=self._namespace_view(),
+            recent=self.recent,
+            health_sources=self.health_sources,
+            access=lambda: OperatorAccess(self._api, self.config.tenant_namespace_template),
         )
 
     async def _wait_for_certificates(self, stop: asyncio.Event) -> None:
@@ -388,6 +414,7 @@ class Router:
             from tenancy_common.kube import make_api_client  # noqa: PLC0415
 
             api = await make_api_client(self.config.kubeconfig)
+        self._api = api
         try:
             roots: dict[str, Coroutine[Any, Any, None]] = {
                 "health": self.serve_health(stop),

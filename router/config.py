@@ -61,6 +61,8 @@ class RouterConfig:
     cert_reload_interval_s: float
     shutdown_delay_s: float
     shutdown_grace_period_s: float
+    tenant_namespace_template: str
+    """Where a tenant's KEDA runs (`keda-{tenant}`): read only by the explain command."""
     max_namespace_staleness_s: float
     """/readyz warns (never fails) when the namespace cache was not confirmed current for
     longer; 0: never."""
@@ -143,6 +145,7 @@ class RouterConfig:
             shutdown_grace_period_s=_positive(
                 args.shutdown_grace_period, "--shutdown-grace-period"
             ),
+            tenant_namespace_template=_tenant_namespace_template(args.tenant_namespace_template),
             max_namespace_staleness_s=parse_duration(args.max_namespace_staleness),
             log_level=args.log_level,
             log_format=args.log_format,
@@ -159,6 +162,15 @@ def parse_bytes(text: str) -> int:
     if not number or unit not in _BYTE_UNITS:
         raise ConfigError(f"invalid size {text!r} (examples: 262144, 256Ki, 1Mi)")
     return int(number) * _BYTE_UNITS[unit]
+
+
+def _tenant_namespace_template(template: str) -> str:
+    probe = template.replace("{tenant}", "t")
+    if "{tenant}" not in template or "{" in probe or "}" in probe:
+        raise ConfigError(
+            "--tenant-namespace-template must contain {tenant} and nothing else in {}"
+        )
+    return template
 
 
 def _positive(text: str, flag: str) -> float:
@@ -309,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_STALENESS,
         help="/readyz warns (without failing: the APIService serves every tenant) when the "
         "namespace list was not confirmed current (LIST, event, verified watch) for longer; 0s: never",
+    )
+    ops.add_argument(
+        "--tenant-namespace-template",
+        default="keda-{tenant}",
+        help="namespace of a tenant's KEDA, where `explain` reads what its operator watches",
     )
     ops.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ops.add_argument("--log-format", default="json", choices=["json", "text"])

@@ -18,6 +18,7 @@ from router.listener import ClientConnection
 from router.local_answers import local_body
 from router.metrics import RouterMetrics
 from router.paths import LocalRoute, Route, parse_target
+from router.recent import RecentAnswers, upstream_message
 from router.requestheader import RequestHeaderAuth
 from router.routing import RuleRouter
 from router.status import StatusError
@@ -75,6 +76,7 @@ class ProxyHandler:
         metrics: RouterMetrics,
         clock: Callable[[], float] = time.time,
         health: Mapping[str, str] | None = None,
+        recent: RecentAnswers | None = None,
     ) -> None:
         self._auth_state = auth_state
         self._routing = routing
@@ -84,6 +86,7 @@ class ProxyHandler:
         self._routes: dict[bytes, Route] = {}
         self._health: Mapping[str, str] = {} if health is None else health
         """Backend -> its last health probe's result (router/health_probes.py), logged."""
+        self._recent = recent
 
     # -- entry points (RequestHandler) -----------------------------------------------------
 
@@ -92,6 +95,10 @@ class ProxyHandler:
         try:
             self._route(request)
         except StatusError as exc:
+            if self._recent is not None and request.namespace:
+                self._recent.record(
+                    request.tenant, request.namespace, exc.code, exc.message, answered=False
+                )
             self._refuse(request, exc)
         except Exception:
             access_log.exception("unexpected error", extra={"namespace": request.namespace})
@@ -166,6 +173,8 @@ class ProxyHandler:
 
     def _answered(self, request: _Request, outcome: Outcome) -> None:
         try:
+            if self._recent is not None:
+                self._remember(request, outcome)
             if isinstance(outcome, StatusError):
                 self._metrics.upstream_errors.labels(request.tenant, str(outcome.code)).inc()
                 request.outcome = "upstream_error"
@@ -183,6 +192,17 @@ class ProxyHandler:
         except Exception:
             access_log.exception("unexpected error", extra={"namespace": request.namespace})
             self._refuse(request, StatusError(500, "internal error"))
+
+    def _remember(self, request: _Request, outcome: Outcome) -> None:
+        assert self._recent is not None
+        if isinstance(outcome, StatusError):
+            self._recent.record(
+                request.tenant, request.namespace, outcome.code, outcome.message, answered=False
+            )
+            return
+        status = outcome.status
+        message = upstream_message(status, outcome.body) if status >= 400 else ""
+        self._recent.record(request.tenant, request.namespace, status, message, answered=True)
 
     def _refuse(self, request: _Request, error: StatusError) -> None:
         headers = _RETRY if error.code == 429 else _JSON

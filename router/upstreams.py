@@ -74,6 +74,24 @@ class UpstreamSettings:
     summed over its requests in flight (502 for the one that goes past it)."""
 
 
+@dataclass(frozen=True, slots=True)
+class FastFailState:
+    """One backend's pool as the request path sees it, for the explain command."""
+
+    down: bool
+    """Marked down, and no probe has found it back since."""
+    failing_fast: bool
+    """Within its cooldown: its requests get 503 without trying."""
+    reason: str
+    """Why it was last marked down ("" if never)."""
+    retry_in_s: float
+    probing: bool
+    last_answer_age_s: float | None
+    """Seconds since it last answered anything (None: never)."""
+    connections: int
+    in_flight: int
+
+
 UpstreamResponse = ResponseReader
 """What a backend answered: its complete response's reader, handed on as it is (status,
 `forward_lines`, body), not copied into another object on the hot path."""
@@ -617,6 +635,23 @@ class Upstreams:
         for connection in pool.idle:
             connection.abort()
         pool.idle.clear()
+
+    def fast_fail_state(self, name: str) -> FastFailState | None:
+        """What the request path knows of one backend (None: no request went there yet)."""
+        pool = self._pools.get(name)
+        if pool is None:
+            return None
+        now = self._clock()
+        return FastFailState(
+            down=bool(pool.down_until),
+            failing_fast=now < pool.down_until,
+            reason=pool.down_reason,
+            retry_in_s=max(pool.down_until - now, 0.0),
+            probing=pool.probing,
+            last_answer_age_s=now - pool.answered_at if pool.answered_at else None,
+            connections=pool.opened - pool.dialing,
+            in_flight=pool.inflight,
+        )
 
     def backend_down(self, backend: Backend) -> bool:
         pool = self._pools.get(backend.name)

@@ -120,6 +120,8 @@ class FakeKubeAPI:
     """(group, plural, namespace) -> objects, e.g. ScaledObjects left in a namespace."""
     secrets: dict[tuple[str, str], Obj] = field(default_factory=dict)
     operations: list[str] = field(default_factory=list)
+    forbidden: set[str] = field(default_factory=set)
+    """Requests answered 403 (as RBAC would), by their `requests` key, e.g. "get rolebinding"."""
     port: int = 0
     _rv: int = 1
     _compacted: int = 0
@@ -166,6 +168,7 @@ class FakeKubeAPI:
             rbac + "/namespaces/{ns}/rolebindings/{name}", self._delete_rolebinding
         )
         app.router.add_patch(rbac + "/namespaces/{ns}/rolebindings/{name}", self._patch_rolebinding)
+        app.router.add_get(rbac + "/namespaces/{ns}/rolebindings/{name}", self._get_rolebinding)
         app.router.add_get("/api/v1/namespaces/{name}", self._get_namespace)
         app.router.add_get("/apis/{group}/{version}/namespaces/{ns}/{plural}", self._list_custom)
         app.router.add_patch(
@@ -866,6 +869,15 @@ class FakeKubeAPI:
         self.delete(name, terminating=True)
         for key in [k for k in self.rolebindings if k[0] == name]:
             self._delete_or_mark(key)
+
+    async def _get_rolebinding(self, request: web.Request) -> web.Response:
+        self.requests["get rolebinding"] += 1
+        if "get rolebinding" in self.forbidden:
+            return _status(403, "Forbidden", "rolebindings is forbidden")
+        obj = self.rolebindings.get((request.match_info["ns"], request.match_info["name"]))
+        if obj is None:
+            return _not_found("rolebindings.rbac.authorization.k8s.io", request.match_info["name"])
+        return web.json_response(obj)
 
     async def _patch_rolebinding(self, request: web.Request) -> web.Response:
         """JSON merge patch; a resourceVersion in it must match; an object being deleted goes

@@ -41,6 +41,11 @@ NEEDS = [
     Row(ROUTER, "list", "namespaces", "cluster", True, "the tenancy rule's namespace cache"),
     Row(ROUTER, "get", "configmaps/extension-apiserver-authentication", "kube-system", True,
         "the aggregator's front-proxy CA"),
+    Row(ROUTER, "get", "rolebindings.rbac.authorization.k8s.io/OPERATOR_ROLE-managed", "own apps",
+        True, "explain: whether a tenant's operator holds access there (each tenant release "
+        "grants this one name)"),
+    Row(ROUTER, "get", "configmaps/keda-operator-watched", "own KEDA", True,
+        "explain: what a process-mode tenant's operator watches (this one object)"),
     Row(CERTS, "get", "secrets/keda-metrics-apiserver-tls", "own KEDA", True,
         "keeps each tenant's metrics-server certificate"),
     Row(CERTS, "patch", "apiservices.apiregistration.k8s.io/v1beta1.external.metrics.k8s.io",
@@ -144,7 +149,9 @@ def checks() -> list[Check]:
         for row in NEEDS:
             if row.who != name:
                 continue
-            resource = row.resource.replace("OPERATOR_ROLE", f"keda-tenancy-{tenant}-operator")
+            # The router's rows name the first tenant's objects (it holds them for every tenant).
+            role = f"keda-tenancy-{tenant or TENANTS[0]}-operator"
+            resource = row.resource.replace("OPERATOR_ROLE", role)
             where = resolve(row.where, tenant)
             out.append(
                 Check(subject, row.verb, resource, "" if where == "cluster" else where,

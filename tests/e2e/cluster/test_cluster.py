@@ -1048,3 +1048,99 @@ def test_15_a_namespace_moved_to_another_tenant_leaves_the_old_ones_reach(
     # The manager's documented bound (--unbind-timeout 5s from seeing it leave), with room for
     # its watch and the API server's authorizer cache on this loaded 2-core machine.
     assert unbound_s < 20
+
+
+def explain(installed: Installed, namespace: str) -> dict[str, str]:
+    """`keda-tenancy-router explain NAMESPACE` run in each router pod: pod -> its verdict."""
+    cluster = installed.cluster
+    pods = cluster.kubectl(
+        "-n", ROUTER_NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/component=router",
+        "--field-selector=status.phase=Running", "-o", "name",
+    ).stdout.split()  # fmt: skip
+    verdicts = {}
+    for pod in pods:
+        done = cluster.kubectl(
+            "-n", ROUTER_NAMESPACE, "exec", pod, "--", "keda-tenancy-router", "explain", namespace,
+            check=False,
+        )  # fmt: skip
+        verdicts[pod] = (
+            done.stdout.splitlines()[0] if done.stdout else f"error: {done.stderr.strip()}"
+        )
+    print(f"\n[cluster] explain {namespace}: {verdicts}")
+    return verdicts
+
+
+def test_16_explain_names_the_cause(installed: Installed) -> None:
+    """Issue 23: run in the router pod, `explain` names why a namespace's metrics fail: no
+    tenant owns it, its tenant is down, or it waits for its operator's access."""
+    cluster = installed.cluster
+    settled(installed)
+    started = time.monotonic()
+
+    nobody = explain(installed, "kube-system")
+    assert nobody
+    for verdict in nobody.values():
+        assert verdict.startswith(
+            f"no tenant owns kube-system: no label {TENANT_LABEL}, no HNC tree label"
+        ), verdict
+    served = explain(installed, APPS["alpha"])
+    for verdict in served.values():
+        assert verdict.startswith(f"tenant alpha owns {APPS['alpha']} by label"), verdict
+        assert verdict.endswith("— ok"), verdict
+
+    # A tenant down: beta's metrics server scaled to 0; alpha stays ok.
+    beta = tenant_namespace("beta")
+    cluster.kubectl("-n", beta, "scale", "deploy/keda-operator-metrics-apiserver", "--replicas=0")
+    try:
+
+        def down() -> dict[str, str] | None:
+            installed.get_raw(metric_path(APPS["beta"]))
+            verdicts = explain(installed, APPS["beta"])
+            return verdicts if any(v.endswith("— tenant down") for v in verdicts.values()) else None
+
+        verdicts = wait_for(down, "a router pod says beta is down", 120, 1)
+        said = next(v for v in verdicts.values() if v.endswith("— tenant down"))
+        assert said.startswith(f"tenant beta owns {APPS['beta']} by the HNC tree of root beta")
+        assert "its metrics server failed" in said or "its metrics server is down" in said
+        assert all("— tenant down" not in v for v in explain(installed, APPS["alpha"]).values())
+    finally:
+        cluster.kubectl(
+            "-n", beta, "scale", "deploy/keda-operator-metrics-apiserver", "--replicas=1"
+        )
+
+    # Waiting for access: the managed binding's name is taken by someone else's object, so
+    # alpha's binding manager cannot make it and KEDA never gets the namespace.
+    blocked = "alpha-blocked"
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": blocked}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "keda-tenancy-alpha-operator-managed", "namespace": blocked},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "view",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": blocked}],
+        },
+    )
+    try:
+        cluster.kubectl("label", "namespace", blocked, f"{TENANT_LABEL}=alpha")
+        waiting = wait_for(
+            lambda: (
+                (v := explain(installed, blocked))
+                and all(x.startswith(f"tenant alpha owns {blocked}") for x in v.values())
+                and v
+            ),
+            "every router pod sees alpha own it",
+            60,
+            1,
+        )
+        for verdict in waiting.values():
+            assert verdict.endswith("— waiting for access"), verdict
+            assert "does not grant ClusterRole keda-tenancy-alpha-operator" in verdict
+    finally:
+        cluster.kubectl("delete", "namespace", blocked, "--wait=false")
+    wait_for(lambda: installed.metric_value(APPS["beta"]) == "42", "beta back", 180, 1)
+    print(f"\n[cluster] test_16 took {time.monotonic() - started:.1f}s")
