@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test check unit binaries demo demo-loopback e2e e2e-fast e2e-cluster cluster-packages bench-packages bench clean
+.PHONY: test check unit binaries demo demo-loopback e2e e2e-fast e2e-cluster cluster-packages deploy-packages bench-packages bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,14 +25,19 @@ unit: $(STAMP)
 binaries:
 	bash tests/e2e/build/build.sh >/dev/null
 
-# The charts and the process-level stack (etcd, kube-apiserver, KEDA, HPA on loopback): no root.
-e2e-fast: $(STAMP) binaries
+# The charts and the process-level stack (etcd, kube-apiserver, KEDA, HPA on loopback): no root
+# once promtool (Debian's prometheus, `make deploy-packages`) is installed.
+e2e-fast: $(STAMP) binaries deploy-packages
 	$(PY) -m pytest tests/deploy tests/e2e --ignore=tests/e2e/cluster -v --timeout=900
 
 # The kubelet-backed cluster on this machine with both charts installed (root; Debian packages
 # installed when missing; images built into ~/.cache/keda-tenancy/images).
 cluster-packages:
 	bash tests/packages.sh cluster
+
+# promtool, which runs the charts' alert rules in the chart tests.
+deploy-packages:
+	bash tests/packages.sh deploy
 
 # What the benchmarks run (NGINX, valgrind); not part of `make test`.
 bench-packages:

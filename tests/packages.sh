@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Debian packages a group of targets runs, installed when missing:
 #   tests/packages.sh cluster   the kubelet-backed cluster and its image build (make test, demo)
+#   tests/packages.sh deploy    the chart tests (make e2e-fast, part of make test)
 #   tests/packages.sh bench     the benchmarks (not part of make test)
 # Each entry is "package:commands run from it" (by the suites, or by the node's components).
 # tests/unit/test_install_steps.py reads these lists: a command the suites, benchmarks or make
@@ -20,13 +21,17 @@ case ${1:-} in
     "busybox-static:busybox"                    # the workload image
     "gcc:gcc"                                   # the pod sandbox (pause) binary
     "libc6-dev:"
+    "prometheus:prometheus"                     # the monitoring scenario's Prometheus image
+  ) ;;
+  deploy) entries=(
+    "prometheus:promtool"                       # the charts' alert rules and dashboard queries
   ) ;;
   bench) entries=(
     "nginx:nginx"                               # the reference proxy and the fast backend
     "valgrind:valgrind callgrind_control"       # make bench-instructions
     "git:git"                                   # bench-instructions --baseline (a worktree)
   ) ;;
-  *) echo "usage: $0 cluster|bench" >&2; exit 2 ;;
+  *) echo "usage: $0 cluster, deploy or bench" >&2; exit 2 ;;
 esac
 missing=()
 for entry in "${entries[@]}"; do

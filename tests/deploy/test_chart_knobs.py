@@ -77,9 +77,9 @@ def test_keda_adapter_and_webhooks_are_probed_on_their_own_endpoints(
     assert adapter["readinessProbe"]["httpGet"]["path"] == "/readyz"
     webhooks = container(find(docs, "Deployment", "keda-admission-webhooks"))
     ports = {p["name"]: p["containerPort"] for p in webhooks["ports"]}
-    assert flag(webhooks["args"], "health-probe-bind-address") == f":{ports['health']}"
-    assert webhooks["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert webhooks["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert flag(webhooks["args"], "health-probe-bind-address") == f":{ports['probes']}"
+    assert webhooks["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+    assert webhooks["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
 
 
 def test_grpc_forward_has_probes_and_metrics_on_its_health_port(

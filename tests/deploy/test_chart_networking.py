@@ -74,8 +74,8 @@ def test_tenant_webhooks_on_the_host_network_with_their_own_ports(
     assert flag(webhooks["args"], "health-probe-bind-address") == ":10081"
     assert flag(webhooks["args"], "metrics-bind-address") == ":10082"
     ports = {p["name"]: p["containerPort"] for p in webhooks["ports"]}
-    assert ports == {"https": 10443, "health": 10081, "metrics": 10082}
-    assert webhooks["livenessProbe"]["httpGet"]["port"] == "health"
+    assert ports == {"https": 10443, "probes": 10081, "metrics": 10082}
+    assert webhooks["livenessProbe"]["httpGet"]["port"] == "probes"
     service = find(docs, "Service", "keda-admission-webhooks")
     (https,) = service["spec"]["ports"]
     assert https["targetPort"] == "https"

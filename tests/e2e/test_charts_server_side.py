@@ -28,6 +28,7 @@ OPTIONAL_CRDS = {
     ("github.com/prometheus-operator/prometheus-operator", "PROMETHEUS_OPERATOR_VERSION"): [
         "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
         "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
+        "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml",
     ],
     ("github.com/cilium/cilium", "CILIUM_VERSION"): [
         "pkg/k8s/apis/cilium.io/client/crds/v2/ciliumclusterwidenetworkpolicies.yaml",
@@ -62,6 +63,7 @@ def optional_crds(stack: Stack) -> None:
                 "certificates.cert-manager.io",
                 "servicemonitors.monitoring.coreos.com",
                 "prometheusrules.monitoring.coreos.com",
+                "podmonitors.monitoring.coreos.com",
                 "ciliumclusterwidenetworkpolicies.cilium.io",
             )
         ),
@@ -92,14 +94,21 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                 ],
                 "registration": {"namespaces": ["platform-registrations"]},
             },
+            "grafanaDashboard": {"enabled": True},
         },
-        {},
+        {
+            "podMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+            "networkPolicy": {"monitoring": {"namespace": "monitoring"}},
+        },
     ),
     "hnc-rule-deployment-mode": (
         {"tenancy": {"labelKeys": [], "hnc": {"rootLabel": "keda-tenancy.io/tenant-root"}}},
         {
             "tenancy": {"labelKeys": [], "hnc": {"rootLabel": "keda-tenancy.io/tenant-root"}},
             "reloader": {"mode": "deployment"},
+            "podMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
         },
     ),
     "cert-manager-servicemonitor-cilium": (

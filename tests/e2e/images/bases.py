@@ -214,6 +214,15 @@ class Bases:
         image.config.cmd = ["sh"]
         return image
 
+    def prometheus(self, target: Path) -> Image:
+        """The monitoring scenario's Prometheus: Debian's binary (tests/packages.sh cluster) on
+        the Debian root filesystem it was built for (it links only libc), nonroot."""
+        binary = Path(shutil.which("prometheus") or "/usr/bin/prometheus")
+        copy_tree(self.debian_python_rootfs(), target)
+        shutil.copy2(binary, target / "usr/bin/prometheus")
+        config = ImageConfig(entrypoint=["/usr/bin/prometheus"], user=f"{NONROOT}:{NONROOT}")
+        return Image(target, config)
+
     def coredns(self, target: Path) -> Image:
         # root: it binds port 53 (the pod has no extra capabilities to grant)
         return self._static(target, {"/coredns": self.bin / "coredns"}, ["/coredns"], "")

@@ -251,3 +251,24 @@ Secrets' paths in place of their names. */}}
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* NetworkPolicy peers allowed to scrape the health ports: networkPolicy.metricsFrom and, when
+networkPolicy.monitoring.namespace is set, Prometheus' pods there (a JSON list; empty: anywhere). */}}
+{{- define "router.metricsFrom" -}}
+{{- $peers := .Values.networkPolicy.metricsFrom | default list }}
+{{- with .Values.networkPolicy.monitoring }}
+{{- if .namespace }}
+{{- $peer := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .namespace)) }}
+{{- with .podLabels }}
+{{- $_ := set $peer "podSelector" (dict "matchLabels" .) }}
+{{- end }}
+{{- $peers = append $peers $peer }}
+{{- end }}
+{{- end }}
+{{- toJson $peers }}
+{{- end }}
+
+{{/* A PrometheusRule's runbook link: (dict "ctx" $ "anchor" "kedatenancytenantfailingfast"). */}}
+{{- define "router.runbook" -}}
+{{- printf "%s#%s" .ctx.Values.prometheusRule.runbookBaseUrl .anchor }}
+{{- end }}

@@ -412,3 +412,24 @@ KEDA's --health-probe-bind-address (read from KEDA's own arguments, never given 
     {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* NetworkPolicy peers allowed to scrape the metrics ports: networkPolicy.metricsFrom and, when
+networkPolicy.monitoring.namespace is set, Prometheus' pods there (a JSON list; empty: none). */}}
+{{- define "tenant.metricsFrom" -}}
+{{- $peers := .Values.networkPolicy.metricsFrom | default list }}
+{{- with .Values.networkPolicy.monitoring }}
+{{- if .namespace }}
+{{- $peer := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .namespace)) }}
+{{- with .podLabels }}
+{{- $_ := set $peer "podSelector" (dict "matchLabels" .) }}
+{{- end }}
+{{- $peers = append $peers $peer }}
+{{- end }}
+{{- end }}
+{{- toJson $peers }}
+{{- end }}
+
+{{/* A PrometheusRule's runbook link: (dict "ctx" $ "anchor" "kedatenancymetricsserverdown"). */}}
+{{- define "tenant.runbook" -}}
+{{- printf "%s#%s" .ctx.Values.prometheusRule.runbookBaseUrl .anchor }}
+{{- end }}
