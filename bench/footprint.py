@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.footprint_audit import (  # noqa: E402
+    KEDA_AGENTS,
     POLICY,
     AuditLog,
     Event,
@@ -115,6 +116,11 @@ def restarts(pods: list[dict[str, Any]]) -> dict[str, int]:
     }
 
 
+def caller_agent(caller: str) -> str:
+    """The agent of a "user [agent]" caller key."""
+    return caller.rsplit(" [", 1)[-1].rstrip("]")
+
+
 def is_keda(process_name: str) -> bool:
     return process_name == "keda" or process_name.startswith(KEDA_PROCESSES[1:])
 
@@ -132,10 +138,12 @@ class Group:
     def row(self) -> dict[str, Any]:
         ours = sum(p.rss_kib for c in self.containers for p in c.processes if not is_keda(p.name))
         keda = sum(p.rss_kib for c in self.containers for p in c.processes if is_keda(p.name))
-        api = Usage()
-        for usage in self.callers.values():
+        api, ours_api, keda_api = Usage(), Usage(), Usage()
+        for caller, usage in self.callers.items():
             api.add(usage)
+            (keda_api if caller_agent(caller) in KEDA_AGENTS else ours_api).add(usage)
         used_ns = sum(c.cpu_ns_end - c.cpu_ns_start for c in self.containers)
+        w = self.window_s
         return {
             "name": self.name,
             "mode": self.mode,
@@ -146,12 +154,21 @@ class Group:
             "cgroup_rss_mib": round(sum(c.cgroup_rss_kib for c in self.containers) / 1024, 1),
             "cpu_request_m": sum(c.cpu_request_m for c in self.containers),
             "memory_request_mib": round(sum(c.memory_request_mib for c in self.containers), 1),
-            "cpu_used_m": round(used_ns / 1e6 / self.window_s, 1),
-            "api_requests_per_s": round(api.requests / self.window_s, 3),
-            "api_writes_per_s": round(api.writes / self.window_s, 3),
-            "lease_writes_per_s": round(api.lease_writes / self.window_s, 3),
+            "cpu_used_m": round(used_ns / 1e6 / w, 1),
+            "api_requests_per_s": round(api.requests / w, 3),
+            "api_requests_ours_per_s": round(ours_api.requests / w, 3),
+            "api_requests_keda_per_s": round(keda_api.requests / w, 3),
+            "api_writes_per_s": round(api.writes / w, 3),
+            "api_writes_ours_per_s": round(ours_api.writes / w, 3),
+            "lease_writes_per_s": round(api.lease_writes / w, 3),
             "open_watches": api.open_watches,
+            "open_watches_ours": ours_api.open_watches,
+            "open_watches_keda": keda_api.open_watches,
         }
+
+
+def iso(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1e6):06d}Z"
 
 
 def deployment_of(pod: str) -> str:
@@ -216,6 +233,7 @@ def rest_window(
         groups.append(Group("router-namespace-other", "cluster", [], unassigned, window))
     details = {
         "window_s": round(window, 1),
+        "window": [iso(start), iso(end)],
         "restarted_during_window": {ns: r for ns, r in restarted.items() if r},
         "containers": {
             ns: [asdict(u) | {"rss_mib": round(u.rss_kib / 1024, 1)} for u in us]
@@ -357,10 +375,13 @@ COLUMNS = (
     ("cpu_request_m", "CPU req m", "{}"),
     ("memory_request_mib", "mem req MiB", "{:.0f}"),
     ("cpu_used_m", "CPU used m", "{:.1f}"),
-    ("api_requests_per_s", "API req/s", "{:.2f}"),
+    ("api_requests_ours_per_s", "API req/s ours", "{:.2f}"),
+    ("api_requests_keda_per_s", "API req/s KEDA", "{:.2f}"),
     ("api_writes_per_s", "writes/s", "{:.2f}"),
+    ("api_writes_ours_per_s", "writes/s ours", "{:.2f}"),
     ("lease_writes_per_s", "Lease w/s", "{:.2f}"),
-    ("open_watches", "watches", "{}"),
+    ("open_watches_ours", "watches ours", "{}"),
+    ("open_watches_keda", "watches KEDA", "{}"),
 )
 
 
@@ -405,7 +426,9 @@ def report(
         "RSS: sum of VmRSS of each container's processes (/proc/<pid>/status, from the node);",
         "'ours' is every keda-tenancy process, 'KEDA' KEDA's own binaries. cgroup anon: the",
         "containers' memory cgroups' total_rss. Requests from the pod specs. API figures from the",
-        "audit log by ServiceAccount. Shared KEDA: its chart's requests only (not run here).",
+        "audit log by ServiceAccount and user agent ('KEDA': KEDA's binaries' agents); writes",
+        "leave out reviews (SubjectAccessReview...). Shared KEDA: its chart's requests only (not",
+        "run here; its processes are the RSS KEDA column's, once for the cluster).",
     ]
     if details["restarted_during_window"]:
         lines.append(f"RESTARTED during the window: {details['restarted_during_window']}")
@@ -417,9 +440,11 @@ def report(
     lines += ["", "API callers (requests/s, Lease writes/s, open watches):"]
     window = details["window_s"]
     for caller, u in details["callers"].items():
+        calls = ", ".join(f"{call} {n}" for call, n in sorted(u["by_call"].items()))
         lines.append(
-            f"  {caller}: {u['requests'] / window:.2f} req/s, "
-            f"{u['lease_writes'] / window:.2f} Lease w/s, {u['open_watches']} watches"
+            f"  {caller}: {u['requests'] / window:.2f} req/s, {u['writes'] / window:.2f} "
+            f"writes/s, {u['lease_writes'] / window:.2f} Lease w/s, {u['open_watches']} "
+            f"watches ({calls or 'no request'} in {window:.0f}s)"
         )
     lines += ["", "Namespace membership latencies (s):"]
     for lat in latencies:

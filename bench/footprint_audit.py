@@ -24,6 +24,20 @@ rules:
 """
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+# Creates that store nothing (reviews answered and forgotten): not writes.
+REVIEWS = frozenset(
+    {
+        "tokenreviews",
+        "subjectaccessreviews",
+        "localsubjectaccessreviews",
+        "selfsubjectaccessreviews",
+        "selfsubjectrulesreviews",
+        "selfsubjectreviews",
+    }
+)
+# User agents of KEDA's own binaries (operator, metrics server, webhooks); the rest of a
+# tenant's callers are keda-tenancy's.
+KEDA_AGENTS = frozenset({"keda", "keda-adapter", "keda-admission-webhooks"})
 
 
 @dataclass(frozen=True)
@@ -120,12 +134,16 @@ class Usage:
     writes: int = 0
     lease_writes: int = 0
     open_watches: int = 0
+    by_call: dict[str, int] = field(default_factory=dict)
+    """Requests by "verb resource"."""
 
     def add(self, other: Usage) -> None:
         self.requests += other.requests
         self.writes += other.writes
         self.lease_writes += other.lease_writes
         self.open_watches += other.open_watches
+        for call, count in other.by_call.items():
+            self.by_call[call] = self.by_call.get(call, 0) + count
 
 
 def usage_by_caller(events: Iterable[Event], start: float, end: float) -> dict[str, Usage]:
@@ -145,7 +163,9 @@ def usage_by_caller(events: Iterable[Event], start: float, end: float) -> dict[s
             continue
         row = usage.setdefault(caller, Usage())
         row.requests += 1
-        if event.verb in WRITE_VERBS:
+        call = f"{event.verb} {event.resource}"
+        row.by_call[call] = row.by_call.get(call, 0) + 1
+        if event.verb in WRITE_VERBS and event.resource not in REVIEWS:
             row.writes += 1
             if event.resource == "leases":
                 row.lease_writes += 1

@@ -46,6 +46,8 @@ def test_rates_and_open_watches_by_caller(tmp_path: Path) -> None:
                 line("l1", "ResponseComplete", "update", "12.000000", resource="leases"),
                 line("l2", "ResponseComplete", "update", "14.000000", resource="leases"),
                 line("g1", "ResponseComplete", "get", "13.000000"),
+                # a review is answered and forgotten: a request, not a write
+                line("s1", "ResponseComplete", "create", "13.5", resource="subjectaccessreviews"),
                 line("g0", "ResponseComplete", "get", "05.000000"),  # before the window
                 line("g9", "ResponseComplete", "get", "40.000000"),  # after it
                 line("w3", "ResponseStarted", "watch", "16.000000", agent="Python-urllib/3.11"),
@@ -59,7 +61,12 @@ def test_rates_and_open_watches_by_caller(tmp_path: Path) -> None:
     start = events[0].at + 10  # 10:00:10
     usage = usage_by_caller(events, start, start + 20)
     keda = usage[f"{OPERATOR} [keda]"]
-    assert (keda.requests, keda.writes, keda.lease_writes, keda.open_watches) == (3, 2, 2, 1)
+    assert (keda.requests, keda.writes, keda.lease_writes, keda.open_watches) == (4, 2, 2, 1)
+    assert keda.by_call == {
+        "update leases": 2,
+        "get scaledobjects": 1,
+        "create subjectaccessreviews": 1,
+    }
     python = usage[f"{OPERATOR} [Python-urllib]"]
     assert (python.requests, python.open_watches) == (1, 1)
 
