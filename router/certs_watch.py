@@ -6,8 +6,8 @@ Secrets and catches a grant made long after its namespace.
 
 A namespace usually appears before its release grants us anything there (`kubectl create
 namespace`, then `helm install`): one that is not granted yet is tried again 1 s, 2 s, 4 s, ...
-after it appeared, until the next full pass takes it over. Not granted is no failure (no
-Event, no error metric); failures stay with their namespace, as in a full pass.
+after it appeared, up to a minute apart, then left to the full passes. Not granted is no
+failure (no Event, no error metric); failures stay with their namespace, as in a full pass.
 """
 
 from __future__ import annotations
@@ -21,24 +21,29 @@ from dataclasses import dataclass, field
 from tenancy_common.namespace_cache import NamespaceCache
 
 GRANT_RETRY_FIRST_S = 1.0
+GRANT_RETRY_LAST_S = 64.0  # beyond this the full passes (each minute by default) do as well
 
 
 @dataclass
 class NewNamespaces:
-    """Tenant namespaces the last full pass did not list, as the watched cache shows them."""
+    """Tenant namespaces that appear in the watched cache after the first full pass's list.
+
+    Only the first pass's list is the baseline: a namespace that appears later is served here
+    even when a pass listed it meanwhile (a few reads twice), so one that appeared just before
+    a pass, before its grant, still gets its grant retries."""
 
     cache: NamespaceCache
     pattern: re.Pattern[str]
     own_namespace: str
-    known: set[str] = field(default_factory=set)
-    """Listed by the last full pass, or handled here since."""
+    known: set[str] | None = None
+    """Listed by the first full pass, or handled here since."""
     waiting_for_grant: dict[str, tuple[float, float]] = field(default_factory=dict)
     """Namespace -> (loop time of its next try, the delay after that)."""
 
     def passed(self, listed: Iterable[str]) -> None:
-        """A full pass listed (and so served) `listed`: new is what it did not see."""
-        self.known = set(listed)
-        self.waiting_for_grant.clear()
+        """A full pass listed (and so served) `listed`; the first one is the baseline."""
+        if self.known is None:
+            self.known = set(listed)
 
     def _current(self) -> set[str]:
         return {
@@ -51,7 +56,7 @@ class NewNamespaces:
 
     def take(self, now: float) -> tuple[list[str], list[str]]:
         """(namespaces to reconcile now: new ones and grant retries due, namespaces gone)."""
-        if not self.cache.synced.is_set():
+        if self.known is None or not self.cache.synced.is_set():
             return [], []
         current = self._current()
         added = sorted(current - self.known)
@@ -66,7 +71,10 @@ class NewNamespaces:
         """Tried and found without a grant: try again later, each time twice as late."""
         for name in namespaces:
             _, delay = self.waiting_for_grant.get(name, (now, GRANT_RETRY_FIRST_S))
-            self.waiting_for_grant[name] = (now + delay, delay * 2)
+            if delay > GRANT_RETRY_LAST_S:
+                self.waiting_for_grant.pop(name, None)  # the full passes take it from here
+            else:
+                self.waiting_for_grant[name] = (now + delay, delay * 2)
 
     def granted(self, namespaces: Iterable[str]) -> None:
         for name in namespaces:
