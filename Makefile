@@ -79,5 +79,11 @@ bench-reloader: $(STAMP)
 bench-reload: $(STAMP) binaries
 	$(PY) -m bench.reload --mode process; p=$$?; $(PY) -m bench.reload --mode deployment; d=$$?; exit $$((p || d))
 
+# What a tenant costs on the kubelet-backed cluster (root): pods, RSS, requests, API calls
+# and Lease writes at rest, open watches, namespace label latencies (not part of `bench`).
+.PHONY: bench-footprint
+bench-footprint: $(STAMP) binaries cluster-packages
+	$(PY) -m bench.footprint
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -53,12 +53,15 @@ from router.certs_pki import (
     not_after,
     reissue_reason,
 )
+from router.certs_watch import NewNamespaces, serve_new, wait_for_any
 from tenancy_common import health
 from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration
 from tenancy_common.kube import make_api_client, read_json
 from tenancy_common.lifecycle import install_stop_signals, run_event_loop, run_roots
 from tenancy_common.logs import configure_logging
+from tenancy_common.namespace_cache import NamespaceCache
+from tenancy_common.namespace_watch import watch_namespaces
 
 logger = logging.getLogger(__name__)
 
@@ -356,6 +359,8 @@ class CertsController:
         self.failing = failing if failing is not None else FailingKeys()
         self._error_series: dict[str, set[str]] = {}
         self.last_error: str | None = "not reconciled yet"
+        self.listed: frozenset[str] = frozenset()
+        """The tenant namespaces the last full pass listed (the watch serves the others)."""
 
     async def reconcile(self) -> None:
         """The full pass: the router's namespace, then every tenant namespace."""
@@ -379,6 +384,7 @@ class CertsController:
                 and item.get("status", {}).get("phase") != "Terminating"
             ):
                 tenants[namespace] = match["tenant"]
+        self.listed = frozenset(tenants)
         # Gone (or no longer a tenant's): nothing to retry, no series to keep.
         for key in self.failing:
             if key != spec.namespace and key not in tenants:
@@ -407,6 +413,34 @@ class CertsController:
                     continue
                 await self._tenant_key(spec.tenants, match["tenant"], namespace, authorities, now)
         self._metrics.failing.set(len(self.failing))
+
+    async def reconcile_namespaces(self, namespaces: Sequence[str]) -> list[str]:
+        """Only `namespaces` (new ones the watch saw), between full passes; returns those with
+        no grant (yet). A namespace waiting for its own retry is left to it, and all wait
+        while the router namespace does (they need its CAs)."""
+        now = self._clock()
+        spec = self._spec
+        if spec.tenants is None or self.failing.waiting(spec.namespace, now):
+            return []
+        authorities = await self._system(now)
+        if authorities is None:
+            return []
+        not_granted = []
+        for namespace in namespaces:
+            match = spec.tenants.namespace_pattern.fullmatch(namespace)
+            if match is None or namespace == spec.namespace or self.failing.waiting(namespace, now):
+                continue
+            if not await self._tenant_key(
+                spec.tenants, match["tenant"], namespace, authorities, now
+            ):
+                not_granted.append(namespace)
+        self._metrics.failing.set(len(self.failing))
+        return not_granted
+
+    def forget(self, namespace: str) -> None:
+        """A namespace gone: no retry, no metric series left for it."""
+        if namespace != self._spec.namespace:
+            self._forget(namespace)
 
     def next_retry_in_s(self) -> float | None:
         # While the router namespace fails, the tenants wait for it (they need its CAs).
@@ -839,35 +873,53 @@ async def run(config: CertsConfig, stop: asyncio.Event, registry: CollectorRegis
                 raise CertsFailedError(f"certificates failed in {', '.join(failed)}")
             return
 
+        # Between full passes, new tenant namespaces are served as the watch sees them.
+        cache = NamespaceCache()
+        changed = asyncio.Event()
+        new = (
+            NewNamespaces(cache, spec.tenants.namespace_pattern, spec.namespace)
+            if spec.tenants is not None
+            else None
+        )
+
         async def loop() -> None:
             clock = asyncio.get_running_loop().time
             while not stop.is_set():
                 await controller.reconcile()
+                if new is not None:
+                    new.passed(controller.listed)
                 next_pass = clock() + config.resync_interval_s
-                # Until the next full pass, retry each failed namespace when its backoff is up.
+                # Until the next full pass, retry each failed namespace when its backoff is up
+                # and serve new namespaces when the watch brings them.
                 while not stop.is_set() and (left := next_pass - clock()) > 0:
-                    retry = controller.next_retry_in_s()
-                    wait_s = left if retry is None else min(left, retry)
-                    # Interruptible sleep: SIGTERM ends the loop at once.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), wait_s)
-                    if not stop.is_set() and clock() < next_pass:
-                        await controller.retry_due()
+                    waits = [left]
+                    if (retry := controller.next_retry_in_s()) is not None:
+                        waits.append(retry)
+                    if new is not None and (grant := new.next_try_in_s(clock())) is not None:
+                        waits.append(grant)
+                    # Interruptible: SIGTERM ends the loop at once.
+                    await wait_for_any((stop, changed), min(waits))
+                    changed.clear()
+                    if stop.is_set() or clock() >= next_pass:
+                        break
+                    await controller.retry_due()
+                    if new is not None:
+                        await serve_new(
+                            new, clock(), controller.reconcile_namespaces, controller.forget
+                        )
 
+        roots = {"certificates": loop()}
+        if new is not None:
+            roots["namespaces"] = watch_namespaces(api, cache, stop=stop, on_change=changed.set)
         app = health.build_health_app(
             registry,
             {"certificates": lambda: controller.last_error},
             {"tenant-certificates": controller.tenant_failures},
         )
-        await run_roots(
-            {
-                "certificates": loop(),
-                "health": health.serve_until(
-                    app, config.health_bind_address, config.health_port, stop
-                ),
-            },
-            stop,
+        roots["health"] = health.serve_until(
+            app, config.health_bind_address, config.health_port, stop
         )
+        await run_roots(roots, stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -361,7 +361,7 @@ def test_router_certs_controller_runs_with_least_privilege(router_docs: list[Doc
     assert {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]} in role["rules"]
     cluster = find(router_docs, "ClusterRole", name)
     assert cluster["rules"] == [
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
         {
             "apiGroups": ["apiregistration.k8s.io"],
             "resources": ["apiservices"],

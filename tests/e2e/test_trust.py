@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -533,6 +534,64 @@ def test_a_malformed_ca_in_one_tenant_namespace_stays_there(trust: Trust) -> Non
     assert made.signed(
         x509.load_pem_x509_certificate(trust.secret(other_ns, "kedaorg-certs")["tls.crt"])
     )
+
+
+def test_a_new_tenant_namespace_gets_its_certificates_from_the_watch(trust: Trust) -> None:
+    """Issue 21: keda-tenancy-certs, running under the chart's RBAC with a full pass once an
+    hour, serves a tenant namespace that appears after its pass, once that tenant's release
+    grants it (a while after the namespace, as `kubectl create namespace` then `helm install`)."""
+    stack = trust.stack
+    namespace = "keda-kappa"
+    health = free_port()
+    with (trust.dir / "certs-watch.log").open("w") as log:
+        certs = subprocess.Popen(
+            [
+                sys.executable, "-m", "router.certs_bootstrap",
+                f"--spec-file={trust.spec_file}", f"--kubeconfig={trust.certs_kubeconfig}",
+                "--resync-interval=1h", "--health-bind-address=127.0.0.1",
+                f"--health-port={health}", "--log-level=debug",
+            ],
+            stdout=log, stderr=subprocess.STDOUT,
+            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+    try:
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(ready, "keda-tenancy-certs ready", 60, 0.2)
+        time.sleep(2)  # its first full pass is over: what follows comes from the watch
+        stack.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        time.sleep(2)  # seen, and not granted yet
+        grant = Helm(find_helm()).template(
+            TENANT_CHART, release="keda", namespace=namespace, values={"tenant": "kappa"}
+        )
+        apply_docs(
+            stack,
+            [
+                d for d in grant
+                if d["kind"] in ("Role", "RoleBinding")
+                and d["metadata"]["name"] == "keda-tenancy-certs"
+            ],
+        )  # fmt: skip
+
+        def made() -> bool:
+            return {
+                "keda-tenancy-internal-ca",
+                "kedaorg-certs",
+                "keda-metrics-apiserver-tls",
+            } <= set(trust.secret_versions(namespace))
+
+        wait_for(made, f"{namespace}'s certificates", 60, 0.5)
+        assert certs.poll() is None
+    finally:
+        certs.terminate()
+        certs.wait(30)
+        stack.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")

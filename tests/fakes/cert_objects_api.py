@@ -2,6 +2,8 @@
 Secrets and ConfigMaps with resourceVersions (create of an existing name is 409
 AlreadyExists, a replace with a stale resourceVersion 409 Conflict), a namespace list, and
 server-side-apply PATCHes of an APIService's and a ValidatingWebhookConfiguration's caBundle.
+Namespaces are listed and watched as `FakeKubeAPI` serves them (resourceVersions, bookmarks,
+410 after a compaction): `namespace_store` adds and deletes them while it runs.
 Secrets are readable and writable only in `granted` namespaces (else 403), as RBAC would have it;
 Events can be created there too. `failures` answers chosen requests with an API error for as
 long as it holds them (a 409, a 422 from admission, a 500, ...).
@@ -15,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.kube_api import FakeKubeAPI
 
 Obj = dict[str, Any]
 
@@ -42,12 +46,15 @@ class CertObjectsAPI:
     failures: dict[tuple[str, str, str], tuple[int, str]] = field(default_factory=dict)
     events: list[Obj] = field(default_factory=list)
     port: int = 0
+    namespace_store: FakeKubeAPI = field(default_factory=FakeKubeAPI)
     _rv: int = 1
     _runner: web.AppRunner | None = None
 
     async def start(self) -> None:
+        for name in self.namespaces:
+            self.namespace_store.create(name)
         app = web.Application()
-        app.router.add_get("/api/v1/namespaces", self._list_namespaces)
+        app.router.add_get("/api/v1/namespaces", self.namespace_store._namespaces)
         for kind in ("secrets", "configmaps"):
             app.router.add_get(f"/api/v1/namespaces/{{ns}}/{kind}/{{name}}", self._get)
             app.router.add_post(f"/api/v1/namespaces/{{ns}}/{kind}", self._create)
@@ -67,6 +74,7 @@ class CertObjectsAPI:
         self.port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
+        await self.namespace_store.stop()  # ends its watches
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -119,10 +127,6 @@ class CertObjectsAPI:
     def _next_rv(self) -> str:
         self._rv += 1
         return str(self._rv)
-
-    async def _list_namespaces(self, _: web.Request) -> web.Response:
-        items = [{"metadata": {"name": n}, "status": {"phase": "Active"}} for n in self.namespaces]
-        return web.json_response({"kind": "NamespaceList", "items": items, "metadata": {}})
 
     async def _get(self, request: web.Request) -> web.Response:
         kind, ns, name = self._kind(request), request.match_info["ns"], request.match_info["name"]

@@ -595,7 +595,7 @@ async def test_a_failed_namespace_waits_for_its_backoff_and_a_gone_one_is_forgot
     assert errors(registry, "keda-alpha", "api-error") == 2
     assert certs.next_retry_in_s() == 2.0  # doubled
     # The namespace goes: no retry, and no metric series kept for it.
-    two_tenants.namespaces.remove("keda-alpha")
+    two_tenants.namespace_store.finalize("keda-alpha")
     await certs.reconcile()
     assert list(certs.failing) == []
     assert (
