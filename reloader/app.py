@@ -192,10 +192,14 @@ class Reloader:
         def published() -> str | None:
             return self.publisher.last_error if self.publisher is not None else None
 
+        def role_bindings() -> str | None:
+            return self.binding_loop.warning() if self.binding_loop is not None else None
+
         warnings: dict[str, health.ReadinessCheck] = {
             "lease": lease,
             "namespace-access": access,
             "watched-published": published,
+            "role-bindings": role_bindings,
         }
         if self.config.mode == "process":
             # The operator's pod: not ready, it would leave the Service the adapter reaches

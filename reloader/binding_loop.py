@@ -61,19 +61,29 @@ class BindingLoop:
         """The last pass could not delete one of them: retry soon, not at the interval."""
         self.failed: dict[str, str] = {}
         self.last_error: str | None = None
+        """The last pass could not reconcile at all (the API refused)."""
+        self.watch_error: str | None = None
+        """What the operator watches is unknown (never published, or unreadable)."""
         self.passes = 0
 
     def wake(self) -> None:
         self._wake.set()
 
     def readiness(self) -> str | None:
+        """Fails only while the manager cannot reconcile at all (not yet, or the API refuses
+        its list): an unready manager blocks the release's rollouts (`helm upgrade --wait`)."""
         if self.passes == 0:
             return self.last_error or "RoleBindings not reconciled yet"
-        if self.last_error is not None:
-            return self.last_error
-        if self.failed:
-            return "; ".join(f"{ns}: {why}" for ns, why in sorted(self.failed.items()))
-        return None
+        return self.last_error
+
+    def warning(self) -> str | None:
+        """What one namespace or the operator's pod did, shown in /readyz without failing it:
+        a namespace whose binding cannot be made, or a watched set the operator's identity can
+        strip. Neither may block the release's rollouts, and the manager acts on both safely
+        (the namespace waits; a leaving one keeps its binding until the unbind timeout)."""
+        notes = [self.watch_error] if self.watch_error else []
+        notes += [f"{ns}: {why}" for ns, why in sorted(self.failed.items())]
+        return "; ".join(notes) or None
 
     def next_pass_in(self) -> float:
         """Seconds until the next pass is due without an event: the interval, or sooner while a
@@ -148,12 +158,13 @@ class BindingLoop:
         self._left_at = leaving
         self._kept = set(leaving) & result.bound
         self._unbind_failed = any(ns in result.failed for ns in leaving)
-        if watch_error is not None and watch_error != self.last_error:
+        if watch_error is not None and watch_error != self.watch_error:
             logger.warning(
                 "what the operator watches is unknown: a namespace that left keeps its "
                 "RoleBinding only until the unbind timeout",
                 extra={"error": watch_error, "unbind_timeout_s": self._unbind_timeout_s},
             )
-        self.last_error = watch_error
+        self.last_error = None
+        self.watch_error = watch_error
         self.failed = result.failed
         self.passes += 1
