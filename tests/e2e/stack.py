@@ -327,7 +327,37 @@ class Stack(Kubectl):
             ],
         )
         c = self.certs
-        self.run(
+        # The port was free when the Stack was made; a process started since may have taken it
+        # (an ephemeral port of an outgoing connection): then kube-apiserver exits at once, and
+        # it is started again on another.
+        for attempt in range(3):
+            apiserver = self._start_apiserver(etcd_client)
+            if self._apiserver_ready_or_lost_port(apiserver) or attempt == 2:
+                break
+            self.apiserver_port = free_port()
+            self.kubeconfig = self.write_kubeconfig("admin", c / "admin.crt", c / "admin.key")
+        wait_for(
+            lambda: self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
+            "kube-apiserver ready",
+            120,
+        )
+        self.publish_tenancy_rule()
+
+    def _apiserver_ready_or_lost_port(self, apiserver: Process) -> bool:
+        """False if it exited because its port was taken; True once it answers /readyz, exited
+        for another reason, or is still not ready after 120 s (the caller's wait says so)."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0:
+                return True
+            if not apiserver.running:
+                return "address already in use" not in apiserver.tail(5)
+            time.sleep(0.2)
+        return True
+
+    def _start_apiserver(self, etcd_client: int) -> Process:
+        c = self.certs
+        return self.run(
             "kube-apiserver",
             [
                 str(self.bin / "kube-apiserver"),
@@ -354,12 +384,6 @@ class Stack(Kubectl):
                 "--v=1",
             ],
         )
-        wait_for(
-            lambda: self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
-            "kube-apiserver ready",
-            120,
-        )
-        self.publish_tenancy_rule()
 
     def publish_tenancy_rule(self) -> None:
         """The router release's published tenancy rule (its ConfigMap and reader Role, as
