@@ -10,7 +10,6 @@ named external ones. promtool comes from Debian's `prometheus` package (tests/pa
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -35,8 +34,6 @@ from tests.deploy.charts import (
     TENANT_CHART,
     Doc,
     Helm,
-    HelmNotFound,
-    find_helm,
     of_kind,
 )
 
@@ -55,16 +52,6 @@ PROMQL_WORDS = {
     "sum", "max", "min", "by", "without", "on", "unless", "or", "and", "rate", "increase",
     "absent", "vector", "histogram_quantile", "time", "label_values", "le", "ignoring",
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def helm() -> Helm:
-    try:
-        return Helm(find_helm())
-    except HelmNotFound as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"helm is required in CI: {exc}")
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
