@@ -16,6 +16,7 @@ RUN python -m venv /opt/keda-tenancy
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY router/ router/
+COPY controller/ controller/
 COPY reloader/ reloader/
 COPY tenancy_common/ tenancy_common/
 RUN /opt/keda-tenancy/bin/pip install '.[fast]' \

@@ -21,10 +21,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from controller.certs.bootstrap import CertsMetrics
 from reloader.metrics import ReloaderMetrics
 from reloader.rolebindings import BindingMetrics
 from reloader.supervise import SupervisorMetrics
-from router.certs_bootstrap import CertsMetrics
 from router.metrics import RouterMetrics
 from tenancy_common.namespace_cache import WatchMetrics
 from tests.deploy.charts import (

@@ -17,11 +17,11 @@ import yaml
 from cryptography import x509
 from prometheus_client import CollectorRegistry
 
+from controller.certs.bootstrap import TENANT_AUTHORITY, CertsConfig, CertsMetrics, Spec
 from reloader import forward_cli
 from reloader.config import ReloaderConfig
 from reloader.desired import desired_namespaces
 from reloader.supervise import parse_config as parse_supervisor_config
-from router.certs_bootstrap import TENANT_AUTHORITY, CertsConfig, CertsMetrics, Spec
 from router.config import RouterConfig
 from tenancy_common.names import NamespaceName
 from tenancy_common.namespace import Namespace

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from router.certs_pki import Authority, LeafRequest, issue, new_authority
+from controller.certs.pki import Authority, LeafRequest, issue, new_authority
 from tests.deploy.charts import (
     ROUTER_CHART,
     ROUTER_NAMESPACE,
@@ -85,7 +85,7 @@ class Trust:
             [
                 sys.executable,
                 "-m",
-                "router.certs_bootstrap",
+                "controller.certs.bootstrap",
                 f"--spec-file={spec_file or self.spec_file}",
                 f"--kubeconfig={self.certs_kubeconfig}",
                 "--once",
@@ -546,7 +546,7 @@ def test_a_new_tenant_namespace_gets_its_certificates_from_the_watch(trust: Trus
     with (trust.dir / "certs-watch.log").open("w") as log:
         certs = subprocess.Popen(
             [
-                sys.executable, "-m", "router.certs_bootstrap",
+                sys.executable, "-m", "controller.certs.bootstrap",
                 f"--spec-file={trust.spec_file}", f"--kubeconfig={trust.certs_kubeconfig}",
                 "--resync-interval=1h", "--health-bind-address=127.0.0.1",
                 f"--health-port={health}", "--log-level=debug",

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 
-from router.certs_bootstrap import (
+from controller.certs.bootstrap import (
     FIELD_MANAGER,
     CertsConfig,
     CertsController,

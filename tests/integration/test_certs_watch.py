@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from router.certs_bootstrap import CertsConfig, run
+from controller.certs.bootstrap import CertsConfig, run
 from tests.fakes.cert_objects_api import CertObjectsAPI
 from tests.integration.test_certs_controller import (
     SYSTEM,

@@ -12,15 +12,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from router.certs_bootstrap import TENANT_AUTHORITY, CertsConfig, Spec
-from router.certs_failures import (
+from controller.certs.bootstrap import TENANT_AUTHORITY, CertsConfig, Spec
+from controller.certs.failures import (
     EVENT_REPEAT,
     FailingKeys,
     SecretFailedError,
     classify,
     event_reason,
 )
-from router.certs_pki import (
+from controller.certs.pki import (
     Authority,
     AuthorityError,
     LeafRequest,

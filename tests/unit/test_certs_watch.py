@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from router.certs_watch import NewNamespaces
+from controller.certs.watch import NewNamespaces
 from tenancy_common.names import NamespaceName
 from tenancy_common.namespace import Namespace
 from tenancy_common.namespace_cache import NamespaceCache

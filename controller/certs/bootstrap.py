@@ -37,14 +37,14 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from router.certs_failures import (
+from controller.certs.failures import (
     FailingKeys,
     SecretFailedError,
     SecretTypeError,
     classify,
     event_reason,
 )
-from router.certs_pki import (
+from controller.certs.pki import (
     Authority,
     LeafRequest,
     SecretData,
@@ -53,7 +53,7 @@ from router.certs_pki import (
     not_after,
     reissue_reason,
 )
-from router.certs_watch import NewNamespaces, serve_new, wait_for_any
+from controller.certs.watch import NewNamespaces, serve_new, wait_for_any
 from tenancy_common import health
 from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from router.certs_pki import AuthorityError
+from controller.certs.pki import AuthorityError
 
 RETRY_INITIAL = datetime.timedelta(seconds=1)
 RETRY_MAX = datetime.timedelta(minutes=5)

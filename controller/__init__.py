@@ -1,0 +1,2 @@
+"""The platform controller: what one copy serves for every tenant (ownership, bindings,
+certificates, Lease release), installed with the router release."""
