@@ -50,6 +50,8 @@ NEEDS = [
         "keeps each tenant's metrics-server certificate"),
     Row(CERTS, "patch", "apiservices.apiregistration.k8s.io/v1beta1.external.metrics.k8s.io",
         "cluster", True, "the APIService caBundle"),
+    Row(CERTS, "watch", "namespaces", "cluster", True,
+        "issues a new tenant's certificates when its namespace appears, not at the next pass"),
     Row("keda-operator", "get", "secrets", "own apps", True, "trigger Secrets, by the managed binding"),
     Row("keda-operator", "patch", "deployments.apps", "own apps", True, "scale targets", "scale"),
     Row("keda-operator", "update", "scaledobjects.keda.sh", "own apps", True, "KEDA's own objects"),
