@@ -360,6 +360,9 @@ class CertsController:
         self._error_series: dict[str, set[str]] = {}
         self.last_error: str | None = "not reconciled yet"
         self.listed: frozenset[str] = frozenset()
+        # The tenant namespaces that granted us, from full passes and the watch alike, so the
+        # `tenants` gauge counts a tenant the watch served before the next pass.
+        self._served: set[str] = set()
         """The tenant namespaces the last full pass listed (the watch serves the others)."""
 
     async def reconcile(self) -> None:
@@ -389,13 +392,13 @@ class CertsController:
         for key in self.failing:
             if key != spec.namespace and key not in tenants:
                 self._forget(key)
-        served = 0
+        self._served &= set(tenants)
         for namespace, tenant in tenants.items():
             if self.failing.waiting(namespace, now):
-                served += 1  # its own retry comes first
+                self._served.add(namespace)  # its own retry comes first
                 continue
-            served += await self._tenant_key(spec.tenants, tenant, namespace, authorities, now)
-        self._metrics.tenants.set(served)
+            await self._tenant_key(spec.tenants, tenant, namespace, authorities, now)
+        self._metrics.tenants.set(len(self._served))
         self._metrics.failing.set(len(self.failing))
 
     async def retry_due(self) -> None:
@@ -441,6 +444,8 @@ class CertsController:
         """A namespace gone: no retry, no metric series left for it."""
         if namespace != self._spec.namespace:
             self._forget(namespace)
+            self._served.discard(namespace)
+            self._metrics.tenants.set(len(self._served))
 
     def next_retry_in_s(self) -> float | None:
         # While the router namespace fails, the tenants wait for it (they need its CAs).
@@ -495,12 +500,18 @@ class CertsController:
             # Not a tenant release (or one that did not grant us): nothing of ours there.
             logger.debug("no grant in %s", namespace, extra={"namespace": namespace})
             self._forget(namespace)
+            self._served.discard(namespace)
+            self._metrics.tenants.set(len(self._served))
             return 0
         except Exception as exc:  # one key's failure: recorded, retried
             await self._failed(namespace, exc, now)
-            return 1
-        self._succeeded(namespace)
-        return 1
+            outcome = 1
+        else:
+            self._succeeded(namespace)
+            outcome = 1
+        self._served.add(namespace)
+        self._metrics.tenants.set(len(self._served))
+        return outcome
 
     async def _failed(self, namespace: str, exc: Exception, now: datetime.datetime) -> None:
         reason, message = classify(exc)

@@ -83,11 +83,13 @@ def made(api: CertObjectsAPI, namespace: str) -> bool:
 async def test_a_new_tenant_namespace_gets_its_certificates_from_the_watch(
     running: tuple[CertObjectsAPI, CollectorRegistry, Callable[..., object]],
 ) -> None:
-    api, _, until = running
+    api, registry, until = running
     api.granted.add("keda-delta")
     api.namespace_store.create("keda-delta")
     await until(lambda: made(api, "keda-delta"))  # type: ignore[misc]
     assert_tenant_served(api, "keda-delta")
+    # The tenants gauge counts it now, not at the next full pass (an hour away here).
+    assert registry.get_sample_value("keda_tenancy_certs_tenants") == 2
     # A namespace outside the pattern is none of its business.
     api.namespace_store.create("apps")
     await asyncio.sleep(0.2)
@@ -142,3 +144,5 @@ async def test_a_namespace_deleted_while_failing_is_forgotten(
         )
 
     await until(forgotten)  # type: ignore[misc]
+    # Gone: no longer counted among the tenants (the first pass's keda-alpha still is).
+    assert registry.get_sample_value("keda_tenancy_certs_tenants") == 1
