@@ -5,7 +5,9 @@
 #   tests/e2e/build/build.sh [component ...]   (default: all)
 #
 # Components: etcd kube-apiserver kube-controller-manager kubectl keda keda-adapter helm
-# custom-metrics-test-adapter, and for the kubelet-backed cluster kubelet kube-scheduler kube-proxy coredns kube-router keda-webhooks.
+# custom-metrics-test-adapter, and for the kubelet-backed cluster kubelet kube-scheduler kube-proxy coredns kube-router keda-webhooks
+# keda-previous keda-adapter-previous keda-webhooks-previous (KEDA_PREVIOUS_VERSION: only when named,
+# by the canary scenario, so other runs never pay for them).
 # Progress goes to stderr; the last line of stdout is the bin directory.
 #
 # `go install pkg@version` refuses modules with replace directives (kubernetes and KEDA
@@ -65,13 +67,13 @@ kubernetes_wrapper() {
     wrapper kubernetes 1.25.0 "k8s.io/kubernetes $KUBERNETES_VERSION"
 }
 
-keda_wrapper() {
-  local gomod
-  gomod=$(module_gomod github.com/kedacore/keda/v2 "$KEDA_VERSION")
+keda_wrapper() {  # keda_wrapper [VERSION WRAPPER_NAME]: default KEDA_VERSION in "keda"
+  local version=${1:-$KEDA_VERSION} name=${2:-keda} gomod
+  gomod=$(module_gomod github.com/kedacore/keda/v2 "$version")
   # KEDA pins k8s.io/* and controller-runtime in its replace blocks: copy them verbatim.
   awk '/^replace \(/{on=1; print; next} on{print} on && /^\)/{on=0}
        /^replace [^(]/{print}' "$gomod" |
-    wrapper keda 1.26.0 "github.com/kedacore/keda/v2 $KEDA_VERSION"
+    wrapper "$name" 1.26.0 "github.com/kedacore/keda/v2 $version"
 }
 
 etcd_wrapper() {
@@ -201,6 +203,16 @@ for component in "${components[@]}"; do
     keda) build keda "$(keda_wrapper)" github.com/kedacore/keda/v2/cmd/operator ;;
     keda-adapter) build keda-adapter "$(keda_wrapper)" github.com/kedacore/keda/v2/cmd/adapter ;;
     keda-webhooks) build keda-webhooks "$(keda_wrapper)" github.com/kedacore/keda/v2/cmd/webhooks ;;
+    keda-previous | keda-adapter-previous | keda-webhooks-previous)
+      # The canary scenario's second KEDA (issue 22): its version in the binary's name, not
+      # in the cache key (that would rebuild everything); its own wrapper module, whose
+      # dependencies (KEDA_PREVIOUS_VERSION has the same go.mod) come from the Go build cache
+      # of KEDA_VERSION. Stamped like KEDA's release build, so it logs its version.
+      cmd=${component#keda-}; cmd=${cmd%-previous}; [ "$component" != keda-previous ] || cmd=operator
+      build "${component%-previous}-$KEDA_PREVIOUS_VERSION" \
+        "$(keda_wrapper "$KEDA_PREVIOUS_VERSION" "keda-$KEDA_PREVIOUS_VERSION")" \
+        "github.com/kedacore/keda/v2/cmd/$cmd" \
+        "-ldflags=-s -w -X github.com/kedacore/keda/v2/version.Version=${KEDA_PREVIOUS_VERSION#v}" ;;
     custom-metrics-test-adapter)
       # Its version is not in the cache key (that would rebuild everything): in its name.
       build "custom-metrics-test-adapter-$CUSTOM_METRICS_APISERVER_VERSION" "$(test_adapter_wrapper)" . ;;

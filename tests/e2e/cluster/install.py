@@ -111,7 +111,8 @@ class Installed:
         args = [
             "--set", f"tenant={tenant}",
             "--set", f"images.tenant.repository={tenant_image.reference.rsplit(':', 1)[0]}",
-            "--set", f"images.tenant.tag={Images.tag(tenant_image)}",
+            # The tag from the prefix and keda.version, as a user's (the canary moves keda.version).
+            "--set", f"images.tenant.tagPrefix={Images.tenant_tag_prefix(tenant_image)}",
             "--set", "images.pullPolicy=Never",
         ]  # fmt: skip
         if tenant == "beta":

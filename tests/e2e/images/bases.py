@@ -81,12 +81,22 @@ class Bases:
     """Builders for the base images, cached under `cache` by what goes into them."""
 
     def __init__(
-        self, cache: Path, bin_dir: Path, keda_version: str, log: Callable[[str], None] = print
+        self,
+        cache: Path,
+        bin_dir: Path,
+        keda_version: str,
+        log: Callable[[str], None] = print,
+        keda_suffix: str = "",
     ) -> None:
         self.cache = cache
         self.bin = bin_dir
         self.keda_tag = keda_version.lstrip("v")
         self.log = log
+        # build.sh names a second KEDA's binaries keda-<version>, keda-adapter-<version>, ...
+        self.keda_suffix = keda_suffix
+
+    def keda_binary(self, name: str) -> Path:
+        return self.bin / f"{name}{self.keda_suffix}"
 
     # python:3.11-slim --------------------------------------------------------------------
 
@@ -159,12 +169,14 @@ class Bases:
         return Image(target, config)
 
     def keda(self, target: Path) -> Image:
-        return self._static(target, {"/keda": self.bin / "keda"}, ["/keda"], f"{NONROOT}:{NONROOT}")
+        return self._static(
+            target, {"/keda": self.keda_binary("keda")}, ["/keda"], f"{NONROOT}:{NONROOT}"
+        )
 
     def keda_metrics_apiserver(self, target: Path) -> Image:
         return self._static(
             target,
-            {"/keda-adapter": self.bin / "keda-adapter"},
+            {"/keda-adapter": self.keda_binary("keda-adapter")},
             ["/keda-adapter"],
             f"{NONROOT}:{NONROOT}",
         )
@@ -172,7 +184,7 @@ class Bases:
     def keda_admission_webhooks(self, target: Path) -> Image:
         return self._static(
             target,
-            {"/keda-admission-webhooks": self.bin / "keda-webhooks"},
+            {"/keda-admission-webhooks": self.keda_binary("keda-webhooks")},
             ["/keda-admission-webhooks"],
             f"{NONROOT}:{NONROOT}",
         )

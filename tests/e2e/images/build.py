@@ -60,6 +60,26 @@ class Images:
     def tag(image: BuiltImage) -> str:
         return image.reference.rsplit(":", 1)[1]
 
+    @staticmethod
+    def tenant_tag_prefix(image: BuiltImage) -> str:
+        """The tenant chart's images.tenant.tagPrefix for the tenant image: its tag is
+        <tagPrefix>-keda<KEDA version>, as the chart derives it from keda.version."""
+        return Images.tag(image).rsplit("-keda", 1)[0]
+
+
+@dataclass(frozen=True)
+class KedaImages:
+    """One KEDA release's images for a tenant: keda-tenancy-keda built with that KEDA_VERSION,
+    and KEDA's upstream metrics-server and webhook images."""
+
+    version: str  # as the tenant chart's keda.version: 2.20.1
+    tenant: BuiltImage
+    metrics_apiserver: BuiltImage
+    webhooks: BuiltImage
+
+    def all(self) -> list[BuiltImage]:
+        return [self.tenant, self.metrics_apiserver, self.webhooks]
+
 
 def context_digest(dockerfile: Path, context: Path) -> str:
     build = Build(dockerfile, context, Path("/nonexistent"), {})
@@ -72,17 +92,35 @@ def context_digest(dockerfile: Path, context: Path) -> str:
     return digest_of(*parts)
 
 
+def safe_name(reference: str) -> str:
+    return reference.replace("/", "_").replace(":", "_")
+
+
 class Builder:
-    def __init__(self, bin_dir: Path, keda_version: str, cache: Path | None = None) -> None:
+    """`keda_suffix`: build another KEDA's images from build.sh's `keda<suffix>`,
+    `keda-adapter<suffix>`, ... binaries (the canary's `-v2.20.1`); see keda_release()."""
+
+    def __init__(
+        self, bin_dir: Path, keda_version: str, cache: Path | None = None, keda_suffix: str = ""
+    ) -> None:
         self.cache = cache or cache_dir()
         self.work = self.cache / "work"
         self.archives = self.cache / "archives"
-        self.bases = Bases(self.cache, bin_dir, keda_version, log)
+        self.bases = Bases(self.cache, bin_dir, keda_version, log, keda_suffix)
         self.bin = bin_dir
         self.keda_tag = keda_version.lstrip("v")
+        self.keda_suffix = keda_suffix
 
-    def _archive(self, reference: str, key: str, make: Callable[[Path], Image]) -> BuiltImage:
-        safe = reference.replace("/", "_").replace(":", "_")
+    def _archive(
+        self,
+        reference: str,
+        key: str,
+        make: Callable[[Path], Image],
+        family: str | None = None,
+    ) -> BuiltImage:
+        """`family`: the glob of the archives this one replaces (default: every archive of the
+        same repository)."""
+        safe = safe_name(reference)
         archive = self.archives / f"{safe}-{key}.oci.tar"
         if not archive.exists():
             started = time.monotonic()
@@ -100,22 +138,38 @@ class Builder:
             )
         else:
             log(f"{reference}: cached")
-        # Earlier builds of the same repository are of no further use: keep the cache bounded.
-        repository = reference.rsplit(":", 1)[0].replace("/", "_").replace(":", "_") + "_"
-        for stale in self.archives.glob(f"{repository}*.oci.tar"):
+        # Earlier builds of the same image are of no further use: keep the cache bounded.
+        if family is None:
+            family = safe_name(reference.rsplit(":", 1)[0]) + "_*"
+        for stale in self.archives.glob(f"{family}.oci.tar"):
             if stale != archive:
                 stale.unlink()
         return BuiltImage(reference, archive)
 
-    def static(self, reference: str, builder: Callable[[Path], Image], *inputs: str) -> BuiltImage:
+    def static(
+        self,
+        reference: str,
+        builder: Callable[[Path], Image],
+        *inputs: str,
+        family: str | None = None,
+    ) -> BuiltImage:
         key = digest_of(RECIPE, reference, str(self.bin), *inputs)
-        return self._archive(reference, key, lambda work: builder(work / "rootfs"))
+        return self._archive(reference, key, lambda work: builder(work / "rootfs"), family)
 
-    def dockerfile(self, repository: str, dockerfile: Path) -> BuiltImage:
+    def dockerfile(self, repository: str, dockerfile: Path, keda_tag: bool = False) -> BuiltImage:
+        """`keda_tag`: tag it <key>-keda<version> (the tenant chart's tag for keda.version),
+        one archive per KEDA version."""
         key = digest_of(
             RECIPE, context_digest(dockerfile, ROOT), str(self.bin), self.bases.debian_key()
         )
         reference = f"{repository}:e2e-{key[:12]}"
+        family = None
+        if keda_tag:
+            # The same tag prefix for every KEDA version (the chart's images.tenant.tagPrefix),
+            # so keda.version alone picks among them; each version its own archive.
+            reference += f"-keda{self.keda_tag}"
+            family = f"{safe_name(repository)}_e2e-*-keda{self.keda_tag}-*"
+            key = digest_of(key, self.keda_tag, self.keda_suffix)
 
         def make(work: Path) -> Image:
             return Build(
@@ -127,21 +181,35 @@ class Builder:
                 log=lambda line: log(f"{repository}: {line}"),
             ).run()
 
-        return self._archive(reference, key, make)
+        return self._archive(reference, key, make, family)
 
-    def all(self) -> Images:
-        b, tag = self.bases, self.keda_tag
-        return Images(
-            router=self.dockerfile("keda-tenancy-router", ROOT / "deploy/images/router.Dockerfile"),
+    def keda_upstream(self, reference: str, builder: Callable[[Path], Image]) -> BuiltImage:
+        """One of KEDA's own images: its tag is the KEDA version, each version its archive."""
+        return self.static(reference, builder, family=f"{safe_name(reference)}-*")
+
+    def keda_release(self) -> KedaImages:
+        """This builder's KEDA version's images (each KEDA version its own archives)."""
+        b, tag, upstream = self.bases, self.keda_tag, self.keda_upstream
+        return KedaImages(
+            version=tag,
             tenant=self.dockerfile(
-                "keda-tenancy-keda", ROOT / "deploy/images/keda-tenant.Dockerfile"
+                "keda-tenancy-keda", ROOT / "deploy/images/keda-tenant.Dockerfile", keda_tag=True
             ),
-            metrics_apiserver=self.static(
+            metrics_apiserver=upstream(
                 f"ghcr.io/kedacore/keda-metrics-apiserver:{tag}", b.keda_metrics_apiserver
             ),
-            webhooks=self.static(
+            webhooks=upstream(
                 f"ghcr.io/kedacore/keda-admission-webhooks:{tag}", b.keda_admission_webhooks
             ),
+        )
+
+    def all(self) -> Images:
+        b, keda = self.bases, self.keda_release()
+        return Images(
+            router=self.dockerfile("keda-tenancy-router", ROOT / "deploy/images/router.Dockerfile"),
+            tenant=keda.tenant,
+            metrics_apiserver=keda.metrics_apiserver,
+            webhooks=keda.webhooks,
             pause=self.static("keda-tenancy.local/pause:3.10", b.pause),
             busybox=self.static("keda-tenancy.local/busybox:e2e", b.busybox),
             python=self.static("keda-tenancy.local/python:3.11", b.python_slim, b.debian_key()),

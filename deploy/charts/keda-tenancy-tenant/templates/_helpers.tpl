@@ -37,7 +37,26 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "tenant.image" -}}
 {{- $img := index .ctx.Values.images .image }}
-{{- printf "%s:%s" $img.repository (default .ctx.Chart.AppVersion $img.tag) }}
+{{- printf "%s:%s" $img.repository (include "tenant.imageTag" .) }}
+{{- end }}
+
+{{/* An image's tag: explicit, else from keda.version (the tenant image: <tagPrefix>-keda<version>). */}}
+{{- define "tenant.imageTag" -}}
+{{- $img := index .ctx.Values.images .image }}
+{{- if $img.tag }}{{ $img.tag }}
+{{- else if eq .image "tenant" }}{{ default .ctx.Chart.AppVersion $img.tagPrefix }}-keda{{ trimPrefix "v" .ctx.Values.keda.version }}
+{{- else }}{{ trimPrefix "v" .ctx.Values.keda.version }}
+{{- end }}
+{{- end }}
+
+{{/* The KEDA version an image runs, read from its tag ("" when the tag names none). */}}
+{{- define "tenant.imageKedaVersion" -}}
+{{- $tag := include "tenant.imageTag" . }}
+{{- if eq .image "tenant" }}
+{{- $found := regexFind "-kedav?[0-9]+[.][0-9]+[.][0-9]+([-+][0-9A-Za-z.-]+)?$" $tag }}
+{{- if $found }}{{ trimPrefix "v" (trimPrefix "-keda" $found) }}{{ end }}
+{{- else }}{{ trimPrefix "v" $tag }}
+{{- end }}
 {{- end }}
 
 {{- define "tenant.leaderElectionId" -}}
