@@ -164,14 +164,14 @@ async def test_releases_the_lease_after_each_exit_only_when_this_pods_keda_holds
         publish(kube_api, "a1,a2")
         await eventually(lambda: log.starts()[-1] == "a1,a2")
         assert kube_api.leases[(NAMESPACE, LEASE)]["spec"]["holderIdentity"] == ""
-        assert pod.metrics.lease_releases._value.get() == 2
+        assert pod.metrics.lease_releases.value == 2
         kube_api.put_lease(NAMESPACE, LEASE, lease_spec("keda-operator-other-pod_99"))
         publish(kube_api, "a2")
         await eventually(lambda: log.starts()[-1] == "a2")
         # Another pod's KEDA leads: never ours to release.
         held = kube_api.leases[(NAMESPACE, LEASE)]["spec"]["holderIdentity"]
         assert held == "keda-operator-other-pod_99"
-        assert pod.metrics.lease_releases._value.get() == 2
+        assert pod.metrics.lease_releases.value == 2
 
 
 async def test_the_grpc_port_stays_bound_and_reaches_each_new_keda(
