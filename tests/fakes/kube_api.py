@@ -121,6 +121,9 @@ class FakeKubeAPI:
     secrets: dict[tuple[str, str], Obj] = field(default_factory=dict)
     operations: list[str] = field(default_factory=list)
     events: list[Obj] = field(default_factory=list)
+    timeline: list[tuple[str, str, str, str]] = field(default_factory=list)
+    """(what, namespace, name, detail) in order: "rolebinding created" / "rolebinding gone"
+    (the object left the store), "namespaces published" (detail: data.namespaces)."""
     """Events posted (core/v1), in order."""
     forbidden: set[str] = field(default_factory=set)
     """Requests answered 403 (as RBAC would), by their `requests` key, e.g. "get rolebinding"."""
@@ -532,7 +535,9 @@ class FakeKubeAPI:
         selector = _parse_selector(request.query.get("labelSelector", ""))
         if _true(request.query.get("watch")):
             self.requests["watch pods"] += 1
-            return await self._watch(request, selector, f"pods/{namespace}" if namespace else "pods")
+            return await self._watch(
+                request, selector, f"pods/{namespace}" if namespace else "pods"
+            )
         self.requests["list pods"] += 1
         items = [
             obj
@@ -859,6 +864,7 @@ class FakeKubeAPI:
         body["metadata"].update(namespace=namespace, uid=f"uid-{namespace}-{name}-{self._rv + 1}")
         self.rolebindings[(namespace, name)] = body
         self._record("ADDED", None, body, "rolebindings")
+        self.timeline.append(("rolebinding created", namespace, name, role))
         self.operations.append(f"create rolebinding {namespace}")
         return web.json_response(body, status=201)
 
@@ -891,6 +897,7 @@ class FakeKubeAPI:
         else:
             del self.rolebindings[key]
             self._record("DELETED", obj, obj, "rolebindings")
+            self.timeline.append(("rolebinding gone", key[0], key[1], ""))
 
     def terminate_namespace(self, name: str) -> None:
         """A namespace deleted: Terminating, and (the namespace controller) its RoleBindings
@@ -926,6 +933,7 @@ class FakeKubeAPI:
         if obj["metadata"].get("deletionTimestamp") and not obj["metadata"].get("finalizers"):
             del self.rolebindings[key]
             self._record("DELETED", old, obj, "rolebindings")
+            self.timeline.append(("rolebinding gone", key[0], key[1], ""))
         else:
             self._record("MODIFIED", old, obj, "rolebindings")
         return web.json_response(obj)
@@ -994,10 +1002,14 @@ class FakeKubeAPI:
         obj = self.configmaps.get(key)
         if obj is None:
             return _not_found("configmaps", key[1])
-        _merge_patch(obj, await request.json())
+        patch = await request.json()
+        _merge_patch(obj, patch)
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
         self.operations.append(f"patch configmap {key[1]}")
+        if "namespaces" in (patch.get("data") or {}):
+            value = str(obj["data"]["namespaces"])
+            self.timeline.append(("namespaces published", key[0], key[1], value))
         return web.json_response(obj)
 
     def add_pod(
