@@ -238,7 +238,8 @@ async def test_a_grant_cannot_bind_what_its_tenant_did_not_allow(
         assert "RBAC permissions not currently held" in controller.errors["alpha"]
         # A grant naming any other ClusterRole is refused before the API is asked.
         assert "admin" in controller.errors["beta"]
-        assert not bound(kube_api, "alpha") and not bound(kube_api, "beta")
+        assert not bound(kube_api, "alpha")
+        assert not bound(kube_api, "beta")
         assert published(kube_api, "beta") is None
 
 
