@@ -19,12 +19,15 @@ as a single Lease is followed), Secrets (GET, DELETE with a uid precondition) an
 custom objects (LIST, merge PATCH with a resourceVersion precondition; finalizers hold a
 deleted one).
 
-RBAC, for the operator's RoleBindings: RoleBindings (cluster-wide LIST by label, create,
-delete with a uid precondition) with the API server's escalation check (a binding can only be
+RBAC, for the operator's RoleBindings: RoleBindings (cluster-wide LIST and WATCH by label,
+create, delete with a uid precondition, merge PATCH with a resourceVersion precondition;
+finalizers hold a deleted one) with the API server's escalation check (a binding can only be
 created for a ClusterRole in `bindable`, as `bind` with resourceNames grants), and
 SelfSubjectAccessReviews answered for `self_subject` from the RoleBindings and `cluster_roles`
 rules, so access follows bindings the way the authorizer does. `operations` records writes in
-order.
+order, `timeline` binding creations and removals and published namespace sets; Events are kept
+(`events`); `forbidden` answers chosen requests 403 (per namespace for ConfigMap patches). Pods
+are also listed and watched cluster-wide (`/api/v1/pods`).
 """
 
 from __future__ import annotations
