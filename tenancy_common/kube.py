@@ -48,3 +48,15 @@ async def open_stream(call: Awaitable[object]) -> aiohttp.ClientResponse:
             response.release()
         raise ApiException(status=response.status, reason=body[:300].decode("utf-8", "replace"))
     return response
+
+
+def api_reason(exc: BaseException) -> str:
+    """The API server's Status message when there is one, else the exception."""
+    if isinstance(exc, ApiException):
+        text = exc.reason or ""
+        try:
+            message = json.loads(text).get("message")
+        except (ValueError, AttributeError):
+            message = None
+        return f"{exc.status}: {message or text}"
+    return str(exc) or type(exc).__name__
