@@ -28,7 +28,6 @@ from reloader.control import Controller
 from reloader.deployment import DeploymentPatcher
 from reloader.desired import Desired, desired_namespaces
 from reloader.forward import Forwarder
-from reloader.lease import LeaseReleaser
 from reloader.lease_gate import LeaseGate
 from reloader.metrics import PREFIX as METRICS_PREFIX
 from reloader.metrics import ReloaderMetrics
@@ -42,6 +41,7 @@ from reloader.uninstall import Uninstaller
 from reloader.watched import DeploymentPods, WatchedConfigMap, WatchedSource
 from tenancy_common import health
 from tenancy_common.kube import make_api_client
+from tenancy_common.lease import LeaseReleaser
 from tenancy_common.lifecycle import install_stop_signals, run_roots, wait_stopped
 from tenancy_common.namespace_cache import NamespaceCache, WatchMetrics, staleness_check
 from tenancy_common.namespace_watch import WatchSettings, watch_namespaces

@@ -23,8 +23,8 @@ import aiohttp
 from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from reloader.lease import holder_hostname
 from tenancy_common.kube import open_stream, read_json
+from tenancy_common.lease import holder_hostname
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Each operator pod's supervisor (reloader.supervise) releases its KEDA's Lease th
 exits, and the next pod's starts KEDA once it is free. A pod that died without that (its
 supervisor SIGKILLed or OOM-killed) would leave the Lease held for its whole duration; so when
 the kubelet reports that an operator pod's operator container has terminated, the Lease it still
-holds is released here (reloader.lease checks that the holder is that pod and did not renew
+holds is released here (tenancy_common.lease checks that the holder is that pod and did not renew
 after it died), and the next operator takes over at once.
 
 Only the kubelet's report is proof: the container's current state `terminated`, or the pod's
@@ -25,17 +25,17 @@ import asyncio
 import json
 import logging
 import random
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from reloader.lease import LeaseReleaser, parse_micro_time
 from reloader.metrics import ReloaderMetrics
 from tenancy_common.kube import open_stream, read_json
+from tenancy_common.lease import LeaseReleaser
 from tenancy_common.lifecycle import wait_stopped
+from tenancy_common.pod_status import died_at, runs_container
 
 logger = logging.getLogger(__name__)
 
@@ -43,41 +43,6 @@ WATCH_TIMEOUT_S = 300
 INACTIVITY_TIMEOUT_S = 330.0
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 30.0
-
-
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
-
-
-def died_at(pod: dict[str, Any], container: str) -> datetime | None:
-    """When the kubelet reports that the operator container of `pod` stopped; None without
-    that proof (it runs, waits to start or restart, or nothing is reported).
-
-    Only the current state counts: a container that was restarted in place runs again. A pod
-    in phase Succeeded or Failed has stopped every container for good (the kubelet reports a
-    terminal phase only once they have; the pod garbage collector sets Failed only on a node
-    that is gone or declared out of service)."""
-    status = pod.get("status") or {}
-    for entry in status.get("containerStatuses") or ():
-        if entry.get("name") != container:
-            continue
-        terminated = (entry.get("state") or {}).get("terminated")
-        if terminated is not None:
-            finished = parse_micro_time(terminated.get("finishedAt"))
-            if finished is None:
-                return datetime.now(UTC)
-            # The kubelet reports whole seconds: the container died within the second after.
-            return finished + timedelta(seconds=1) if finished.microsecond == 0 else finished
-        if status.get("phase") in TERMINAL_PHASES:
-            return datetime.now(UTC)  # no finish time: stopped by the time we read this
-        return None
-    return None
-
-
-def runs_container(pod: dict[str, Any], container: str) -> bool:
-    """Whether `pod` has the operator container (in its spec or its reported status)."""
-    spec = (pod.get("spec") or {}).get("containers") or ()
-    reported = (pod.get("status") or {}).get("containerStatuses") or ()
-    return any(entry.get("name") == container for entry in (*spec, *reported))
 
 
 class OperatorPodWatch:

@@ -21,7 +21,6 @@ Terminating namespace (at once when the namespace is not terminating: our own de
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,22 +36,14 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from tenancy_common.kube import read_json
+from tenancy_common.keda_objects import FINALIZER, keda_objects_block
+from tenancy_common.kube import api_reason, read_json
 
 logger = logging.getLogger(__name__)
 
 OWNER_LABEL = "keda-tenancy.io/role-binding-of"
 """Value: the tenant. Marks the RoleBindings this manager created (and may delete)."""
 RBAC_GROUP = "rbac.authorization.k8s.io"
-FINALIZER = "keda-tenancy.io/operator-access"
-"""Holds a binding in a Terminating namespace until KEDA has removed its own finalizers."""
-KEDA_KINDS = (
-    # (group, version, plural): what KEDA puts finalizers on, and must update to remove them.
-    ("keda.sh", "v1alpha1", "scaledobjects"),
-    ("keda.sh", "v1alpha1", "scaledjobs"),
-    ("keda.sh", "v1alpha1", "triggerauthentications"),
-    ("eventing.keda.sh", "v1alpha1", "cloudeventsources"),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +158,7 @@ class RoleBindingManager:
             )
         except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
             self._metrics.errors.labels("list").inc()
-            raise RoleBindingError(f"cannot list RoleBindings: {_reason(exc)}") from exc
+            raise RoleBindingError(f"cannot list RoleBindings: {api_reason(exc)}") from exc
         return {
             item["metadata"]["namespace"]: item
             for item in listed.get("items") or []
@@ -255,7 +246,7 @@ class RoleBindingManager:
                 )
             )
         except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
-            reason = _reason(exc)
+            reason = api_reason(exc)
             if isinstance(exc, ApiException) and exc.status == 404:
                 # The namespace went away since our cache saw it: nothing to bind, no error.
                 logger.debug("namespace gone before its binding", extra={"namespace": namespace})
@@ -292,10 +283,10 @@ class RoleBindingManager:
             if isinstance(exc, ApiException) and exc.status == 404:
                 return True  # gone already (the namespace was deleted, say)
             self._metrics.errors.labels("delete").inc()
-            result.failed[namespace] = f"cannot delete RoleBinding: {_reason(exc)}"
+            result.failed[namespace] = f"cannot delete RoleBinding: {api_reason(exc)}"
             logger.error(
                 "cannot remove an operator RoleBinding",
-                extra={"namespace": namespace, "error": _reason(exc)},
+                extra={"namespace": namespace, "error": api_reason(exc)},
             )
             return False
         return True
@@ -338,47 +329,14 @@ class RoleBindingManager:
             if isinstance(exc, ApiException) and exc.status in (404, 409):
                 return  # gone, or changed since we listed: the next pass sees it anew
             self._metrics.errors.labels("release").inc()
-            result.failed[namespace] = f"cannot release RoleBinding: {_reason(exc)}"
+            result.failed[namespace] = f"cannot release RoleBinding: {api_reason(exc)}"
             return
         logger.info("operator RoleBinding released", extra={"namespace": namespace})
 
     async def _keda_done(self, namespace: str) -> bool:
         """True unless the namespace is Terminating with KEDA objects still in it."""
-        try:
-            ns = await read_json(self._core.read_namespace(namespace, _preload_content=False))
-        except ApiException as exc:
-            if exc.status == 404:
-                return True
-            raise
-        if not (ns.get("metadata") or {}).get("deletionTimestamp"):
-            return True
-        for group, version, plural in KEDA_KINDS:
-            try:
-                listed = await read_json(
-                    self._custom.list_namespaced_custom_object(
-                        group, version, namespace, plural, limit=1, _preload_content=False
-                    )
-                )
-            except ApiException as exc:
-                if exc.status == 404:
-                    continue  # that CRD is not installed
-                raise
-            if listed.get("items"):
-                return False
-        return True
+        return not await keda_objects_block(self._core, self._custom, namespace)
 
 
 def _deleting(binding: dict[str, Any]) -> bool:
     return bool((binding.get("metadata") or {}).get("deletionTimestamp"))
-
-
-def _reason(exc: BaseException) -> str:
-    """The API server's Status message when there is one, else the exception."""
-    if isinstance(exc, ApiException):
-        text = exc.reason or ""
-        try:
-            message = json.loads(text).get("message")
-        except (ValueError, AttributeError):
-            message = None
-        return f"{exc.status}: {message or text}"
-    return str(exc) or type(exc).__name__

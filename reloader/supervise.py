@@ -10,7 +10,7 @@ later), while the adapter holds the tenant's reads. Under this supervisor, the p
 2. starts KEDA (environment and arguments untouched), which leads at its first attempt, right
    after its caches have synced;
 3. on SIGTERM stops KEDA (grace period, then SIGKILL) and, since KEDA does not release its
-   Lease on exit, releases it the moment KEDA has exited (reloader.lease: only if this pod's
+   Lease on exit, releases it the moment KEDA has exited (tenancy_common.lease: only if this pod's
    operator still holds it and has not renewed since), so the next pod's KEDA starts at once.
 
 It exits with KEDA's exit status; a KEDA that exits on its own has its Lease released the same
@@ -37,13 +37,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from reloader import operator_health
 from reloader.child import ChildProcess, ChildStartError, become_subreaper, reap_orphans
-from reloader.lease import LeaseReleaser
 from reloader.lease_gate import LeaseGate
 from reloader.operator_health import OperatorHealth, OperatorHealthSettings
 from tenancy_common import health
 from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration
 from tenancy_common.kube import make_api_client
+from tenancy_common.lease import LeaseReleaser
 from tenancy_common.lifecycle import install_stop_signals, run_event_loop, wait_stopped
 from tenancy_common.logs import configure_logging
 

@@ -19,9 +19,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from reloader.child import ChildProcess
 from reloader.deployment import DeploymentPatcher
 from reloader.forward import Forwarder
-from reloader.lease import LeaseReleaser
 from reloader.lease_gate import LeaseGate
 from reloader.metrics import ReloaderMetrics
+from tenancy_common.lease import LeaseReleaser
 
 
 class ApplyError(Exception):
@@ -53,7 +53,7 @@ class ProcessTarget:
 
     With a `releaser`, the Lease a dead child still holds is released before the next one
     starts and when we shut down (that child's identity carries our hostname; see
-    reloader.lease). With a `lease_gate`, the first child starts only once no other pod's
+    tenancy_common.lease). With a `lease_gate`, the first child starts only once no other pod's
     operator holds the Lease (a rolling update's old pod: reloader.lease_gate), so it leads at
     its first attempt instead of waiting as a standby; `waiting_for_lease` says so meanwhile."""
 

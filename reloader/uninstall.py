@@ -36,7 +36,8 @@ from kubernetes_asyncio.client import (
 )
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from reloader.rolebindings import FINALIZER, KEDA_KINDS, OWNER_LABEL
+from reloader.rolebindings import OWNER_LABEL
+from tenancy_common.keda_objects import FINALIZER, KEDA_KINDS
 from tenancy_common.kube import read_json
 from tenancy_common.lifecycle import wait_stopped
 

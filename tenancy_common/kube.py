@@ -31,7 +31,10 @@ async def read_json(call: Awaitable[object]) -> dict[str, Any]:
     try:
         body = await response.read()
         if not 200 <= response.status < 300:
-            raise ApiException(status=response.status, reason=body[:500].decode("utf-8", "replace"))
+            # Enough for a whole Status (an RBAC refusal lists the rules): api_reason reads it.
+            raise ApiException(
+                status=response.status, reason=body[:8000].decode("utf-8", "replace")
+            )
         return dict(json.loads(body))
     finally:
         response.release()
@@ -48,3 +51,15 @@ async def open_stream(call: Awaitable[object]) -> aiohttp.ClientResponse:
             response.release()
         raise ApiException(status=response.status, reason=body[:300].decode("utf-8", "replace"))
     return response
+
+
+def api_reason(exc: BaseException) -> str:
+    """The API server's Status message when there is one, else the exception."""
+    if isinstance(exc, ApiException):
+        text = exc.reason or ""
+        try:
+            message = json.loads(text).get("message")
+        except (ValueError, AttributeError):
+            message = None
+        return f"{exc.status}: {(message or text)[:600]}"
+    return str(exc) or type(exc).__name__

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from reloader.rolebindings import FINALIZER, OWNER_LABEL
+from reloader.rolebindings import OWNER_LABEL
+from tenancy_common.keda_objects import FINALIZER
 from tests.deploy.charts import Doc, Helm, find_helm, render_installation
 from tests.e2e.stack import ROOT, Stack, wait_for
 

@@ -19,12 +19,15 @@ as a single Lease is followed), Secrets (GET, DELETE with a uid precondition) an
 custom objects (LIST, merge PATCH with a resourceVersion precondition; finalizers hold a
 deleted one).
 
-RBAC, for the operator's RoleBindings: RoleBindings (cluster-wide LIST by label, create,
-delete with a uid precondition) with the API server's escalation check (a binding can only be
+RBAC, for the operator's RoleBindings: RoleBindings (cluster-wide LIST and WATCH by label,
+create, delete with a uid precondition, merge PATCH with a resourceVersion precondition;
+finalizers hold a deleted one) with the API server's escalation check (a binding can only be
 created for a ClusterRole in `bindable`, as `bind` with resourceNames grants), and
 SelfSubjectAccessReviews answered for `self_subject` from the RoleBindings and `cluster_roles`
 rules, so access follows bindings the way the authorizer does. `operations` records writes in
-order.
+order, `timeline` binding creations and removals and published namespace sets; Events are kept
+(`events`); `forbidden` answers chosen requests 403 (per namespace for ConfigMap patches). Pods
+are also listed and watched cluster-wide (`/api/v1/pods`).
 """
 
 from __future__ import annotations
@@ -120,6 +123,11 @@ class FakeKubeAPI:
     """(group, plural, namespace) -> objects, e.g. ScaledObjects left in a namespace."""
     secrets: dict[tuple[str, str], Obj] = field(default_factory=dict)
     operations: list[str] = field(default_factory=list)
+    events: list[Obj] = field(default_factory=list)
+    timeline: list[tuple[str, str, str, str]] = field(default_factory=list)
+    """(what, namespace, name, detail) in order: "rolebinding created" / "rolebinding gone"
+    (the object left the store), "namespaces published" (detail: data.namespaces)."""
+    """Events posted (core/v1), in order."""
     forbidden: set[str] = field(default_factory=set)
     """Requests answered 403 (as RBAC would), by their `requests` key, e.g. "get rolebinding"."""
     port: int = 0
@@ -152,6 +160,8 @@ class FakeKubeAPI:
             "/apis/apps/v1/namespaces/{ns}/deployments/{name}", self._patch_deployment
         )
         app.router.add_get("/api/v1/namespaces/{ns}/pods", self._pods)
+        app.router.add_get("/api/v1/pods", self._pods)
+        app.router.add_post("/api/v1/namespaces/{ns}/events", self._create_event)
         lease = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}"
         app.router.add_get(lease, self._lease)
         app.router.add_get("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", self._leases)
@@ -385,7 +395,11 @@ class FakeKubeAPI:
                 for event in [
                     e
                     for e in self._events
-                    if e.resource_version > position and e.resource == resource
+                    if e.resource_version > position
+                    and (
+                        e.resource == resource
+                        or (resource == "pods" and e.resource.startswith("pods/"))
+                    )
                 ]:
                     position = event.resource_version
                     line = self._transition(event, selector)
@@ -398,6 +412,7 @@ class FakeKubeAPI:
                         "pods": "Pod",
                         "leases": "Lease",
                         "configmaps": "ConfigMap",
+                        "rolebindings": "RoleBinding",
                     }
                     mark = {
                         "kind": kinds[resource.partition("/")[0]],
@@ -518,16 +533,19 @@ class FakeKubeAPI:
         self._record("DELETED", obj, obj, f"configmaps/{namespace}")
 
     async def _pods(self, request: web.Request) -> web.StreamResponse:
-        namespace = request.match_info["ns"]
+        """One namespace's pods, or every namespace's (/api/v1/pods)."""
+        namespace = request.match_info.get("ns")
         selector = _parse_selector(request.query.get("labelSelector", ""))
         if _true(request.query.get("watch")):
             self.requests["watch pods"] += 1
-            return await self._watch(request, selector, f"pods/{namespace}")
+            return await self._watch(
+                request, selector, f"pods/{namespace}" if namespace else "pods"
+            )
         self.requests["list pods"] += 1
         items = [
             obj
             for (ns, _), obj in sorted(self.pods.items())
-            if ns == namespace and _matches(obj, selector)
+            if namespace in (None, ns) and _matches(obj, selector)
         ]
         return web.json_response(
             {
@@ -698,9 +716,19 @@ class FakeKubeAPI:
 
     # -- RBAC --------------------------------------------------------------------------
 
-    def add_rolebinding(self, namespace: str, name: str, role: str, **labels: str) -> Obj:
-        """A RoleBinding of `role` to `self_subject`, made by someone else (an admin)."""
-        self._rv += 1
+    def add_rolebinding(
+        self,
+        namespace: str,
+        name: str,
+        role: str,
+        *,
+        annotations: dict[str, str] | None = None,
+        subject: tuple[str, str] | None = None,
+        **labels: str,
+    ) -> Obj:
+        """A RoleBinding of `role` to `self_subject` (or `subject`: (namespace, name)), made by
+        someone else (an admin, a tenant chart)."""
+        sa_namespace, sa_name = subject or self.self_subject
         obj = {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
@@ -708,24 +736,33 @@ class FakeKubeAPI:
                 "name": name,
                 "namespace": namespace,
                 "labels": dict(labels),
-                "uid": f"uid-{namespace}-{name}-{self._rv}",
-                "resourceVersion": str(self._rv),
+                "annotations": dict(annotations or {}),
+                "uid": f"uid-{namespace}-{name}-{self._rv + 1}",
             },
             "roleRef": {
                 "apiGroup": "rbac.authorization.k8s.io",
                 "kind": "ClusterRole",
                 "name": role,
             },
-            "subjects": [
-                {
-                    "kind": "ServiceAccount",
-                    "name": self.self_subject[1],
-                    "namespace": self.self_subject[0],
-                }
-            ],
+            "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": sa_namespace}],
         }
+        old = copy.deepcopy(self.rolebindings.get((namespace, name)))
         self.rolebindings[(namespace, name)] = obj
+        self._record("MODIFIED" if old else "ADDED", old, obj, "rolebindings")
         return obj
+
+    def delete_rolebinding(self, namespace: str, name: str) -> None:
+        """Someone else deletes a RoleBinding (finalizers hold it, as the API server does)."""
+        self._delete_or_mark((namespace, name))
+
+    # -- Events ------------------------------------------------------------------------
+
+    async def _create_event(self, request: web.Request) -> web.Response:
+        self.requests["create event"] += 1
+        body = await request.json()
+        body.setdefault("metadata", {})["namespace"] = request.match_info["ns"]
+        self.events.append(body)
+        return web.json_response(body, status=201)
 
     rules_incomplete: bool = False
     """Answer SelfSubjectRulesReviews as an authorizer that cannot list its rules would."""
@@ -782,9 +819,12 @@ class FakeKubeAPI:
                     return True
         return False
 
-    async def _list_rolebindings(self, request: web.Request) -> web.Response:
-        self.requests["list rolebindings"] += 1
+    async def _list_rolebindings(self, request: web.Request) -> web.StreamResponse:
         selector = _parse_selector(request.query.get("labelSelector", ""))
+        if _true(request.query.get("watch")):
+            self.requests["watch rolebindings"] += 1
+            return await self._watch(request, selector, "rolebindings")
+        self.requests["list rolebindings"] += 1
         items = [obj for _, obj in sorted(self.rolebindings.items()) if _matches(obj, selector)]
         return web.json_response(
             {
@@ -824,13 +864,10 @@ class FakeKubeAPI:
                 "AlreadyExists",
                 f'rolebindings.rbac.authorization.k8s.io "{name}" already exists',
             )
-        self._rv += 1
-        body["metadata"].update(
-            namespace=namespace,
-            uid=f"uid-{namespace}-{name}-{self._rv}",
-            resourceVersion=str(self._rv),
-        )
+        body["metadata"].update(namespace=namespace, uid=f"uid-{namespace}-{name}-{self._rv + 1}")
         self.rolebindings[(namespace, name)] = body
+        self._record("ADDED", None, body, "rolebindings")
+        self.timeline.append(("rolebinding created", namespace, name, role))
         self.operations.append(f"create rolebinding {namespace}")
         return web.json_response(body, status=201)
 
@@ -857,11 +894,13 @@ class FakeKubeAPI:
         """As the API server deletes: an object with finalizers only gets a deletionTimestamp."""
         obj = self.rolebindings[key]
         if obj["metadata"].get("finalizers"):
+            old = copy.deepcopy(obj)
             obj["metadata"].setdefault("deletionTimestamp", "2026-01-01T00:00:00Z")
-            self._rv += 1
-            obj["metadata"]["resourceVersion"] = str(self._rv)
+            self._record("MODIFIED", old, obj, "rolebindings")
         else:
             del self.rolebindings[key]
+            self._record("DELETED", obj, obj, "rolebindings")
+            self.timeline.append(("rolebinding gone", key[0], key[1], ""))
 
     def terminate_namespace(self, name: str) -> None:
         """A namespace deleted: Terminating, and (the namespace controller) its RoleBindings
@@ -891,12 +930,15 @@ class FakeKubeAPI:
         expected = (patch.get("metadata") or {}).pop("resourceVersion", None)
         if expected is not None and expected != obj["metadata"]["resourceVersion"]:
             return _status(409, "Conflict", "the object has been modified")
+        old = copy.deepcopy(obj)
         _merge_patch(obj, patch)
-        self._rv += 1
-        obj["metadata"]["resourceVersion"] = str(self._rv)
         self.operations.append(f"patch rolebinding {key[0]}")
         if obj["metadata"].get("deletionTimestamp") and not obj["metadata"].get("finalizers"):
             del self.rolebindings[key]
+            self._record("DELETED", old, obj, "rolebindings")
+            self.timeline.append(("rolebinding gone", key[0], key[1], ""))
+        else:
+            self._record("MODIFIED", old, obj, "rolebindings")
         return web.json_response(obj)
 
     async def _get_namespace(self, request: web.Request) -> web.Response:
@@ -958,13 +1000,19 @@ class FakeKubeAPI:
         """JSON merge patch (RFC 7386): null removes a key."""
         self.requests["patch configmap"] += 1
         key = (request.match_info["ns"], request.match_info["name"])
+        if f"patch configmap {key[0]}" in self.forbidden:
+            return _status(403, "Forbidden", f'configmaps "{key[1]}" is forbidden')
         obj = self.configmaps.get(key)
         if obj is None:
             return _not_found("configmaps", key[1])
-        _merge_patch(obj, await request.json())
+        patch = await request.json()
+        _merge_patch(obj, patch)
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
         self.operations.append(f"patch configmap {key[1]}")
+        if "namespaces" in (patch.get("data") or {}):
+            value = str(obj["data"]["namespaces"])
+            self.timeline.append(("namespaces published", key[0], key[1], value))
         return web.json_response(obj)
 
     def add_pod(

@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from reloader.lease import format_micro_time
+from tenancy_common.lease import format_micro_time
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.integration.test_reloader_deployment import deployment_args
 from tests.reloader_harness import eventually, label, running_reloader

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from reloader.lease import LeaseReleaser, format_micro_time
+from tenancy_common.lease import LeaseReleaser, format_micro_time
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.reloader_harness import ChildLog, eventually, label, reloader_args, running_reloader
 

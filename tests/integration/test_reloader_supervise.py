@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from reloader.lease import format_micro_time
 from reloader.operator_health import OperatorHealthSettings, probe_url
 from reloader.supervise import Supervisor, SupervisorConfig, parse_config
+from tenancy_common.lease import format_micro_time
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.reloader_harness import CHILD, ChildLog, eventually
 

@@ -13,8 +13,9 @@ from prometheus_client import CollectorRegistry
 
 from reloader.app import Reloader
 from reloader.config import ReloaderConfig
-from reloader.rolebindings import FINALIZER, OWNER_LABEL
+from reloader.rolebindings import OWNER_LABEL
 from reloader.uninstall import KEDA_FINALIZER
+from tenancy_common.keda_objects import FINALIZER
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.reloader_harness import eventually
 

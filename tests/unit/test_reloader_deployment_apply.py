@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from reloader.deployment import apply_configuration
+from tenancy_common.deployment_apply import apply_configuration
 
 ENV = "WATCH_NAMESPACE"
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from reloader.lease import format_micro_time, holder_hostname, release_for
 from reloader.lease_gate import verdict
+from tenancy_common.lease import format_micro_time, holder_hostname, release_for
 
 DIED = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 NOW = DIED + timedelta(seconds=1)

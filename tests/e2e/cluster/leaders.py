@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from reloader.lease import holder_hostname, parse_micro_time
+from tenancy_common.lease import holder_hostname, parse_micro_time
 
 ACQUIRED = "successfully acquired lease"
 STOPPED = ('"operator stopped"', '"the operator exited"')

@@ -2,9 +2,10 @@
 
 KEDA's manager does not release its Lease when it stops (LeaderElectionReleaseOnCancel is
 unset), so a restarted operator waits the whole lease duration (15 s) before it serves metrics,
-and the metrics adapter holds every request meanwhile. The reloader (and in deployment mode
-the operator pod's supervisor) knows when an operator has died. It then clears the Lease the way client-go releases one itself (no holder, a 1 s duration)
-only when all of these hold, so a live leader's Lease is never taken:
+and the metrics adapter holds every request meanwhile. Whoever knows that an operator has died
+(the reloader, the operator pod's supervisor, the platform controller from the kubelet's report)
+clears the Lease the way client-go releases one itself (no holder, a 1 s duration) only when
+all of these hold, so a live leader's Lease is never taken:
 
 - the holder is the dead process: controller-runtime's identity is `<hostname>_<uuid>`, and the
   hostname is the dead process's own (ours in process mode, the gone pod's in deployment mode);
