@@ -358,7 +358,10 @@ class FakeKubeAPI:
         request: web.Request,
         selector: list[tuple[str, str, set[str]]],
         resource: str = "namespaces",
+        *,
+        name: str | None = None,
     ) -> web.StreamResponse:
+        """`name`: only that object's events (a `metadata.name` field selector)."""
         since = int(request.query.get("resourceVersion") or self._rv)
         timeout_s = float(request.query.get("timeoutSeconds") or 300)
         bookmarks = self.bookmarks and _true(request.query.get("allowWatchBookmarks"))
@@ -400,6 +403,7 @@ class FakeKubeAPI:
                         e.resource == resource
                         or (resource == "pods" and e.resource.startswith("pods/"))
                     )
+                    and name in (None, _event_name(e))
                 ]:
                     position = event.resource_version
                     line = self._transition(event, selector)
@@ -497,14 +501,15 @@ class FakeKubeAPI:
         through put_configmap / delete_configmap)."""
         namespace = request.match_info["ns"]
         selector = _parse_selector(request.query.get("labelSelector", ""))
+        name = _field_name(request)
         if _true(request.query.get("watch")):
             self.requests["watch configmaps"] += 1
-            return await self._watch(request, selector, f"configmaps/{namespace}")
+            return await self._watch(request, selector, f"configmaps/{namespace}", name=name)
         self.requests["list configmaps"] += 1
         items = [
             obj
-            for (ns, _), obj in sorted(self.configmaps.items())
-            if ns == namespace and _matches(obj, selector)
+            for (ns, cm), obj in sorted(self.configmaps.items())
+            if ns == namespace and _matches(obj, selector) and name in (None, cm)
         ]
         return web.json_response(
             {
@@ -1027,6 +1032,23 @@ class FakeKubeAPI:
         }
         self.pods[(namespace, name)] = obj
         self._record("MODIFIED" if old else "ADDED", old, obj, f"pods/{namespace}")
+
+
+def _field_name(request: web.Request) -> str | None:
+    """The name in a `fieldSelector=metadata.name=NAME` (the only field selector served here,
+    as RBAC with resourceNames allows list/watch with exactly it); None without one."""
+    selector = request.query.get("fieldSelector", "")
+    if not selector:
+        return None
+    field, _, value = selector.partition("=")
+    if field != "metadata.name" or not value:
+        raise web.HTTPBadRequest(text=f"unsupported field selector {selector!r}")
+    return value
+
+
+def _event_name(event: _Event) -> str | None:
+    obj = event.new or event.old
+    return obj["metadata"].get("name") if obj is not None else None
 
 
 def _matches_any(value: str, allowed: list[str] | None) -> bool:
