@@ -6,10 +6,13 @@ pods, and with both off everything renders as before."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from controller.config import ControllerConfig
+from operator_pod.config import Config as OperatorPodConfig
 from tests.deploy.charts import (
     ROUTER_CHART,
     ROUTER_NAMESPACE,
@@ -178,7 +181,7 @@ def test_router_controller_rbac_is_exactly_what_no_tenant_can_grant(helm: Helm) 
         {("", "namespaces", v) for v in ("get", "list", "watch")}
         | {
             ("rbac.authorization.k8s.io", "rolebindings", v)
-            for v in ("list", "watch", "create", "delete", "patch")
+            for v in ("get", "list", "watch", "create", "delete", "patch")
         }
         | {("", "pods", v) for v in ("list", "watch")}
         | {
@@ -186,7 +189,7 @@ def test_router_controller_rbac_is_exactly_what_no_tenant_can_grant(helm: Helm) 
             for r in ("scaledobjects", "scaledjobs", "triggerauthentications")
         }
         | {("eventing.keda.sh", "cloudeventsources", "list")}
-        | {(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")}
+        | {("", "events", "create")}
     )
     assert granted == expected
     assert not any("resourceNames" in rule for rule in rules)
@@ -465,3 +468,65 @@ def test_both_charts_lint_and_agree_on_the_controllers_identity(helm: Helm) -> N
             "namespace": ROUTER_NAMESPACE,
         }
     ]
+
+
+# --- the rendered flags, parsed by the programs they are meant for ----------------------------
+
+
+@pytest.mark.parametrize(
+    "tenancy",
+    [
+        {},
+        {"labelKeys": [], "hnc": {"roots": ["tenant-a"]}},
+        {"labelKeys": [], "namespaceNamePattern": "(?P<tenant>[a-z0-9]+(-[a-z0-9]+)*)--.+"},
+    ],
+    ids=["label", "hnc", "name-pattern"],
+)
+def test_keda_tenancy_controller_accepts_the_rendered_flags(
+    helm: Helm, tenancy: dict[str, Any], tmp_path: Path
+) -> None:
+    docs = router(helm, {"controller": {"enabled": True}, "tenancy": tenancy})
+    ctl = container(find(docs, "Deployment", CONTROLLER), "controller")
+    args = list(ctl["args"])
+    rule_flag = next(a for a in args if a.startswith("--tenancy-rule-file="))
+    local = tmp_path / "rule.yaml"
+    rule = find(docs, "ConfigMap", f"{ROUTER_RELEASE}-tenancy-rule")["data"]["rule.yaml"]
+    local.write_text(rule)
+    args[args.index(rule_flag)] = f"--tenancy-rule-file={local}"
+    config = ControllerConfig.from_args(args, {})
+    match = config.tenant_namespace_pattern.fullmatch(NS)
+    assert match
+    assert match["tenant"] == TENANT
+    assert config.health_port == ctl["ports"][0]["containerPort"]
+    # The operator pods it watches for Lease releases are the tenant chart's.
+    operator = find(tenant(helm, PLATFORM), "Deployment", "keda-operator")
+    pod_labels = operator["spec"]["template"]["metadata"]["labels"]
+    for requirement in config.operator_pod_selector.split(","):
+        name, _, value = requirement.partition("=")
+        assert pod_labels[name] == value
+    assert config.operator_container in {
+        c["name"] for c in operator["spec"]["template"]["spec"]["containers"]
+    }
+    assert config.cluster_role_template.format(tenant=TENANT) == OPERATOR_ROLE
+
+
+@pytest.mark.parametrize("mode", ["process", "deployment"])
+def test_keda_tenancy_operator_pod_accepts_the_rendered_flags(helm: Helm, mode: str) -> None:
+    docs = tenant(helm, deep_merge(PLATFORM, {"reloader": {"mode": mode}}))
+    operator = container(find(docs, "Deployment", "keda-operator"), "keda-operator")
+    config = OperatorPodConfig.from_args(operator["args"], {})
+    assert config.mode == mode
+    assert config.health_port == next(
+        p["containerPort"] for p in operator["ports"] if p["name"] == "reloader"
+    )
+    assert config.command[0] == "/keda"
+    if mode == "process":
+        assert config.namespaces_configmap == (NS, NAMESPACES_CONFIGMAP)
+        # The gRPC port held on the pod IP only (the kubelet expands the variable), KEDA's on
+        # loopback behind it, as the reloader held it.
+        assert config.forward_grpc == (("$(KEDA_TENANCY_POD_IP)", 9666), ("127.0.0.1", 9667))
+        assert "--metrics-service-bind-address=127.0.0.1:9667" in config.command
+    else:
+        assert config.forward_grpc is None
+    assert config.lease == (NS, LEASE)
+    assert config.operator_health is not None  # KEDA's own probes asked, as before
