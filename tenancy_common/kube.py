@@ -31,7 +31,10 @@ async def read_json(call: Awaitable[object]) -> dict[str, Any]:
     try:
         body = await response.read()
         if not 200 <= response.status < 300:
-            raise ApiException(status=response.status, reason=body[:500].decode("utf-8", "replace"))
+            # Enough for a whole Status (an RBAC refusal lists the rules): api_reason reads it.
+            raise ApiException(
+                status=response.status, reason=body[:8000].decode("utf-8", "replace")
+            )
         return dict(json.loads(body))
     finally:
         response.release()
@@ -58,5 +61,5 @@ def api_reason(exc: BaseException) -> str:
             message = json.loads(text).get("message")
         except (ValueError, AttributeError):
             message = None
-        return f"{exc.status}: {message or text}"
+        return f"{exc.status}: {(message or text)[:600]}"
     return str(exc) or type(exc).__name__

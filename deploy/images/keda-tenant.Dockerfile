@@ -18,6 +18,8 @@ COPY pyproject.toml README.md ./
 COPY router/ router/
 COPY reloader/ reloader/
 COPY tenancy_common/ tenancy_common/
+COPY controller/ controller/
+COPY operator_pod/ operator_pod/
 RUN /opt/keda-tenancy/bin/pip install '.[fast]' \
  && /opt/keda-tenancy/bin/python -m compileall -q /opt/keda-tenancy
 

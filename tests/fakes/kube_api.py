@@ -19,12 +19,15 @@ as a single Lease is followed), Secrets (GET, DELETE with a uid precondition) an
 custom objects (LIST, merge PATCH with a resourceVersion precondition; finalizers hold a
 deleted one).
 
-RBAC, for the operator's RoleBindings: RoleBindings (cluster-wide LIST by label, create,
-delete with a uid precondition) with the API server's escalation check (a binding can only be
+RBAC, for the operator's RoleBindings: RoleBindings (cluster-wide LIST and WATCH by label,
+create, delete with a uid precondition, merge PATCH with a resourceVersion precondition;
+finalizers hold a deleted one) with the API server's escalation check (a binding can only be
 created for a ClusterRole in `bindable`, as `bind` with resourceNames grants), and
 SelfSubjectAccessReviews answered for `self_subject` from the RoleBindings and `cluster_roles`
 rules, so access follows bindings the way the authorizer does. `operations` records writes in
-order.
+order, `timeline` binding creations and removals and published namespace sets; Events are kept
+(`events`); `forbidden` answers chosen requests 403 (per namespace for ConfigMap patches). Pods
+are also listed and watched cluster-wide (`/api/v1/pods`).
 """
 
 from __future__ import annotations
@@ -121,6 +124,9 @@ class FakeKubeAPI:
     secrets: dict[tuple[str, str], Obj] = field(default_factory=dict)
     operations: list[str] = field(default_factory=list)
     events: list[Obj] = field(default_factory=list)
+    timeline: list[tuple[str, str, str, str]] = field(default_factory=list)
+    """(what, namespace, name, detail) in order: "rolebinding created" / "rolebinding gone"
+    (the object left the store), "namespaces published" (detail: data.namespaces)."""
     """Events posted (core/v1), in order."""
     forbidden: set[str] = field(default_factory=set)
     """Requests answered 403 (as RBAC would), by their `requests` key, e.g. "get rolebinding"."""
@@ -352,7 +358,10 @@ class FakeKubeAPI:
         request: web.Request,
         selector: list[tuple[str, str, set[str]]],
         resource: str = "namespaces",
+        *,
+        name: str | None = None,
     ) -> web.StreamResponse:
+        """`name`: only that object's events (a `metadata.name` field selector)."""
         since = int(request.query.get("resourceVersion") or self._rv)
         timeout_s = float(request.query.get("timeoutSeconds") or 300)
         bookmarks = self.bookmarks and _true(request.query.get("allowWatchBookmarks"))
@@ -394,6 +403,7 @@ class FakeKubeAPI:
                         e.resource == resource
                         or (resource == "pods" and e.resource.startswith("pods/"))
                     )
+                    and name in (None, _event_name(e))
                 ]:
                     position = event.resource_version
                     line = self._transition(event, selector)
@@ -491,14 +501,15 @@ class FakeKubeAPI:
         through put_configmap / delete_configmap)."""
         namespace = request.match_info["ns"]
         selector = _parse_selector(request.query.get("labelSelector", ""))
+        name = _field_name(request)
         if _true(request.query.get("watch")):
             self.requests["watch configmaps"] += 1
-            return await self._watch(request, selector, f"configmaps/{namespace}")
+            return await self._watch(request, selector, f"configmaps/{namespace}", name=name)
         self.requests["list configmaps"] += 1
         items = [
             obj
-            for (ns, _), obj in sorted(self.configmaps.items())
-            if ns == namespace and _matches(obj, selector)
+            for (ns, cm), obj in sorted(self.configmaps.items())
+            if ns == namespace and _matches(obj, selector) and name in (None, cm)
         ]
         return web.json_response(
             {
@@ -532,7 +543,9 @@ class FakeKubeAPI:
         selector = _parse_selector(request.query.get("labelSelector", ""))
         if _true(request.query.get("watch")):
             self.requests["watch pods"] += 1
-            return await self._watch(request, selector, f"pods/{namespace}" if namespace else "pods")
+            return await self._watch(
+                request, selector, f"pods/{namespace}" if namespace else "pods"
+            )
         self.requests["list pods"] += 1
         items = [
             obj
@@ -859,6 +872,7 @@ class FakeKubeAPI:
         body["metadata"].update(namespace=namespace, uid=f"uid-{namespace}-{name}-{self._rv + 1}")
         self.rolebindings[(namespace, name)] = body
         self._record("ADDED", None, body, "rolebindings")
+        self.timeline.append(("rolebinding created", namespace, name, role))
         self.operations.append(f"create rolebinding {namespace}")
         return web.json_response(body, status=201)
 
@@ -891,6 +905,7 @@ class FakeKubeAPI:
         else:
             del self.rolebindings[key]
             self._record("DELETED", obj, obj, "rolebindings")
+            self.timeline.append(("rolebinding gone", key[0], key[1], ""))
 
     def terminate_namespace(self, name: str) -> None:
         """A namespace deleted: Terminating, and (the namespace controller) its RoleBindings
@@ -926,6 +941,7 @@ class FakeKubeAPI:
         if obj["metadata"].get("deletionTimestamp") and not obj["metadata"].get("finalizers"):
             del self.rolebindings[key]
             self._record("DELETED", old, obj, "rolebindings")
+            self.timeline.append(("rolebinding gone", key[0], key[1], ""))
         else:
             self._record("MODIFIED", old, obj, "rolebindings")
         return web.json_response(obj)
@@ -994,10 +1010,14 @@ class FakeKubeAPI:
         obj = self.configmaps.get(key)
         if obj is None:
             return _not_found("configmaps", key[1])
-        _merge_patch(obj, await request.json())
+        patch = await request.json()
+        _merge_patch(obj, patch)
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
         self.operations.append(f"patch configmap {key[1]}")
+        if "namespaces" in (patch.get("data") or {}):
+            value = str(obj["data"]["namespaces"])
+            self.timeline.append(("namespaces published", key[0], key[1], value))
         return web.json_response(obj)
 
     def add_pod(
@@ -1012,6 +1032,23 @@ class FakeKubeAPI:
         }
         self.pods[(namespace, name)] = obj
         self._record("MODIFIED" if old else "ADDED", old, obj, f"pods/{namespace}")
+
+
+def _field_name(request: web.Request) -> str | None:
+    """The name in a `fieldSelector=metadata.name=NAME` (the only field selector served here,
+    as RBAC with resourceNames allows list/watch with exactly it); None without one."""
+    selector = request.query.get("fieldSelector", "")
+    if not selector:
+        return None
+    field, _, value = selector.partition("=")
+    if field != "metadata.name" or not value:
+        raise web.HTTPBadRequest(text=f"unsupported field selector {selector!r}")
+    return value
+
+
+def _event_name(event: _Event) -> str | None:
+    obj = event.new or event.old
+    return obj["metadata"].get("name") if obj is not None else None
 
 
 def _matches_any(value: str, allowed: list[str] | None) -> bool:

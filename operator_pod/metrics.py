@@ -1,0 +1,47 @@
+"""This process's Prometheus metrics (prefix keda_tenancy_operator_pod_), on an injected
+registry; the process collector gives its own RSS (process_resident_memory_bytes)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+
+PREFIX = "keda_tenancy_operator_pod_"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        ProcessCollector(registry=registry)
+        self.operator_up = Gauge(
+            PREFIX + "operator_up", "1 while KEDA's process runs.", registry=registry
+        )
+        self.operator_starts = Counter(
+            PREFIX + "operator_starts",
+            "KEDA started, by why (namespaces: a new set; crash: after it exited on its own; "
+            "lease: deployment mode, once its Lease was free).",
+            ["reason"],
+            registry=registry,
+        )
+        self.operator_exits = Counter(
+            PREFIX + "operator_exits",
+            "KEDA exiting on its own (not stopped by us), by exit status.",
+            ["code"],
+            registry=registry,
+        )
+        self.namespaces = Gauge(
+            PREFIX + "namespaces", "Namespaces in KEDA's WATCH_NAMESPACE now.", registry=registry
+        )
+        self.refused = Counter(
+            PREFIX + "namespace_set_refused",
+            "Namespace sets refused (not namespace names, or too large); KEDA kept the last.",
+            registry=registry,
+        )
+        self.lease_releases = Counter(
+            PREFIX + "lease_releases",
+            "Leases released after KEDA exited (KEDA does not release its own).",
+            registry=registry,
+        )
+        self.lease_wait = Gauge(
+            PREFIX + "lease_wait_seconds",
+            "Deployment mode: how long KEDA's start waited for its Lease.",
+            registry=registry,
+        )
