@@ -93,8 +93,10 @@ class PlatformController:
     def _refresh_ownership(self) -> None:
         self._refresh_scheduled = False
         now = time.monotonic()
+        timed = self.started.is_set()  # the first lists are no change to time
         for tenant in self.ownership.refresh():
-            self._changed_at.setdefault(tenant, now)
+            if timed:
+                self._changed_at.setdefault(tenant, now)
             self.queue.add(tenant)
 
     def _bindings_changed(self, tenants: set[TenantName], namespaces: set[NamespaceName]) -> None:

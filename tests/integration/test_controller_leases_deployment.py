@@ -137,3 +137,19 @@ async def test_deployment_mode_applies_watch_namespace_and_replicas(
         applies = kube_api.requests["apply deployment"]
         await settled(controller, kube_api)
         assert kube_api.requests["apply deployment"] == applies  # nothing sent when it matches
+
+
+async def test_label_change_to_published_is_timed_for_changes_not_for_the_first_lists(
+    kube_api: FakeKubeAPI, kubeconfig: str
+) -> None:
+    register(kube_api, "alpha")
+    kube_api.relabel_new("a1", {TENANT_LABEL: "alpha"})
+    registry = CollectorRegistry()
+    name = "keda_tenancy_controller_namespace_change_to_published_seconds_count"
+    async with running_controller(kubeconfig, registry=registry) as controller:
+        await eventually(lambda: published(kube_api, "alpha") == "a1")
+        await settled(controller, kube_api)
+        assert (registry.get_sample_value(name) or 0) == 0
+        kube_api.relabel_new("a2", {TENANT_LABEL: "alpha"})
+        await eventually(lambda: published(kube_api, "alpha") == "a1,a2")
+        await eventually(lambda: registry.get_sample_value(name) == 1)
