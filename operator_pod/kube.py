@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import ssl
-import tempfile
 import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
@@ -253,6 +252,8 @@ class KubeClient:
             context.load_cert_chain(config.client_cert_file, config.client_key_file)
         elif config.client_cert_data and config.client_key_data:
             # ssl loads certificates from files only: a private temporary one, removed at once.
+            import tempfile  # noqa: PLC0415 - only kubeconfigs with inline credentials need it
+
             with tempfile.TemporaryDirectory() as directory:
                 pem = Path(directory) / "client.pem"
                 fd = os.open(pem, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
