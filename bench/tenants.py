@@ -232,6 +232,8 @@ class Result:
     rest_api: dict[str, float]
     rest_controller: dict[str, float]
     rest_controller_writes: float
+    rest_by_user: dict[str, float]
+    """Requests/s at rest by user (audit log), the busiest first."""
     bursts_api: dict[str, dict[str, float]]
     bursts_controller: dict[str, dict[str, float]]
     latencies: dict[str, dict[str, Summary]]
@@ -497,6 +499,10 @@ def run_one(n: int, args: argparse.Namespace, binaries: Path, docs: list[dict[st
         usage = run.controller_usage(wall0, wall1)
         rest_controller = {k: v / (wall1 - wall0) for k, v in sorted(usage.by_call.items())}
         rest_writes = usage.writes / (wall1 - wall0)
+        by_user: dict[str, float] = {}
+        for caller, use in usage_by_caller(run.audit.read(), wall0, wall1).items():
+            user = caller.split(" [", 1)[0]
+            by_user[user] = by_user.get(user, 0.0) + use.requests / (wall1 - wall0)
         say(f"N={n}: at rest {format_rates(rest_api)}; controller {rest_writes:.3f} writes/s")
         # Single changes at rest.
         latencies: dict[str, dict[str, Summary]] = {}
@@ -526,7 +532,7 @@ def run_one(n: int, args: argparse.Namespace, binaries: Path, docs: list[dict[st
                 ),
                 default=time.monotonic(),
             )
-            window = max(done_at - min(c.at for c in made), 1.0)
+            window = max(done_at - min(c.at for c in made), 0.01)
             time.sleep(1)
             wall_end = wall_start + window
             bursts_api[name] = rates_by_verb(before, run.api_counts(), time.time() - wall_start)
@@ -572,6 +578,7 @@ def run_one(n: int, args: argparse.Namespace, binaries: Path, docs: list[dict[st
             rest_api=rest_api,
             rest_controller=rest_controller,
             rest_controller_writes=rest_writes,
+            rest_by_user=dict(sorted(by_user.items(), key=lambda kv: -kv[1])),
             bursts_api=bursts_api,
             bursts_controller=bursts_controller,
             latencies=latencies,
@@ -625,6 +632,9 @@ def report(results: Sequence[Result]) -> str:
             ],
         )
     )
+    for r in results:
+        busiest = ", ".join(f"{u} {v:.2f}" for u, v in list(r.rest_by_user.items())[:4])
+        out.append(f"N={r.tenants} at rest, requests/s by user (audit log): {busiest or '-'}")
     out.append("")
     out.append(
         table(
@@ -720,6 +730,16 @@ def report(results: Sequence[Result]) -> str:
     return "\n".join(out)
 
 
+def load(raw: dict[str, Any]) -> Result:
+    """A Result back from its --json form."""
+    uses = {k: ProcessUse(**raw[k]) for k in ("sync_use", "rest_use", "end_use")}
+    latencies = {
+        name: {key: Summary(**summary) for key, summary in row.items()}
+        for name, row in raw["latencies"].items()
+    }
+    return Result(**{**raw, **uses, "latencies": latencies})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.tenants", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tenants", default="10,100,1000", help="comma-separated tenant counts")
@@ -736,7 +756,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where each N's stack lives")
     parser.add_argument("--keep", action="store_true", help="keep each N's logs and etcd")
     parser.add_argument("--json", default="", help="also write the figures here")
+    parser.add_argument("--report", default="", help="print the tables of a --json file and exit")
     args = parser.parse_args(argv)
+    if args.report:
+        print(report([load(r) for r in json.loads(Path(args.report).read_text())]))
+        return 0
     counts = [int(n) for n in args.tenants.split(",") if n]
     binaries = build_binaries()
     docs = tenant_chart_docs()
@@ -744,7 +768,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in counts:
         results.append(run_one(n, args, binaries, docs))
         print(report(results[-1:]), flush=True)
-    print("\n" + report(results), flush=True)
+    if len(results) > 1:
+        print("\n" + report(results), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=1))
     return 0
