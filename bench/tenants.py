@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import tempfile
@@ -55,7 +56,9 @@ from bench.tenants_stats import (  # noqa: E402
     REST_WRITES_PER_TENANT_TARGET,
     ProcessUse,
     Summary,
+    authorization_seconds,
     format_rates,
+    mean_ms,
     rates_by_verb,
     ratio,
     request_counts,
@@ -238,6 +241,10 @@ class Result:
     bursts_controller: dict[str, dict[str, float]]
     latencies: dict[str, dict[str, Summary]]
     sampled_operators: int
+    bursts_controller_calls: dict[str, dict[str, int]] = field(default_factory=dict)
+    """The controller's requests in each burst by "verb resource" (audit log)."""
+    rest_authorization_ms: float = math.nan
+    """kube-apiserver's mean authorization time per request at rest."""
 
 
 @dataclass
@@ -391,6 +398,9 @@ class Run:
     def api_counts(self) -> dict[tuple[str, str], float]:
         return request_counts(self.api.text("/metrics"))
 
+    def authorization(self) -> tuple[float, float]:
+        return authorization_seconds(self.api.text("/metrics"))
+
     def controller_usage(self, start: float, end: float) -> Usage:
         total = Usage()
         for caller, usage in usage_by_caller(self.audit.read(), start, end).items():
@@ -492,7 +502,9 @@ def run_one(n: int, args: argparse.Namespace, binaries: Path, docs: list[dict[st
         # At rest.
         time.sleep(5)
         counts0, wall0, cpu0 = run.api_counts(), time.time(), run.controller_use().cpu_s
+        authz0 = run.authorization()
         time.sleep(args.rest_s)
+        rest_authz_ms = mean_ms(authz0, run.authorization())
         counts1, wall1 = run.api_counts(), time.time()
         rest_use = run.controller_use()
         rest_api = rates_by_verb(counts0, counts1, wall1 - wall0)
@@ -518,11 +530,14 @@ def run_one(n: int, args: argparse.Namespace, binaries: Path, docs: list[dict[st
         }
         bursts_api: dict[str, dict[str, float]] = {}
         bursts_controller: dict[str, dict[str, float]] = {}
+        bursts_calls: dict[str, dict[str, int]] = {}
         for name, plan in plans.items():
             time.sleep(args.single_gap_s * 2)
-            before = run.api_counts()
+            before, cpu_before = run.api_counts(), run.controller_use().cpu_s
+            authz_before = run.authorization()
             made, wall_start, sent_s = run.burst(plan)
             got = run.measure(made, args.burst_timeout_s)
+            cpu_s = run.controller_use().cpu_s - cpu_before
             done_at = max(
                 (
                     c.at + v
@@ -537,11 +552,16 @@ def run_one(n: int, args: argparse.Namespace, binaries: Path, docs: list[dict[st
             wall_end = wall_start + window
             bursts_api[name] = rates_by_verb(before, run.api_counts(), time.time() - wall_start)
             usage = run.controller_usage(wall_start, wall_end + 0.5)
+            bursts_calls[name] = dict(sorted(usage.by_call.items()))
             bursts_controller[name] = {
                 "requests/s": usage.requests / window,
                 "writes/s": usage.writes / window,
                 "window_s": window,
                 "sent_s": sent_s,
+                # Whether the controller or the machine (2 shared cores) was the bound.
+                "controller_cpu_s": cpu_s,
+                "load1": os.getloadavg()[0],
+                "authorization_ms": mean_ms(authz_before, run.authorization()),
             }
             for direction in ("leave", "join"):
                 part = [c for c in made if c.join == (direction == "join")]
@@ -583,6 +603,8 @@ def run_one(n: int, args: argparse.Namespace, binaries: Path, docs: list[dict[st
             bursts_controller=bursts_controller,
             latencies=latencies,
             sampled_operators=len(run.operator_logs),
+            bursts_controller_calls=bursts_calls,
+            rest_authorization_ms=rest_authz_ms,
         )
     finally:
         stack.stop()
@@ -634,7 +656,10 @@ def report(results: Sequence[Result]) -> str:
     )
     for r in results:
         busiest = ", ".join(f"{u} {v:.2f}" for u, v in list(r.rest_by_user.items())[:4])
-        out.append(f"N={r.tenants} at rest, requests/s by user (audit log): {busiest or '-'}")
+        out.append(
+            f"N={r.tenants} at rest: requests/s by user (audit log) {busiest or '-'}; "
+            f"kube-apiserver authorization {r.rest_authorization_ms:.1f} ms/request"
+        )
     out.append("")
     out.append(
         table(
@@ -646,6 +671,9 @@ def report(results: Sequence[Result]) -> str:
                 "API req/s (all users, by verb)",
                 "controller req/s",
                 "controller writes/s",
+                "controller CPU s",
+                "load1",
+                "authz ms/request",
             ],
             [
                 [
@@ -656,12 +684,19 @@ def report(results: Sequence[Result]) -> str:
                     format_rates(rates),
                     f"{r.bursts_controller[name]['requests/s']:.1f}",
                     f"{r.bursts_controller[name]['writes/s']:.1f}",
+                    f"{r.bursts_controller[name].get('controller_cpu_s', math.nan):.1f}",
+                    f"{r.bursts_controller[name].get('load1', math.nan):.1f}",
+                    f"{r.bursts_controller[name].get('authorization_ms', math.nan):.1f}",
                 ]
                 for r in results
                 for name, rates in r.bursts_api.items()
             ],
         )
     )
+    for r in results:
+        for name, calls in r.bursts_controller_calls.items():
+            shown = ", ".join(f"{call} {count}" for call, count in calls.items())
+            out.append(f"N={r.tenants} burst {name}, the controller's requests: {shown or '-'}")
     out.append("")
     out.append("label change -> effect, seconds p50/p99/max (binding: created/deleted; set: the")
     out.append(

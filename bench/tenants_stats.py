@@ -73,6 +73,27 @@ def request_counts(metrics_text: str) -> dict[tuple[str, str], float]:
     return out
 
 
+def authorization_seconds(metrics_text: str) -> tuple[float, float]:
+    """kube-apiserver's authorization_duration_seconds (sum, count) over every result: what
+    the authorizers (RBAC walks every ClusterRoleBinding for a user outside system:masters)
+    cost per request."""
+    total, count = 0.0, 0.0
+    for line in metrics_text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match:
+            continue
+        if match["name"] == "authorization_duration_seconds_sum":
+            total += float(match["value"])
+        elif match["name"] == "authorization_duration_seconds_count":
+            count += float(match["value"])
+    return total, count
+
+
+def mean_ms(before: tuple[float, float], after: tuple[float, float]) -> float:
+    count = after[1] - before[1]
+    return (after[0] - before[0]) / count * 1000 if count > 0 else math.nan
+
+
 def rates_by_verb(
     before: Mapping[tuple[str, str], float], after: Mapping[tuple[str, str], float], seconds: float
 ) -> dict[str, float]:

@@ -15,6 +15,8 @@ from bench import tenants_objects as objects
 from bench.tenants import binding_latency, first_after, operator_latency, set_latency
 from bench.tenants_api import Api, Change, Recorder
 from bench.tenants_stats import (
+    authorization_seconds,
+    mean_ms,
     parse_cpu_ticks,
     parse_status_kib,
     percentile,
@@ -237,6 +239,19 @@ def test_request_rates_by_verb_from_the_api_servers_metrics() -> None:
     rates = rates_by_verb(before, after, 10.0)
     assert rates == {"DELETE": 1.0, "PATCH": 2.0}
     assert writes_per_second({**rates, "GET": 5.0}) == 3.0
+
+
+def test_authorization_time_per_request() -> None:
+    text = (
+        'authorization_duration_seconds_sum{result="allowed"} 2.5\n'
+        'authorization_duration_seconds_count{result="allowed"} 100\n'
+        'authorization_duration_seconds_sum{result="denied"} 0.5\n'
+        'authorization_duration_seconds_count{result="denied"} 100\n'
+        'authorization_duration_seconds_bucket{result="allowed",le="0.001"} 7\n'
+    )
+    assert authorization_seconds(text) == (3.0, 200.0)
+    assert mean_ms((1.0, 100.0), (3.0, 200.0)) == 20.0
+    assert math.isnan(mean_ms((1.0, 100.0), (1.0, 100.0)))
 
 
 def test_proc_readers_and_the_table() -> None:
