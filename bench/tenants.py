@@ -398,6 +398,14 @@ class Run:
     def api_counts(self) -> dict[tuple[str, str], float]:
         return request_counts(self.api.text("/metrics"))
 
+    def server_cpu_s(self) -> float:
+        """CPU seconds of kube-apiserver and etcd so far."""
+        return sum(
+            ProcessUse.read(p.popen.pid).cpu_s
+            for name, p in self.stack.processes.items()
+            if name in ("kube-apiserver", "etcd") and p.popen is not None and p.running
+        )
+
     def authorization(self) -> tuple[float, float]:
         return authorization_seconds(self.api.text("/metrics"))
 
@@ -535,6 +543,7 @@ def run_one(n: int, args: argparse.Namespace, binaries: Path, docs: list[dict[st
             time.sleep(args.single_gap_s * 2)
             before, cpu_before = run.api_counts(), run.controller_use().cpu_s
             authz_before = run.authorization()
+            server_before = run.server_cpu_s()
             made, wall_start, sent_s = run.burst(plan)
             got = run.measure(made, args.burst_timeout_s)
             cpu_s = run.controller_use().cpu_s - cpu_before
@@ -562,6 +571,7 @@ def run_one(n: int, args: argparse.Namespace, binaries: Path, docs: list[dict[st
                 "controller_cpu_s": cpu_s,
                 "load1": os.getloadavg()[0],
                 "authorization_ms": mean_ms(authz_before, run.authorization()),
+                "server_cpu_s": run.server_cpu_s() - server_before,
             }
             for direction in ("leave", "join"):
                 part = [c for c in made if c.join == (direction == "join")]
@@ -672,6 +682,7 @@ def report(results: Sequence[Result]) -> str:
                 "controller req/s",
                 "controller writes/s",
                 "controller CPU s",
+                "apiserver+etcd CPU s",
                 "load1",
                 "authz ms/request",
             ],
@@ -685,6 +696,7 @@ def report(results: Sequence[Result]) -> str:
                     f"{r.bursts_controller[name]['requests/s']:.1f}",
                     f"{r.bursts_controller[name]['writes/s']:.1f}",
                     f"{r.bursts_controller[name].get('controller_cpu_s', math.nan):.1f}",
+                    f"{r.bursts_controller[name].get('server_cpu_s', math.nan):.1f}",
                     f"{r.bursts_controller[name].get('load1', math.nan):.1f}",
                     f"{r.bursts_controller[name].get('authorization_ms', math.nan):.1f}",
                 ]
