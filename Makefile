@@ -94,9 +94,10 @@ bench-footprint: $(STAMP) binaries cluster-packages
 # controller's memory and CPU, API requests/s at rest and in bursts of label changes, label
 # change -> binding / namespace set / stand-in operator latencies (not part of `bench`).
 # TENANTS=10,100 runs fewer.
+TENANTS ?= 10,100,1000
 .PHONY: bench-tenants
 bench-tenants: $(STAMP) binaries
-	$(PY) -m bench.tenants --tenants $(or $(TENANTS),10,100,1000)
+	$(PY) -m bench.tenants --tenants $(TENANTS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
