@@ -216,9 +216,11 @@ async def test_a_tenant_whose_grant_is_broken_does_not_delay_another(
         kube_api.forbidden.discard("patch configmap keda-alpha")
         await eventually(lambda: published(kube_api, "alpha") == "a1")
         await eventually(lambda: "alpha" not in controller.errors)
-        assert any(
-            e["reason"] == "Reconciled" and e["metadata"]["namespace"] == "keda-alpha"
-            for e in kube_api.events
+        await eventually(
+            lambda: any(
+                e["reason"] == "Reconciled" and e["metadata"]["namespace"] == "keda-alpha"
+                for e in kube_api.events
+            )
         )
 
 
