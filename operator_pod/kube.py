@@ -159,7 +159,12 @@ def kubeconfig_config(path: str) -> ClusterConfig:
     def data(value: object) -> str | None:
         import base64  # noqa: PLC0415 - only kubeconfigs with inline credentials need it
 
-        return base64.b64decode(str(value)).decode() if value else None
+        if not value:
+            return None
+        try:
+            return base64.b64decode(str(value), validate=True).decode()
+        except ValueError as exc:  # binascii.Error, UnicodeDecodeError
+            raise ConfigError(f"the kubeconfig {path} has inline data that is not base64") from exc
 
     url = urlsplit(str(cluster.get("server") or ""))
     if url.scheme not in ("http", "https") or not url.hostname:

@@ -187,6 +187,9 @@ class ProcessMode:
                 return
             self._ended(planned=True)
             await self._release()
+        elif not self._exit_seen and self.child.pid is not None:
+            self._ended(planned=False)  # it exited on its own just now, unnoticed yet
+            await self._release()
         self.in_force = target
         self._metrics.namespaces.set(_count(target))
         if not target or (self._stop is not None and self._stop.is_set()):
