@@ -90,5 +90,14 @@ bench-operator-pod: $(STAMP)
 bench-footprint: $(STAMP) binaries cluster-packages
 	$(PY) -m bench.footprint
 
+# 1,000 tenants simulated on the process-level stack (real etcd and kube-apiserver): the platform
+# controller's memory and CPU, API requests/s at rest and in bursts of label changes, label
+# change -> binding / namespace set / stand-in operator latencies (not part of `bench`).
+# TENANTS=10,100 runs fewer.
+TENANTS ?= 10,100,1000
+.PHONY: bench-tenants
+bench-tenants: $(STAMP) binaries
+	$(PY) -m bench.tenants --tenants $(TENANTS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -12,6 +12,8 @@ COPY router/ router/
 COPY controller/ controller/
 COPY reloader/ reloader/
 COPY tenancy_common/ tenancy_common/
+COPY controller/ controller/
+COPY operator_pod/ operator_pod/
 RUN /opt/keda-tenancy/bin/pip install '.[fast]' \
  && /opt/keda-tenancy/bin/python -m compileall -q /opt/keda-tenancy
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,29 @@ def test_the_archive_cache_keeps_one_build_per_repository(tmp_path: Path) -> Non
     second = builder.static("keda-tenancy.local/app:1", fake_base, "input 2")
     assert second.archive != first.archive
     assert sorted(builder.archives.iterdir()) == sorted([second.archive, other.archive])
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_package_the_project_installs_reaches_the_image(dockerfile: Path) -> None:
+    """pip installs what pyproject's package list finds: a package the Dockerfile does not
+    COPY (or its .dockerignore keeps out) is silently missing from the image, and its program
+    (keda-tenancy-controller, keda-tenancy-operator-pod) fails at start in the cluster."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [
+        pattern.rstrip("*")
+        for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    ]
+    assert {"router", "reloader", "tenancy_common", "controller", "operator_pod"} <= set(packages)
+    copied = {
+        ins.value.split()[0].rstrip("/")
+        for ins in parse(dockerfile.read_text())
+        if ins.keyword == "COPY" and not ins.value.startswith("--from")
+    }
+    files = context_files(
+        ROOT, ignore_rules(dockerfile.with_name(dockerfile.name + ".dockerignore"))
+    )
+    for package in packages:
+        assert package in copied, f"{dockerfile.name} does not COPY {package}/"
+        assert f"{package}/__init__.py" in files, f"{package}/ is not in the build context"
+    for script in pyproject["project"]["scripts"].values():
+        assert script.split(".")[0] in packages, script

@@ -190,3 +190,116 @@ def markdown() -> str:
         but = f" (except {', '.join(f'`{w}`' for w in exempt)}: see above)" if exempt else ""
         lines.append(f"| every identity{but} | no: {verb} | `{resource}`{sub} | {where} | {why} |")
     return "\n".join(lines)
+
+
+# --- the platform layout (issue 21; opt-in: router controller.enabled, tenant
+# platformController.enabled). Checked by tests/e2e/cluster/test_platform_layout.py on its own
+# tenant, not by test_13 (the default install renders none of these identities' rights). --------
+
+CONTROLLER = "keda-tenancy-controller"
+PLATFORM_TENANT = "gamma"  # process mode, webhooks off
+PLATFORM_APPS = "gamma-apps"
+NAMESPACE_SET = "configmaps/keda-operator-namespaces"
+PLATFORM_LEASE = "leases.coordination.k8s.io/TENANT.operator.keda-tenancy.io"
+
+PLATFORM_NEEDS = [
+    Row(CONTROLLER, "watch", "namespaces", "cluster", True, "the tenancy rule's namespace cache"),
+    Row(CONTROLLER, "watch", "rolebindings.rbac.authorization.k8s.io", "cluster", True,
+        "the tenants' grants and its own bindings, one watch by label"),
+    Row(CONTROLLER, "create", "rolebindings.rbac.authorization.k8s.io", "own apps", True,
+        "the operator's binding in each tenant namespace (RBAC cannot name them: they change)"),
+    Row(CONTROLLER, "bind", "clusterroles.rbac.authorization.k8s.io/OPERATOR_ROLE", "cluster",
+        True, "granted by each tenant release for its own operator role only"),
+    Row(CONTROLLER, "patch", NAMESPACE_SET, "own KEDA", True,
+        "publishes the tenant's namespace set (granted by the tenant release)"),
+    Row(CONTROLLER, "update", PLATFORM_LEASE, "own KEDA", True,
+        "releases the Lease of an operator proven stopped (granted by the tenant release)"),
+    Row(CONTROLLER, "watch", "pods", "cluster", True,
+        "the operator pods: proof of termination before a Lease release"),
+    Row(CONTROLLER, "list", "scaledobjects.keda.sh", "cluster", True,
+        "a Terminating namespace's binding is kept until KEDA's objects are gone"),
+    Row("keda-operator", "watch", NAMESPACE_SET, "own KEDA", True,
+        "the in-pod process reads the namespace set, that one object"),
+]  # fmt: skip
+
+PLATFORM_NEVER = [
+    (CONTROLLER, "get", "secrets", "own KEDA", "a tenant's certificates and trigger Secrets"),
+    (CONTROLLER, "get", "secrets", "own apps", "a tenant's trigger Secrets"),
+    (CONTROLLER, "list", "configmaps", "own KEDA", "a tenant's other ConfigMaps"),
+    (CONTROLLER, "patch", "deployments.apps/keda-operator", "own KEDA",
+     "a process-mode tenant's operator (only deployment mode grants it)"),
+    (CONTROLLER, "patch", NAMESPACE_SET, "other KEDA",
+     "a tenant that did not register (no grant)"),
+    (CONTROLLER, "bind", "clusterroles.rbac.authorization.k8s.io/cluster-admin", "cluster",
+     "binding a bigger role than a tenant's operator role"),
+    (CONTROLLER, "create", "pods", "own apps", "running code in a tenant's namespace"),
+    ("keda-operator", "patch", NAMESPACE_SET, "own KEDA",
+     "choosing its own namespaces: only the controller writes the set"),
+    ("keda-operator", "create", "rolebindings.rbac.authorization.k8s.io", "own KEDA",
+     "granting itself or the controller more"),
+    ("keda-operator", "patch", "rolebindings.rbac.authorization.k8s.io/keda-tenancy-controller",
+     "own KEDA", "changing the grant"),
+]  # fmt: skip
+
+
+def platform_resolve(where: str) -> str:
+    """A platform row's namespace: the platform tenant's, the other tenant's is alpha's."""
+    return {
+        "own apps": PLATFORM_APPS,
+        "own KEDA": f"keda-{PLATFORM_TENANT}",
+        "other KEDA": f"keda-{TENANTS[0]}",
+        "cluster": "",
+    }.get(where, where)
+
+
+def platform_checks() -> list[Check]:
+    """The platform rows for the controller (router namespace) and gamma's operator."""
+    subjects = {
+        CONTROLLER: f"system:serviceaccount:{ROUTER_NAMESPACE}:{CONTROLLER}",
+        "keda-operator": f"system:serviceaccount:keda-{PLATFORM_TENANT}:keda-operator",
+    }
+
+    def named(resource: str) -> str:
+        role = f"keda-tenancy-{PLATFORM_TENANT}-operator"
+        return resource.replace("OPERATOR_ROLE", role).replace("TENANT", PLATFORM_TENANT)
+
+    out = [
+        Check(subjects[row.who], row.verb, named(row.resource), platform_resolve(row.where),
+              row.subresource, True, f"{row.who} {row.verb} {row.resource} {row.where}")
+        for row in PLATFORM_NEEDS
+    ]  # fmt: skip
+    out += [
+        Check(subjects[who], verb, named(resource), platform_resolve(where), "", False,
+              f"{who} {verb} {resource} {where}")
+        for who, verb, resource, where, _why in PLATFORM_NEVER
+    ]  # fmt: skip
+    # What no identity may do holds for the controller too; its RoleBinding create is bounded
+    # by the admission policy instead, as the binding managers' is.
+    out += [
+        Check(subjects[CONTROLLER], verb, resource, platform_resolve(resolve(where, None)),
+              subresource, False, f"{CONTROLLER} {verb} {resource} {where}")
+        for verb, resource, where, subresource, _why in NEVER
+        if (verb, resource, where) != ("create", "rolebindings.rbac.authorization.k8s.io", "kube-system")
+    ]  # fmt: skip
+    return out
+
+
+def platform_markdown() -> str:
+    """deploy/README.md's table of the platform layout's rights (yes) and bounds (no)."""
+    lines = [
+        "| identity | may | resource | where | why |",
+        "|---|---|---|---|---|",
+    ]
+
+    def shown(resource: str) -> str:
+        return resource.replace("OPERATOR_ROLE", "keda-tenancy-<tenant>-operator").replace(
+            "TENANT", "<tenant>"
+        )
+
+    for row in PLATFORM_NEEDS:
+        lines.append(
+            f"| `{row.who}` | yes: {row.verb} | `{shown(row.resource)}` | {row.where} | {row.why} |"
+        )
+    for who, verb, resource, where, why in PLATFORM_NEVER:
+        lines.append(f"| `{who}` | no: {verb} | `{shown(resource)}` | {where} | {why} |")
+    return "\n".join(lines)

@@ -115,7 +115,9 @@ rbac.namespaces list is honoured. hnc, external and cluster are only ever chosen
 {{/* The ServiceAccounts that run a reloader, so evaluate the tenancy rule (JSON list). */}}
 {{- define "tenant.ruleReaders" -}}
 {{- $out := list }}
-{{- if eq .Values.reloader.mode "deployment" }}
+{{- if include "tenant.platform" . }}
+{{- /* The platform controller reads the rule; nothing here does. */}}
+{{- else if eq .Values.reloader.mode "deployment" }}
 {{- $out = append $out "keda-namespace-reloader" }}
 {{- else }}
 {{- $out = append $out "keda-operator" }}
@@ -451,4 +453,29 @@ networkPolicy.monitoring.namespace is set, Prometheus' pods there (a JSON list; 
 {{/* A PrometheusRule's runbook link: (dict "ctx" $ "anchor" "kedatenancymetricsserverdown"). */}}
 {{- define "tenant.runbook" -}}
 {{- printf "%s#%s" .ctx.Values.prometheusRule.runbookBaseUrl .anchor }}
+{{- end }}
+
+{{- /* ---- The platform layout (platformController.enabled; deploy/README.md, "The platform
+layout"): the router release's keda-tenancy-controller keeps this tenant's bindings, namespace set,
+deployment-mode patch and Lease releases; this release keeps only KEDA's pods. ---- */}}
+
+{{- /* "true" when the platform controller serves this tenant, else "". */}}
+{{- define "tenant.platform" -}}
+{{- if .Values.platformController.enabled }}true{{ end }}
+{{- end }}
+
+{{- /* The namespace set the platform controller publishes (read by the operator pod). */}}
+{{- define "tenant.namespacesConfigMap" -}}
+keda-operator-namespaces
+{{- end }}
+
+{{- /* The in-pod process's flags shared by both modes (YAML list items). */}}
+{{- define "tenant.operatorPodArgs" -}}
+- --health-port={{ .Values.reloader.healthPort }}
+- --grace-period={{ .Values.reloader.gracePeriod }}
+- --log-level={{ .Values.reloader.logLevel }}
+{{- include "tenant.operatorHealthArgs" . | nindent 0 }}
+{{- range .Values.platformController.operatorPodExtraArgs }}
+- {{ . | quote }}
+{{- end }}
 {{- end }}
