@@ -87,8 +87,9 @@ bench-operator-pod: $(STAMP)
 	$(PY) -m bench.footprint_opod
 
 .PHONY: bench-footprint
+# LAYOUT=platform: issue 21's platform layout (the platform controller; per tenant KEDA's two pods).
 bench-footprint: $(STAMP) binaries cluster-packages
-	$(PY) -m bench.footprint
+	$(PY) -m bench.footprint $(if $(LAYOUT),--layout $(LAYOUT))
 
 # 1,000 tenants simulated on the process-level stack (real etcd and kube-apiserver): the platform
 # controller's memory and CPU, API requests/s at rest and in bursts of label changes, label

@@ -469,6 +469,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--settle-s", type=float, default=30.0, help="wait after install")
     parser.add_argument("--json", type=Path, default=Path("footprint.json"))
     parser.add_argument("--no-latencies", action="store_true")
+    parser.add_argument(
+        "--layout",
+        choices=("per-tenant", "platform"),
+        default="per-tenant",
+        help="platform: issue 21's layout (the router release's platform controller; per "
+        "tenant only KEDA's operator, with keda-tenancy-operator-pod, and metrics server)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         say("the cluster runs a kubelet: run as root")
@@ -479,8 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cluster = AuditedCluster(binaries, images)
     try:
         cluster.up()
-        installed = Installed(cluster, images)
-        say("installing the router and two tenants")
+        installed = Installed(cluster, images, platform=args.layout == "platform")
+        say(f"installing the router and two tenants ({args.layout} layout)")
         installed.everything(say)
         audit = AuditLog(cluster.audit_log)
         say(f"settling {args.settle_s:.0f}s")
@@ -494,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         cluster.down()
     figures["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    figures["layout"] = args.layout
     args.json.write_text(json.dumps(figures, indent=2) + "\n")
     say(f"figures written to {args.json}")
     return 0

@@ -72,6 +72,9 @@ def metric_path(namespace: str, metric: str = METRIC, app: str = "app") -> str:
 class Installed:
     cluster: Cluster
     images: Images
+    # Issue 21's platform layout for every tenant: the router release's platform controller
+    # and, per tenant, only KEDA's operator (with keda-tenancy-operator-pod) and metrics server.
+    platform: bool = False
 
     # -- install -------------------------------------------------------------------------
 
@@ -96,6 +99,7 @@ class Installed:
             "--set", f"tenancy.labelKeys={{{TENANT_LABEL}}}",
             "--set", f"tenancy.hnc.roots={{{HNC_ROOT}}}",
             "--set", "networkPolicy.enabled=true",
+            *(["--set", "controller.enabled=true"] if self.platform else []),
         ]  # fmt: skip
 
     def router(self) -> None:
@@ -121,6 +125,8 @@ class Installed:
                 "--set", f"tenancy.hnc.roots={{{HNC_ROOT}}}",
                 "--set", "reloader.mode=deployment",
             ]  # fmt: skip
+        if self.platform:
+            args += ["--set", "platformController.enabled=true", "--set", "webhooks.enabled=false"]
         return args
 
     def tenant(self, tenant: str) -> None:
