@@ -23,7 +23,10 @@ Check = Callable[[Get], bool]
 
 @dataclass
 class Milestones:
-    """Polls every check not yet reached; `reached[name]` is the seconds from `start()`."""
+    """Polls every check not yet reached; `reached[name]` is the seconds from `start()`. The
+    checks share one connection: a slow answer (a metric read the router holds for its
+    upstream timeout) delays the others' readings by as much, so the components' own log
+    timestamps are the finer breakdown."""
 
     cluster: Cluster
     checks: dict[str, Check]
