@@ -9,7 +9,9 @@ put off further: it goes `debounce` (or its hold) after it was first seen, whate
 follow and however recent the last restart, since the RoleBinding manager removes the
 namespace's binding a fixed time after it left (`--unbind-timeout`) and the old operator
 must have been stopped by then. Nothing is pending when the desired value equals the one in
-force.
+force. The minimum gap is between restarts of a running operator: starting one that is kept
+stopped (an empty list in force, e.g. a new tenant whose first namespace was not readable yet)
+waits only for the quiet period.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class RestartSchedule:
         """When the pending value first removed a namespace from the one in force."""
         self._last_restart_at: float | None = None
         self._not_before: float | None = None
+        self._from_stopped = False
+        """The operator is kept stopped: putting the pending value in force restarts nothing."""
 
     @property
     def pending(self) -> str | None:
@@ -78,6 +82,7 @@ class RestartSchedule:
         if desired != self._pending:
             self._last_change_at = now
         self._pending = desired
+        self._from_stopped = in_force == ""
         wanted, current = split(desired), split(in_force)
         self._hold_removal = in_force is not None and wanted < current and not urgent
         if not current - wanted:
@@ -94,7 +99,7 @@ class RestartSchedule:
         at = min(quiet_at, self._first_change_at + policy.max_wait_s)
         if self._hold_removal:
             at = max(at, self._first_change_at + policy.removal_delay_s)
-        if self._last_restart_at is not None:
+        if self._last_restart_at is not None and not self._from_stopped:
             at = max(at, self._last_restart_at + policy.min_interval_s)
         if self._removal_at is not None:
             removal_due = self._removal_at + policy.debounce_s

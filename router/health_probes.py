@@ -13,7 +13,10 @@ name is not specified" (a 500) without asking the operator or any scaler. So:
   or KEDA's "Unavailable" / gRPC-timeout answer: unhealthy.
 
 An unhealthy backend is held down (`Upstreams.hold_down`): its requests fail fast with 503
-until a probe finds it healthy again. A probe's failure touches only its own backend. At most
+until a probe finds it healthy again, and it is probed again UNHEALTHY_RETRY_S after each
+failed probe, not only at its next round: a tenant coming up (a new one, or its KEDA that
+reached its operator again) is served within about a second of answering, not an interval
+later. A probe's failure touches only its own backend. At most
 one probe per backend is in flight, each on one kept-alive connection of its own (a probe
 never takes a request's connection), and probes are spread over the interval and capped at
 --health-probe-max-rate per second: 1,000 backends at 10s and 20/s take 50s a round.
@@ -51,6 +54,10 @@ PROBE_TARGET = f"{GROUP_VERSION_PATH}/namespaces/{PROBE_NAMESPACE}/{PROBE_METRIC
 _GRPC_TIMEOUT = b"timeout while waiting to establish gRPC connection"
 _MAX_ANSWER = 64 * 1024  # of a body searched for KEDA's messages (a Status: a few hundred bytes)
 _MAX_READ = 1024 * 1024  # an answer larger than this is not the adapter's: unhealthy
+
+UNHEALTHY_RETRY_S = 1.0
+"""A backend found unhealthy is probed again this long after, until it answers. With more than
+--health-probe-max-rate backends down, later: their re-probes together stay at that rate."""
 
 HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"
@@ -132,6 +139,8 @@ class HealthProbes:
         """(backend, result) -> probes counted."""
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._connections: dict[str, _Connection] = {}
+        self._retries: dict[str, asyncio.TimerHandle] = {}
+        """Backend name -> its re-probe, while it is unhealthy."""
 
     def state_of(self, name: str) -> str:
         return self.health.get(name, UNKNOWN)
@@ -158,6 +167,9 @@ class HealthProbes:
             self.close()
 
     def close(self) -> None:
+        for handle in self._retries.values():
+            handle.cancel()
+        self._retries.clear()
         for task in list(self._in_flight.values()):
             task.cancel()
         for connection in self._connections.values():
@@ -174,6 +186,8 @@ class HealthProbes:
         return task
 
     def _forget(self, known: dict[str, Backend]) -> None:
+        for name in [name for name in self._retries if name not in known]:
+            self._retries.pop(name).cancel()
         for name in [name for name in self._connections if name not in known]:
             self._connections.pop(name).close()
             self.health.pop(name, None)
@@ -253,6 +267,8 @@ class HealthProbes:
         self.health[name] = result
         if reason is None:
             self.reasons.pop(name, None)
+            if (retry := self._retries.pop(name, None)) is not None:
+                retry.cancel()
             self._holder.release_down(backend)
             if before == UNHEALTHY:
                 logger.info("backend healthy again", extra={"tenant": name})
@@ -261,6 +277,22 @@ class HealthProbes:
         self._holder.hold_down(backend, f"health probe: {reason}", started)
         if before != UNHEALTHY:
             logger.warning("backend unhealthy", extra={"tenant": name, "reason": reason})
+        self._retry_later(backend)
+
+    def _retry_later(self, backend: Backend) -> None:
+        """Probe an unhealthy `backend` again soon (requests to it fail fast meanwhile)."""
+        down = sum(1 for state in self.health.values() if state == UNHEALTHY)
+        delay = max(UNHEALTHY_RETRY_S, down / self._settings.max_rate)
+        if (previous := self._retries.pop(backend.name, None)) is not None:
+            previous.cancel()
+        self._retries[backend.name] = asyncio.get_running_loop().call_later(
+            delay, self._retry, backend
+        )
+
+    def _retry(self, backend: Backend) -> None:
+        self._retries.pop(backend.name, None)
+        if self.health.get(backend.name) == UNHEALTHY and backend.name in self._connections:
+            self.start(backend)
 
 
 class HealthStats(Collector):

@@ -190,3 +190,35 @@ async def test_never_more_than_one_probe_in_flight_per_backend(
     assert probes_received(alpha) == 2
     probes.close()
     await asyncio.sleep(0)
+
+
+async def test_a_backend_found_unhealthy_is_probed_again_at_once_not_a_round_later(
+    pki: Pki, backends: dict[str, TenantBackend]
+) -> None:
+    """A new tenant's KEDA answers the probe only once it reached its operator; found
+    unhealthy before that, it was held down until its next round, an interval (10 s) later
+    (issue 22: the onboarding scenario's first read waited for it). Now it is probed again a
+    second after each failed probe, and released as soon as one is answered. No rounds run
+    here (the interval is an hour): every probe after the first is a re-probe."""
+    alpha = backends["alpha"]
+    alpha.mode = "status:503"
+    context = ssl.create_default_context(cafile=pki.path("backend_ca.crt"))
+    context.load_cert_chain(pki.path("router-client.crt"), pki.path("router-client.key"))
+    backend = Backend("alpha", URL(alpha.url))
+    holder = _Holder()
+    probes = HealthProbes(ProbeSettings(3600.0, 1.0), lambda: [backend], lambda _: context, holder)
+    first = probes.start(backend)
+    assert first is not None
+    await first
+    assert probes.state_of("alpha") == "unhealthy"
+    assert "answered 503" in holder.down["alpha"]
+    await eventually(lambda: probes_received(alpha) >= 2, "probed again, still down")
+    assert "alpha" in holder.down
+    alpha.mode = "ok"
+    await eventually(lambda: probes.state_of("alpha") == "healthy", "released")
+    assert holder.down == {}
+    answered = probes_received(alpha)
+    await asyncio.sleep(1.5)  # healthy: no more re-probes
+    assert probes_received(alpha) == answered
+    probes.close()
+    await asyncio.sleep(0)

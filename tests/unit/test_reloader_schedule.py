@@ -74,6 +74,10 @@ CASES: list[tuple[str, list[Step], float, float | None]] = [
     ("from empty: an addition", [Seen(0, "a", "")], 0, 2),
     ("minimum gap after a restart", [Restarted(10), Seen(10, "a,b", "a")], 10, 5),
     ("the gap counts from the restart", [Restarted(10), Seen(14, "a,b", "a")], 14, 2),
+    # A new tenant: its first namespace not readable yet, the operator was kept stopped ("" put
+    # in force at 10); readable at 11, it starts after the quiet period, not 5 s after 10.
+    ("no gap after a stop: nothing runs to restart", [Restarted(10), Seen(11, "a", "")], 11, 2),
+    ("after a stop, the next restart keeps its gap", [Restarted(13), Seen(14, "a,b", "a")], 14, 4),
     # The RoleBinding manager removes a namespace's binding a fixed time after it left: the old
     # operator must be stopped by then, neither churn nor the minimum gap may put it off.
     (
