@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.deploy.charts import ROUTER_NAMESPACE, ROUTER_RELEASE
 from tests.e2e.cluster.install import APPS, HNC_ROOT, Installed, tenant_namespace
+from tests.e2e.images.build import Images
 from tests.e2e.stack import wait_for
 
 # The commit whose charts are "the previous release" (main before issue 22's work).
@@ -43,8 +44,18 @@ class PreviousRelease(Installed):
     created: the scenario may run after others that left some of them (and waits out any still
     terminating)."""
 
-    router_chart: Path
-    tenant_chart: Path
+    router_chart: Path = Path()
+    tenant_chart: Path = Path()
+
+    def tenant_args(self, tenant: str) -> list[str]:
+        # The previous charts know images.tenant.tag only (tagPrefix and keda.version came
+        # with the canary): the same image, named by its full tag.
+        image = self.images.tenant
+        prefix = f"images.tenant.tagPrefix={Images.tenant_tag_prefix(image)}"
+        return [
+            f"images.tenant.tag={Images.tag(image)}" if a == prefix else a
+            for a in super().tenant_args(tenant)
+        ]
 
     def wait_no_namespace_terminating(self) -> None:
         names = [ROUTER_NAMESPACE, HNC_ROOT, *APPS.values(), *map(tenant_namespace, APPS)]

@@ -41,7 +41,9 @@ def test_upgrade_the_charts_from_the_previous_release_without_failed_reads(
     cluster: Cluster, images: Images, tmp_path: Path
 ) -> None:
     router_chart, tenant_chart = previous_charts(tmp_path)
-    previous = PreviousRelease(cluster, images, router_chart, tenant_chart)
+    previous = PreviousRelease(
+        cluster, images, router_chart=router_chart, tenant_chart=tenant_chart
+    )
     previous.wait_no_namespace_terminating()
     previous.everything()
     current = Installed(cluster, images)
