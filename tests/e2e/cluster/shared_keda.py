@@ -24,7 +24,9 @@ NAMESPACE = "keda"
 OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:keda-operator"
 METRICS_SERVICE = "keda-metrics-apiserver"
 SERVER_NAME = f"{METRICS_SERVICE}.{NAMESPACE}.svc"
-URL = f"https://{SERVER_NAME}:443"
+ROUTER_METRICS_SERVICE = "keda-metrics-apiserver-router"
+URL = f"https://{ROUTER_METRICS_SERVICE}.{NAMESPACE}.svc:443"
+"""The router's default upstream: the shared KEDA's second metrics server (router_metrics_server)."""
 REQUESTHEADER_CONFIGMAP = "keda-requestheader-ca"
 FENCE = "keda-tenancy-migration-fence"
 
@@ -53,54 +55,51 @@ def manifest(cluster: Cluster, images: Images) -> list[Obj]:
     return docs
 
 
-def trust_router(cluster: Cluster, router_client_ca: str) -> None:
-    """Its metrics server also accepts the router as a front proxy: requestheader CA = the
-    aggregator's front-proxy CA plus the router's client CA, allowed names both CNs. One
-    rollout of the metrics server; the operator is not touched."""
-    done = cluster.kubectl(
-        "-n", "kube-system", "get", "configmap", "extension-apiserver-authentication", "-o", "json"
-    )  # fmt: skip
-    data = json.loads(done.stdout)["data"]
-    names = json.loads(data.get("requestheader-allowed-names") or "[]")
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": REQUESTHEADER_CONFIGMAP, "namespace": NAMESPACE},
-            "data": {"ca.crt": data["requestheader-client-ca-file"] + router_client_ca},
-        }
-    )
-    args = [
+def router_metrics_server(docs: list[Obj], router_client_ca: str) -> list[Obj]:
+    """A second metrics server of the shared KEDA, for the router alone: KEDA's own Deployment
+    copied under another name, trusting only the router's client CA as front proxy, behind a
+    Service of its own. The shared metrics server the aggregator calls is never restarted (KEDA's
+    has no preStop delay: its rollout refuses connections for a moment, measured as failed
+    reads); the copy asks the same operator, and presents the same certificate (kedaorg-certs),
+    so the router verifies it by SERVER_NAME."""
+    (original,) = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == METRICS_SERVICE
+    ]
+    copy = json.loads(json.dumps(original))
+    labels = {"app": ROUTER_METRICS_SERVICE}
+    copy["metadata"] = {"name": ROUTER_METRICS_SERVICE, "namespace": NAMESPACE, "labels": labels}
+    copy["spec"]["selector"] = {"matchLabels": labels}
+    copy["spec"]["template"]["metadata"] = {"labels": labels}
+    pod = copy["spec"]["template"]["spec"]
+    pod["containers"][0]["args"] += [
         "--requestheader-client-ca-file=/requestheader/ca.crt",
-        f"--requestheader-allowed-names={','.join([*names, 'keda-tenancy-router'])}",
+        "--requestheader-allowed-names=keda-tenancy-router",
         "--requestheader-username-headers=X-Remote-User",
         "--requestheader-group-headers=X-Remote-Group",
         "--requestheader-extra-headers-prefix=X-Remote-Extra-",
     ]
-    patch = [
-        *(
-            {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": a}
-            for a in args
-        ),
+    pod["volumes"].append({"name": "requestheader", "configMap": {"name": REQUESTHEADER_CONFIGMAP}})
+    pod["containers"][0]["volumeMounts"].append(
+        {"name": "requestheader", "mountPath": "/requestheader", "readOnly": True}
+    )
+    return [
         {
-            "op": "add",
-            "path": "/spec/template/spec/volumes/-",
-            "value": {"name": "requestheader", "configMap": {"name": REQUESTHEADER_CONFIGMAP}},
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": REQUESTHEADER_CONFIGMAP, "namespace": NAMESPACE},
+            "data": {"ca.crt": router_client_ca},
         },
+        copy,
         {
-            "op": "add",
-            "path": "/spec/template/spec/containers/0/volumeMounts/-",
-            "value": {"name": "requestheader", "mountPath": "/requestheader", "readOnly": True},
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": ROUTER_METRICS_SERVICE, "namespace": NAMESPACE},
+            "spec": {
+                "selector": labels,
+                "ports": [{"name": "https", "port": 443, "targetPort": 6443}],
+            },
         },
     ]
-    cluster.kubectl(
-        "-n", NAMESPACE, "patch", "deployment", METRICS_SERVICE, "--type=json",
-        "-p", json.dumps(patch),
-    )  # fmt: skip
-    cluster.kubectl(
-        "-n", NAMESPACE, "rollout", "status", f"deploy/{METRICS_SERVICE}", "--timeout=180s",
-        timeout_s=200,
-    )  # fmt: skip
 
 
 def fence(tenant_label: str) -> list[Obj]:

@@ -151,6 +151,23 @@ def probe_value(installed: Installed, namespace: str) -> str | None:
     return str(items[0]["value"]) if items else None
 
 
+def default_upstream_healthy(cluster: Cluster) -> bool:
+    """Every router pod's health probe of the default upstream answered (not failing fast)."""
+    done = cluster.kubectl(
+        "-n", ROUTER_NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/component=router",
+        "-o", "json",
+    )  # fmt: skip
+    pods = [p["metadata"]["name"] for p in json.loads(done.stdout)["items"]]
+    for pod in pods:
+        metrics = cluster.kubectl(
+            "get", "--raw", f"/api/v1/namespaces/{ROUTER_NAMESPACE}/pods/{pod}:8080/proxy/metrics",
+            check=False,
+        )  # fmt: skip
+        if 'keda_tenancy_router_backend_healthy{tenant="_default"} 1.0' not in metrics.stdout:
+            return False
+    return bool(pods)
+
+
 def watched_by(cluster: Cluster, tenant: str) -> str:
     """What the tenant's operator runs with (its reloader publishes it, process mode)."""
     done = cluster.kubectl(
@@ -262,10 +279,16 @@ def run_migration(installed: Installed, docs: list[dict[str, Any]], report: list
         wait_for(lambda: trust(cluster, "apiservice-ca.crt"), "the router's CAs published", 120, 1)
         step("1. router installed beside the shared KEDA", since)
 
-        # 2. The shared metrics server also trusts the router as its front proxy.
+        # 2. A second metrics server of the shared KEDA, for the router (the first untouched).
         since = time.monotonic()
-        shared_keda.trust_router(cluster, trust(cluster, "upstream-client-ca.crt"))
-        step("2. shared metrics server trusts the router's client CA", since)
+        copy = shared_keda.router_metrics_server(docs, trust(cluster, "upstream-client-ca.crt"))
+        cluster.apply(*copy)
+        cluster.kubectl(
+            "-n", "keda", "rollout", "status", f"deploy/{shared_keda.ROUTER_METRICS_SERVICE}",
+            "--timeout=180s", timeout_s=200,
+        )  # fmt: skip
+        wait_for(lambda: default_upstream_healthy(cluster), "the router's probes reach it", 120, 1)
+        step("2. a metrics server of the shared KEDA for the router", since)
 
         # 3. The fence, then the APIService handed to the router in one write (service and
         #    caBundle together: no moment where one points at the router and the other not).
