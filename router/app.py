@@ -177,14 +177,20 @@ class Router:
                 tls.file_source(config.upstream_client_cert_file),
                 tls.file_source(config.upstream_client_key_file),
             ]
-        ca_path = ca_file or config.upstream_ca_file
-        if ca_path:
-            sources.append(tls.file_source(ca_path))
+        # A tenant's own caFile replaces; the template's trust is --upstream-ca-file plus the
+        # extra CAs, which add to it and never replace the tenant-serving CA (issue 22).
+        ca_paths = (
+            [ca_file]
+            if ca_file
+            else [p for p in (config.upstream_ca_file, config.upstream_extra_ca_file) if p]
+        )
+        sources += [tls.file_source(path) for path in ca_paths]
         has_client = bool(config.upstream_client_cert_file)
+        first_ca = len(sources) - len(ca_paths)
 
         def build(pem: Sequence[bytes]) -> tuple[ssl.SSLContext, bytes | None]:
             cert, key = (pem[0], pem[1]) if has_client else (None, None)
-            ca = pem[-1] if ca_path else None
+            ca = b"\n".join(pem[first_ca:]) if ca_paths else None
             return tls.client_context(cert, key, ca), cert
 
         name = f"upstream client TLS ({ca_file})" if ca_file else "upstream client TLS"

@@ -50,6 +50,8 @@ class RouterConfig:
     upstream_client_cert_file: str | None
     upstream_client_key_file: str | None
     upstream_ca_file: str | None
+    upstream_extra_ca_file: str | None
+    """More CAs trusted beside --upstream-ca-file's, never instead of them (issue 22)."""
     default_upstream: str | None
     upstream: UpstreamSettings
     health_probes: ProbeSettings
@@ -119,6 +121,7 @@ class RouterConfig:
             upstream_client_cert_file=args.upstream_client_cert_file or None,
             upstream_client_key_file=args.upstream_client_key_file or None,
             upstream_ca_file=args.upstream_ca_file or None,
+            upstream_extra_ca_file=_extra_ca_file(args),
             default_upstream=args.default_upstream or None,
             upstream=UpstreamSettings(
                 timeout_s=_positive(args.upstream_timeout, "--upstream-timeout"),
@@ -171,6 +174,14 @@ def _tenant_namespace_template(template: str) -> str:
             "--tenant-namespace-template must contain {tenant} and nothing else in {}"
         )
     return template
+
+
+def _extra_ca_file(args: argparse.Namespace) -> str | None:
+    """Extra CAs add to --upstream-ca-file: alone they would replace the system roots with
+    themselves, which is --upstream-ca-file's job."""
+    if args.upstream_extra_ca_file and not args.upstream_ca_file:
+        raise ConfigError("--upstream-extra-ca-file adds to --upstream-ca-file: give both")
+    return args.upstream_extra_ca_file or None
 
 
 def _positive(text: str, flag: str) -> float:
@@ -265,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--upstream-ca-file",
         default="",
         help="CA that verifies upstream serving certificates (default: system roots)",
+    )
+    upstream.add_argument(
+        "--upstream-extra-ca-file",
+        default="",
+        help="PEM bundle of CAs trusted in addition to --upstream-ca-file (never instead)",
     )
     upstream.add_argument(
         "--upstream-timeout",
