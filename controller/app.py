@@ -93,8 +93,10 @@ class PlatformController:
     def _refresh_ownership(self) -> None:
         self._refresh_scheduled = False
         now = time.monotonic()
+        timed = self.started.is_set()  # the first lists are no change to time
         for tenant in self.ownership.refresh():
-            self._changed_at.setdefault(tenant, now)
+            if timed:
+                self._changed_at.setdefault(tenant, now)
             self.queue.add(tenant)
 
     def _bindings_changed(self, tenants: set[TenantName], namespaces: set[NamespaceName]) -> None:
@@ -136,7 +138,18 @@ class PlatformController:
             text = "; ".join(f"{tenant}: {why}" for tenant, why in shown)
             return f"{len(self.errors)} tenants failing: {text}" + (f" (+{more})" if more else "")
 
-        return {"tenants": failing}
+        def waiting() -> str | None:
+            shown = [
+                f"{tenant}: {ns} ({why})"
+                for tenant, namespaces in sorted(self.waiting.items())
+                for ns, why in sorted(namespaces.items())
+            ]
+            if not shown:
+                return None
+            more = f" (+{len(shown) - 5})" if len(shown) > 5 else ""
+            return f"{len(shown)} namespaces not given yet: {'; '.join(shown[:5])}{more}"
+
+        return {"tenants": failing, "namespaces-waiting": waiting}
 
     # -- running -----------------------------------------------------------------------
 

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the operator container whose termination releases its Lease",
     )
     work = parser.add_argument_group("reconciling")
-    work.add_argument("--workers", type=int, default=8, help="tenants reconciled at once")
+    work.add_argument("--workers", type=int, default=16, help="tenants reconciled at once")
     work.add_argument("--backoff-initial", default="500ms", help="first retry of a failed tenant")
     work.add_argument("--backoff-max", default="2m", help="longest retry delay of a tenant")
     work.add_argument(

@@ -77,6 +77,10 @@ class Outcome:
     blocked_by: set[TenantName] = field(default_factory=set)
     """Tenants whose bindings keep a namespace from this one (to be looked at first)."""
 
+    def requeue(self, after_s: float) -> None:
+        if self.requeue_after_s is None or after_s < self.requeue_after_s:
+            self.requeue_after_s = after_s
+
 
 @dataclass(frozen=True, slots=True)
 class ReconcileSettings:
@@ -143,7 +147,7 @@ class TenantReconciler:
             errors.append(f"cannot publish the namespace set: {api_reason(exc)}")
         await self._leave(grant, active | terminating, errors)
         if await self._release_terminating(grant, terminating, errors):
-            outcome.requeue_after_s = self._settings.terminating_recheck_s
+            outcome.requeue(self._settings.terminating_recheck_s)
         if errors:
             raise ReconcileError("; ".join(errors))
         return outcome
@@ -163,10 +167,22 @@ class TenantReconciler:
         for namespace in sorted(active):
             existing = have.get(namespace)
             if existing is not None and existing.deleting:
-                # Pending on our finalizer (its namespace left and came back, say): let it go
-                # and make a new one on the next pass.
+                try:
+                    terminating_now = await self._terminating(namespace)
+                except API_ERRORS as exc:
+                    errors.append(f"cannot read namespace {namespace}: {api_reason(exc)}")
+                    continue
+                if terminating_now:
+                    # The namespace controller deleted it before our namespace watch told us
+                    # the namespace is going: it stays for KEDA (the next pass sees why).
+                    if existing.grants(grant):
+                        bound.add(namespace)
+                    outcome.requeue(self._settings.terminating_recheck_s)
+                    continue
+                # Deleted by someone else, held by our finalizer: let it go, and make a new
+                # one on the next pass.
                 await self._remove(existing, errors)
-                outcome.requeue_after_s = 0.0
+                outcome.requeue(0.0)
                 continue
             if existing is not None and existing.grants(grant):
                 bound.add(namespace)
@@ -188,6 +204,16 @@ class TenantReconciler:
             else:
                 outcome.waiting[namespace] = "its binding cannot be created"
         return bound
+
+    async def _terminating(self, namespace: NamespaceName) -> bool:
+        """Whether `namespace` is being deleted (or gone), read from the API, not the cache."""
+        try:
+            live = await read_json(self._core.read_namespace(namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        return bool((live.get("metadata") or {}).get("deletionTimestamp"))
 
     async def _create(self, grant: Grant, namespace: NamespaceName, errors: list[str]) -> bool:
         self._creating[namespace] = grant.tenant

@@ -140,6 +140,7 @@ async def running_controller(
             if task.done():
                 started.cancel()
                 await task  # raises what ended it
+            await controller.pods.synced.wait()  # its list is not waited for by `started`
         yield controller
     finally:
         stop.set()

@@ -262,4 +262,7 @@ def test_the_controller_binds_only_what_each_tenant_allowed_with_its_documented_
         "alpha's bindings gone",
         30,
     )
-    assert stack.processes["controller"].running, stack.processes["controller"].tail()
+    controller = stack.processes["controller"]
+    assert controller.running, controller.tail()
+    # SIGTERM: the watches and workers stop, and it exits 0.
+    assert controller.stop() == 0, controller.tail()

@@ -216,9 +216,11 @@ async def test_a_tenant_whose_grant_is_broken_does_not_delay_another(
         kube_api.forbidden.discard("patch configmap keda-alpha")
         await eventually(lambda: published(kube_api, "alpha") == "a1")
         await eventually(lambda: "alpha" not in controller.errors)
-        assert any(
-            e["reason"] == "Reconciled" and e["metadata"]["namespace"] == "keda-alpha"
-            for e in kube_api.events
+        await eventually(
+            lambda: any(
+                e["reason"] == "Reconciled" and e["metadata"]["namespace"] == "keda-alpha"
+                for e in kube_api.events
+            )
         )
 
 
@@ -301,3 +303,27 @@ async def test_a_restart_converges_without_duplicates(
         assert controller.errors == {}
     creates = [e for e in kube_api.timeline if e[0] == "rolebinding created"]
     assert len(creates) == len(set(creates[:3])) + 2  # a1 again and a3, nothing twice at once
+
+
+async def test_a_binding_deleted_before_the_namespace_watch_says_terminating_stays(
+    kube_api: FakeKubeAPI, kubeconfig: str
+) -> None:
+    """The namespace controller deletes bindings right after marking the namespace; the
+    RoleBinding watch may say so before the Namespace watch does. The binding is KEDA's way to
+    its finalizers: it stays."""
+    register(kube_api, "alpha")
+    owned_by(kube_api, "alpha", "a1")
+    scaled = {"metadata": {"name": "app", "namespace": "a1", "finalizers": ["finalizer.keda.sh"]}}
+    kube_api.custom_objects[("keda.sh", "scaledobjects", "a1")] = [scaled]
+    async with running_controller(kubeconfig) as controller:
+        await eventually(lambda: published(kube_api, "alpha") == "a1")
+        # Terminating in the store, not yet on the namespace watch; the binding deleted.
+        kube_api.namespaces["a1"]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        kube_api.delete_rolebinding("a1", binding("alpha"))
+        await settled(controller, kube_api)
+        assert bound(kube_api, "alpha") == {"a1"}
+        assert published(kube_api, "alpha") == "a1"
+
+        kube_api.delete("a1", terminating=True)  # the watch catches up
+        kube_api.custom_objects[("keda.sh", "scaledobjects", "a1")] = []
+        await eventually(lambda: not bound(kube_api, "alpha"))

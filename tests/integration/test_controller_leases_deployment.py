@@ -7,6 +7,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -137,3 +138,42 @@ async def test_deployment_mode_applies_watch_namespace_and_replicas(
         applies = kube_api.requests["apply deployment"]
         await settled(controller, kube_api)
         assert kube_api.requests["apply deployment"] == applies  # nothing sent when it matches
+
+
+async def test_label_change_to_published_is_timed_for_changes_not_for_the_first_lists(
+    kube_api: FakeKubeAPI, kubeconfig: str
+) -> None:
+    register(kube_api, "alpha")
+    kube_api.relabel_new("a1", {TENANT_LABEL: "alpha"})
+    registry = CollectorRegistry()
+    name = "keda_tenancy_controller_namespace_change_to_published_seconds_count"
+    async with running_controller(kubeconfig, registry=registry) as controller:
+        await eventually(lambda: published(kube_api, "alpha") == "a1")
+        await settled(controller, kube_api)
+        assert (registry.get_sample_value(name) or 0) == 0
+        kube_api.relabel_new("a2", {TENANT_LABEL: "alpha"})
+        await eventually(lambda: published(kube_api, "alpha") == "a1,a2")
+        await eventually(lambda: registry.get_sample_value(name) == 1)
+
+
+async def test_the_health_port_answers_probes_and_metrics(
+    kube_api: FakeKubeAPI, kubeconfig: str
+) -> None:
+    register(kube_api, "alpha", bindable=False)  # its namespace waits for a binding
+    kube_api.relabel_new("a1", {TENANT_LABEL: "alpha"})
+    async with running_controller(kubeconfig) as controller:
+        await eventually(
+            lambda: controller.health_port is not None and "alpha" in controller.errors
+        )
+        base = f"http://127.0.0.1:{controller.health_port}"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/readyz") as response:
+                text = await response.text()
+                assert response.status == 200, text
+                assert "[!]tenants: 1 tenants failing: alpha:" in text
+            async with session.get(f"{base}/livez") as response:
+                assert response.status == 200
+            async with session.get(f"{base}/metrics") as response:
+                metrics = await response.text()
+        assert "keda_tenancy_controller_tenants 1.0" in metrics
+        assert 'keda_tenancy_controller_reconcile_errors_total{tenant="alpha"}' in metrics
