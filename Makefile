@@ -81,6 +81,11 @@ bench-reload: $(STAMP) binaries
 
 # What a tenant costs on the kubelet-backed cluster (root): pods, RSS, requests, API calls
 # and Lease writes at rest, open watches, namespace label latencies (not part of `bench`).
+# keda-tenancy-operator-pod's own memory (VmRSS) in both modes, with a stand-in KEDA; no cluster.
+.PHONY: bench-operator-pod
+bench-operator-pod: $(STAMP)
+	$(PY) -m bench.footprint_opod
+
 .PHONY: bench-footprint
 bench-footprint: $(STAMP) binaries cluster-packages
 	$(PY) -m bench.footprint

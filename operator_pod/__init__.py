@@ -1,1 +1,1 @@
-"""The small process inside a tenant's KEDA operator pod (stdlib and prometheus_client only)."""
+"""The small process inside a tenant's KEDA operator pod (stdlib only)."""

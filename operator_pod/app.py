@@ -13,8 +13,6 @@ import socket
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
 from operator_pod.child import ChildProcess, become_subreaper, reap_orphans
 from operator_pod.config import Config
 from operator_pod.deployment_mode import DeploymentMode
@@ -32,6 +30,7 @@ from operator_pod.metrics import PREFIX, Metrics
 from operator_pod.operator_health import OperatorHealth
 from operator_pod.probes import Check, ProbeServer
 from operator_pod.process_mode import ProcessMode, RestartPolicy
+from operator_pod.prometheus import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class OperatorPod:
     def __init__(
         self,
         config: Config,
-        registry: CollectorRegistry | None = None,
+        registry: Registry | None = None,
         *,
         environ: Mapping[str, str] | None = None,
         hostname: str | None = None,
@@ -52,7 +51,7 @@ class OperatorPod:
         """`hostname`: the pod's (KEDA's Lease identity starts with it); `reap`: reap orphans
         re-parented to us (as PID 1 or subreaper)."""
         self.config = config
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or Registry()
         self.metrics = Metrics(self.registry)
         self._environ = dict(os.environ if environ is None else environ)
         self.hostname = hostname or socket.gethostname()

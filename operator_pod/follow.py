@@ -21,9 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
 from operator_pod.kube import ApiError, KubeClient, Obj, TransportError
+from operator_pod.prometheus import Counter, Gauge, Registry
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ class FollowSettings:
 
 
 class FollowMetrics:
-    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+    def __init__(self, registry: Registry, prefix: str) -> None:
         self.relists = Counter(
             prefix + "follow_relists",
             "LISTs of a followed object, by why (start, gone, error, silent).",

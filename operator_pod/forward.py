@@ -29,7 +29,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from operator_pod.prometheus import Counter, Gauge, Registry
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ REFUSAL_LOG_INTERVAL_S = 10.0
 
 
 class ForwardMetrics:
-    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+    def __init__(self, registry: Registry, prefix: str) -> None:
         prefix += "grpc_forward_"
         self.open_connections = Gauge(
             prefix + "open_connections",

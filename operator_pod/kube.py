@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import ssl
-import tempfile
 import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
@@ -160,7 +159,12 @@ def kubeconfig_config(path: str) -> ClusterConfig:
     def data(value: object) -> str | None:
         import base64  # noqa: PLC0415 - only kubeconfigs with inline credentials need it
 
-        return base64.b64decode(str(value)).decode() if value else None
+        if not value:
+            return None
+        try:
+            return base64.b64decode(str(value), validate=True).decode()
+        except ValueError as exc:  # binascii.Error, UnicodeDecodeError
+            raise ConfigError(f"the kubeconfig {path} has inline data that is not base64") from exc
 
     url = urlsplit(str(cluster.get("server") or ""))
     if url.scheme not in ("http", "https") or not url.hostname:
@@ -253,6 +257,8 @@ class KubeClient:
             context.load_cert_chain(config.client_cert_file, config.client_key_file)
         elif config.client_cert_data and config.client_key_data:
             # ssl loads certificates from files only: a private temporary one, removed at once.
+            import tempfile  # noqa: PLC0415 - only kubeconfigs with inline credentials need it
+
             with tempfile.TemporaryDirectory() as directory:
                 pem = Path(directory) / "client.pem"
                 fd = os.open(pem, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

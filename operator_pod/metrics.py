@@ -1,16 +1,16 @@
 """This process's Prometheus metrics (prefix keda_tenancy_operator_pod_), on an injected
-registry; the process collector gives its own RSS (process_resident_memory_bytes)."""
+registry; the process metrics give its own RSS (process_resident_memory_bytes)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from operator_pod.prometheus import Counter, Gauge, Registry, process_metrics
 
 PREFIX = "keda_tenancy_operator_pod_"
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        ProcessCollector(registry=registry)
+    def __init__(self, registry: Registry) -> None:
+        process_metrics(registry)
         self.operator_up = Gauge(
             PREFIX + "operator_up", "1 while KEDA's process runs.", registry=registry
         )

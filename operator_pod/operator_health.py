@@ -17,9 +17,8 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter
-
 from operator_pod.durations import parse_duration
+from operator_pod.prometheus import Counter, Registry
 
 DEFAULT_PROBE_ADDRESS = ":8081"
 """KEDA's default `--health-probe-bind-address`."""
@@ -64,7 +63,7 @@ class OperatorHealth:
         settings: OperatorHealthSettings,
         running_for_s: Callable[[], float | None],
         *,
-        registry: CollectorRegistry,
+        registry: Registry,
         prefix: str,
     ) -> None:
         """`running_for_s`: how long KEDA has run, None while it does not run."""

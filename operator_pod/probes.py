@@ -12,8 +12,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from operator_pod.prometheus import CONTENT_TYPE, Registry
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ MAX_REQUEST_LINES = 100
 class ProbeServer:
     def __init__(
         self,
-        registry: CollectorRegistry,
+        registry: Registry,
         *,
         readiness: dict[str, Check],
         warnings: dict[str, Check] | None = None,
@@ -95,7 +94,7 @@ class ProbeServer:
             ]
             return "200 OK", text, ("\n".join([*warned, "ok"]) + "\n").encode()
         if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
+            return "200 OK", CONTENT_TYPE, self._registry.expose()
         return "404 Not Found", text, b"not found\n"
 
 

@@ -75,6 +75,8 @@ class ProcessMode:
         self._changed_at = 0.0
         self._started_at = 0.0
         self._exit_seen = True
+        self._restarting = False
+        self._stop: asyncio.Event | None = None
         # A KEDA of an earlier run of this container died before we started.
         self._died_at: datetime | None = datetime.now(UTC)
 
@@ -123,7 +125,7 @@ class ProcessMode:
             return "the namespace set is not decided yet: KEDA is kept stopped"
         if self.last_error is not None:
             return self.last_error
-        if not self.child.running:
+        if not self.child.running and not self._restarting:
             return "KEDA is not running (restarting after it exited)"
         return None
 
@@ -131,6 +133,7 @@ class ProcessMode:
 
     async def run(self, stop: asyncio.Event) -> int:
         """Until `stop` (or giving up); the exit status of this process."""
+        self._stop = stop
         try:
             while not stop.is_set() and not self.gave_up:
                 self._wake.clear()
@@ -159,14 +162,22 @@ class ProcessMode:
                 self._changed_at + self._policy.debounce_s,
                 self._first_change_at + self._policy.max_wait_s,
             )
-        if target:
-            due = max(due, self._not_before)
+        due = max(due, self._not_before)  # a crash's backoff, or a stop that failed
         if due > now:
             return due - now
         await self._apply(target, "namespaces" if change else "crash")
         return 0.0
 
     async def _apply(self, target: str, reason: str) -> None:
+        # Ready throughout a planned restart: the pod stays in the Service the adapter reaches
+        # KEDA through, and the forwarder holds its connections meanwhile.
+        self._restarting = True
+        try:
+            await self._restart(target, reason)
+        finally:
+            self._restarting = False
+
+    async def _restart(self, target: str, reason: str) -> None:
         if self.child.running:
             if self._forwarder is not None:
                 await self._forwarder.drain()  # close the adapter's connections while idle
@@ -176,9 +187,12 @@ class ProcessMode:
                 return
             self._ended(planned=True)
             await self._release()
+        elif not self._exit_seen and self.child.pid is not None:
+            self._ended(planned=False)  # it exited on its own just now, unnoticed yet
+            await self._release()
         self.in_force = target
         self._metrics.namespaces.set(_count(target))
-        if not target:
+        if not target or (self._stop is not None and self._stop.is_set()):
             self.last_error = None
             return
         await self._release()

@@ -11,11 +11,10 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
-
 from operator_pod.app import OperatorPod
 from operator_pod.config import Config
 from operator_pod.follow import FollowSettings
+from operator_pod.prometheus import Registry
 from tests.fakes.kube_api import FakeKubeAPI
 
 NAMESPACE = "keda-alpha"
@@ -61,7 +60,7 @@ async def running_pod(
     config = Config.from_args(argv, {})
     pod = OperatorPod(
         config,
-        CollectorRegistry(),
+        Registry(),
         environ=environ or {},
         hostname=hostname,
         follow_settings=FAST_FOLLOW,

@@ -4,6 +4,8 @@ KEDA: it runs KEDA on exactly the published namespace set, and on nothing else."
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 from pathlib import Path
 
@@ -164,14 +166,14 @@ async def test_releases_the_lease_after_each_exit_only_when_this_pods_keda_holds
         publish(kube_api, "a1,a2")
         await eventually(lambda: log.starts()[-1] == "a1,a2")
         assert kube_api.leases[(NAMESPACE, LEASE)]["spec"]["holderIdentity"] == ""
-        assert pod.metrics.lease_releases._value.get() == 2
+        assert pod.metrics.lease_releases.value == 2
         kube_api.put_lease(NAMESPACE, LEASE, lease_spec("keda-operator-other-pod_99"))
         publish(kube_api, "a2")
         await eventually(lambda: log.starts()[-1] == "a2")
         # Another pod's KEDA leads: never ours to release.
         held = kube_api.leases[(NAMESPACE, LEASE)]["spec"]["holderIdentity"]
         assert held == "keda-operator-other-pod_99"
-        assert pod.metrics.lease_releases._value.get() == 2
+        assert pod.metrics.lease_releases.value == 2
 
 
 async def test_the_grpc_port_stays_bound_and_reaches_each_new_keda(
@@ -211,3 +213,63 @@ async def test_the_grpc_port_stays_bound_and_reaches_each_new_keda(
         await writer.wait_closed()
         assert answer.startswith(b"HTTP/1.0 200")
         assert pod.forwarder.port == port
+
+
+async def test_a_keda_that_exits_on_its_own_is_restarted_until_it_is_given_up_on(
+    kube_api: FakeKubeAPI, kubeconfig: str, tmp_path: Path
+) -> None:
+    log = ChildLog(tmp_path / "child.log")
+    publish(kube_api, "a1")
+    args = process_args(
+        kubeconfig,
+        log.path,
+        "--backoff-initial=50ms",
+        "--max-restarts=2",
+        child=["--exit-code=3"],
+    )
+    async with running_pod(args) as pod:
+        await asyncio.wait_for(pod.task, 10)  # type: ignore[attr-defined]
+        assert pod.task.result() == 1  # type: ignore[attr-defined]
+        assert pod.process is not None
+        assert pod.process.readiness() == "KEDA exited 3 times in a row; giving up"
+    assert log.starts() == ["a1", "a1", "a1"]
+    assert pod.metrics.operator_exits.labels("3").value == 3
+
+
+async def test_livez_fails_while_keda_runs_but_its_own_healthz_does_not_answer(
+    kube_api: FakeKubeAPI, kubeconfig: str, tmp_path: Path
+) -> None:
+    """Past its start grace, a KEDA that is alive but silent (SIGSTOP) fails /livez (the
+    kubelet restarts the container); while KEDA is stopped on purpose nothing is asked."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        keda_probes = int(s.getsockname()[1])
+    log = ChildLog(tmp_path / "child.log")
+    publish(kube_api, "a1")
+    args = process_args(
+        kubeconfig,
+        log.path,
+        "--check-operator-health=true",
+        "--operator-start-grace=0s",
+        "--operator-probe-timeout=300ms",
+        child=[f"--health-probe-bind-address=127.0.0.1:{keda_probes}"],
+    )
+    async with running_pod(args) as pod:
+        await eventually(lambda: log.starts() == ["a1"] and pod.probes is not None)
+        assert pod.probes is not None
+        port = pod.probes.port
+        assert port is not None
+        await eventually(lambda: pod.child.pid is not None)
+        assert await http_get(port, "/livez") == (200, "ok\n")
+        pid = pod.child.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            status, body = await http_get(port, "/livez")
+            assert status == 503
+            assert "KEDA's /healthz did not answer" in body
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        publish(kube_api, "")  # KEDA stopped on purpose: alive
+        await eventually(lambda: not pod.child.running)
+        assert await http_get(port, "/livez") == (200, "ok\n")
