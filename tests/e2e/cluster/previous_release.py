@@ -22,11 +22,24 @@ REPOSITORY = Path(__file__).resolve().parents[3]
 def previous_charts(into: Path, commit: str = PREVIOUS_RELEASE) -> tuple[Path, Path]:
     """`git archive <commit> deploy/charts` unpacked under `into`: (router chart, tenant chart).
     Needs the commit in the checkout's history (a shallow clone must fetch it)."""
-    done = subprocess.run(
-        ["git", "-C", str(REPOSITORY), "archive", commit, "deploy/charts"],
-        capture_output=True,
-        check=False,
-    )
+
+    def archive() -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            ["git", "-C", str(REPOSITORY), "archive", commit, "deploy/charts"],
+            capture_output=True,
+            check=False,
+        )
+
+    done = archive()
+    if done.returncode != 0:
+        # A shallow clone: the commit from where it was cloned from, when that can be reached.
+        subprocess.run(
+            ["git", "-C", str(REPOSITORY), "fetch", "--quiet", "origin", commit],
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
+        done = archive()
     if done.returncode != 0:
         raise RuntimeError(
             f"the previous release's charts ({commit}) are not in this checkout's history: "
