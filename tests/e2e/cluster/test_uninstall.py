@@ -1,6 +1,6 @@
 """Issue 22, item 2: offboard and uninstall a tenant, then the router, as deploy/README.md
-(Uninstall) says, on the kubelet-backed cluster. Last in the session (this file sorts after
-test_cluster.py): nothing runs after the router is gone."""
+(Uninstall) says, on the kubelet-backed cluster. It sorts after the scenarios that use the
+suite's install; only test_upgrade.py runs after it, and installs the previous release itself."""
 
 from __future__ import annotations
 
