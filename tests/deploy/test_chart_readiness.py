@@ -31,24 +31,3 @@ def test_the_pods_a_first_read_waits_for_are_found_ready_within_two_seconds(
         assert probe.get("initialDelaySeconds", 0) == 0, deployment
         assert probe["periodSeconds"] <= READY_WITHIN_S, deployment
         assert probe["periodSeconds"] * probe["failureThreshold"] >= UNREADY_AFTER_S, deployment
-
-
-@pytest.mark.parametrize("mode", ["process", "deployment"])
-def test_a_stopping_metrics_server_keeps_serving_after_it_left_the_service(
-    helm: Helm, router_docs: list[Doc], mode: str
-) -> None:
-    """A KEDA upgrade rolls the metrics server: KEDA's adapter stops listening at SIGTERM, so
-    without a preStop wait the connections still sent to it are refused (the canary scenario
-    saw 10 failed reads)."""
-    values = deep_merge(
-        tenant_values("label-process", "tenant-a", router_docs), {"reloader": {"mode": mode}}
-    )
-    adapter = container(
-        find(render_tenant(helm, values), "Deployment", "keda-operator-metrics-apiserver")
-    )
-    assert adapter["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
-    off = deep_merge(values, {"metricsServer": {"preStopSleepSeconds": 0}})
-    adapter = container(
-        find(render_tenant(helm, off), "Deployment", "keda-operator-metrics-apiserver")
-    )
-    assert "lifecycle" not in adapter
