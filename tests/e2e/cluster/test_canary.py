@@ -211,7 +211,8 @@ def test_canary_one_tenant_moves_to_another_keda_and_back(
                 print(f"[canary]   {tenant} failed: {read.what}")
         assert all(len(r) > 200 for r in reads.values()), {t: len(r) for t, r in reads.items()}
         assert failures[OTHER] == []
-        assert len(failures[CANARY]) <= ROLLED_TENANT_FAILED_READS_BOUND, failures[CANARY]
+        # Two rollouts of the canary's metrics server: the upgrade and the rollback.
+        assert len(failures[CANARY]) <= 2 * ROLLED_TENANT_FAILED_READS_BOUND, failures[CANARY]
     finally:
         installed.cluster.kubectl(
             "-n", other, "delete", f"scaledobject/{PROBE}", f"deploy/{PROBE}",
