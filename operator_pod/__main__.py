@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from operator_pod.app import serve
 from operator_pod.config import Config, ConfigError
-from operator_pod.logs import configure_logging
+from tenancy_common.logs import configure_logging
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from operator_pod import operator_health
-from operator_pod.durations import parse_duration
 from operator_pod.forward import parse_address
 from operator_pod.operator_health import OperatorHealthSettings
+from tenancy_common.durations import parse_duration
 
 ENV_PREFIX = "KEDA_TENANCY_OPERATOR_POD_"
 Mode = Literal["process", "deployment"]

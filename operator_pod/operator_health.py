@@ -17,8 +17,8 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from operator_pod.durations import parse_duration
 from operator_pod.prometheus import Counter, Registry
+from tenancy_common.durations import parse_duration
 
 DEFAULT_PROBE_ADDRESS = ":8081"
 """KEDA's default `--health-probe-bind-address`."""
