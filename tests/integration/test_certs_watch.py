@@ -88,8 +88,9 @@ async def test_a_new_tenant_namespace_gets_its_certificates_from_the_watch(
     api.namespace_store.create("keda-delta")
     await until(lambda: made(api, "keda-delta"))  # type: ignore[misc]
     assert_tenant_served(api, "keda-delta")
-    # The tenants gauge counts it now, not at the next full pass (an hour away here).
-    assert registry.get_sample_value("keda_tenancy_certs_tenants") == 2
+    # The tenants gauge counts it now, not at the next full pass (an hour away here); it is
+    # set once the namespace's last object is written, so wait for it.
+    await until(lambda: registry.get_sample_value("keda_tenancy_certs_tenants") == 2)  # type: ignore[misc]
     # A namespace outside the pattern is none of its business.
     api.namespace_store.create("apps")
     await asyncio.sleep(0.2)
