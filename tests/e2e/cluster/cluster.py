@@ -78,7 +78,7 @@ class Cluster(Kubectl):
         self.run_dir = workdir / "run"
         self.socket = self.run_dir / "containerd.sock"
         self.kubeconfig = workdir / "admin.kubeconfig"
-        self.network = HostNetwork(workdir.parent / f"{workdir.name}.state")
+        self.network = host_network(workdir)
         # containerd's root (content store, unpacked image snapshots) is a cache: images stay
         # imported and unpacked between runs; containers are removed at every start and stop.
         self.image_store = image_cache() / "containerd-root"
@@ -633,6 +633,10 @@ def _unmount_under(directory: Path) -> None:
 
 
 @contextlib.contextmanager
+def host_network(workdir: Path = DEFAULT_DIR) -> HostNetwork:
+    return HostNetwork(workdir.parent / f"{workdir.name}.state")
+
+
 def running_cluster(
     bin_dir: Path, images: Images, workdir: Path = DEFAULT_DIR
 ) -> Iterator[Cluster]:

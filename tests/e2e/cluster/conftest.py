@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.charts import versions
-from tests.e2e.cluster.cluster import Cluster, running_cluster
+from tests.e2e.cluster.cluster import Cluster, host_network, running_cluster
 from tests.e2e.cluster.install import Installed
 from tests.e2e.cluster.network import SYSCTLS, HostNetwork, read_sysctl
 from tests.e2e.images.build import Builder, Images
@@ -27,7 +27,9 @@ def images() -> Images:
 
 @pytest.fixture(scope="session")
 def cluster(images: Images) -> Iterator[Cluster]:
-    machine = {name: read_sysctl(name) for name in SYSCTLS}
+    # A run that died (a CI job killed mid-suite) left its sysctls set: the machine's own
+    # values are the ones it saved, which this teardown must put back.
+    machine = host_network().machine_sysctls()
     with running_cluster(build_binaries(), images) as cluster:
         yield cluster
         print(f"\ncluster logs: {cluster.logs}")

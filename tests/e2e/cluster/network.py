@@ -87,6 +87,13 @@ class HostNetwork:
         if sh("iptables", "-C", "FORWARD", "-j", GUARD_CHAIN, check=False).returncode != 0:
             sh("iptables", "-I", "FORWARD", "1", "-j", GUARD_CHAIN)
 
+    def machine_sysctls(self) -> dict[str, str]:
+        """The machine's own values: those saved by a run that died before its teardown (which
+        the next up() keeps and down() restores), else the current ones."""
+        if self.saved.exists():
+            return dict(json.loads(self.saved.read_text())["sysctls"])
+        return {name: read_sysctl(name) for name in SYSCTLS}
+
     def restore_kubelet_sysctls(self) -> None:
         """The kubelet set these once at start (protectKernelDefaults=false): put them back."""
         saved = json.loads(self.saved.read_text())["sysctls"]
