@@ -10,7 +10,10 @@ name is not specified" (a 500) without asking the operator or any scaler. So:
 - any answer (200, 403, 404, that 500) proves TLS, the client certificate and the adapter
   and, for KEDA, its operator connection: healthy;
 - no answer within --health-probe-timeout, a refused or failed connection, a 502/503/504,
-  or KEDA's "Unavailable" / gRPC-timeout answer: unhealthy.
+  or KEDA's "Unavailable" / gRPC-timeout answer: unhealthy. Refused connections only once
+  they have gone on for REFUSED_GRACE_S (probed again every REFUSED_RETRY_S meanwhile), as
+  on the request path: a metrics server being rolled refuses for a moment, and a refusal
+  holds no request anyway.
 
 An unhealthy backend is held down (`Upstreams.hold_down`): its requests fail fast with 503
 until a probe finds it healthy again, and it is probed again UNHEALTHY_RETRY_S after each
@@ -41,6 +44,7 @@ from router.http1 import ProtocolError, ResponseReader
 from router.metrics import PREFIX
 from router.paths import GROUP_VERSION_PATH
 from router.transient import transient_reason
+from router.upstreams import REFUSED_GRACE_S
 from tenancy_common.durations import parse_duration
 from tenancy_common.lifecycle import wait_stopped
 from tenancy_common.tenancy_config import ConfigError
@@ -55,6 +59,7 @@ _GRPC_TIMEOUT = b"timeout while waiting to establish gRPC connection"
 _MAX_ANSWER = 64 * 1024  # of a body searched for KEDA's messages (a Status: a few hundred bytes)
 _MAX_READ = 1024 * 1024  # an answer larger than this is not the adapter's: unhealthy
 
+REFUSED_RETRY_S = 0.2
 UNHEALTHY_RETRY_S = 1.0
 """A backend found unhealthy is probed again this long after, until it answers. With more than
 --health-probe-max-rate backends down, later: their re-probes together stay at that rate."""
@@ -140,7 +145,9 @@ class HealthProbes:
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._connections: dict[str, _Connection] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
-        """Backend name -> its re-probe, while it is unhealthy."""
+        """Backend name -> its re-probe, while it is unhealthy or refusing."""
+        self._refused_since: dict[str, float] = {}
+        """Backend name -> the first of the refused probes in a row, not yet a verdict."""
 
     def state_of(self, name: str) -> str:
         return self.health.get(name, UNKNOWN)
@@ -190,6 +197,7 @@ class HealthProbes:
             self._retries.pop(name).cancel()
         for name in [name for name in self._connections if name not in known]:
             self._connections.pop(name).close()
+            self._refused_since.pop(name, None)
             self.health.pop(name, None)
             self.reasons.pop(name, None)
 
@@ -203,6 +211,14 @@ class HealthProbes:
         except TimeoutError:
             connection.close()
             reason = "no answer in time"
+        except ConnectionRefusedError as exc:
+            connection.close()
+            first = self._refused_since.setdefault(backend.name, started)
+            if self._clock() - first < REFUSED_GRACE_S:
+                self._retry_later(backend, REFUSED_RETRY_S)  # no verdict yet
+                return
+            self._record(backend, exc.strerror or "connection refused", started, refused=True)
+            return
         except (OSError, ssl.SSLError, ProtocolError, asyncio.IncompleteReadError) as exc:
             connection.close()
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
@@ -258,8 +274,12 @@ class HealthProbes:
             return reader.status, reader.body
         raise ConnectionResetError("closed the connection before answering")
 
-    def _record(self, backend: Backend, reason: str | None, started: float) -> None:
+    def _record(
+        self, backend: Backend, reason: str | None, started: float, *, refused: bool = False
+    ) -> None:
         name = backend.name
+        if not refused:
+            self._refused_since.pop(name, None)
         before = self.health.get(name)
         result = HEALTHY if reason is None else UNHEALTHY
         key = (name, result)
@@ -279,10 +299,11 @@ class HealthProbes:
             logger.warning("backend unhealthy", extra={"tenant": name, "reason": reason})
         self._retry_later(backend)
 
-    def _retry_later(self, backend: Backend) -> None:
-        """Probe an unhealthy `backend` again soon (requests to it fail fast meanwhile)."""
+    def _retry_later(self, backend: Backend, soonest_s: float = UNHEALTHY_RETRY_S) -> None:
+        """Probe an unhealthy or refusing `backend` again soon (requests to an unhealthy one
+        fail fast meanwhile)."""
         down = sum(1 for state in self.health.values() if state == UNHEALTHY)
-        delay = max(UNHEALTHY_RETRY_S, down / self._settings.max_rate)
+        delay = max(soonest_s, down / self._settings.max_rate)
         if (previous := self._retries.pop(backend.name, None)) is not None:
             previous.cancel()
         self._retries[backend.name] = asyncio.get_running_loop().call_later(
@@ -291,7 +312,8 @@ class HealthProbes:
 
     def _retry(self, backend: Backend) -> None:
         self._retries.pop(backend.name, None)
-        if self.health.get(backend.name) == UNHEALTHY and backend.name in self._connections:
+        again = self.health.get(backend.name) == UNHEALTHY or backend.name in self._refused_since
+        if again and backend.name in self._connections:
             self.start(backend)
 
 

@@ -10,7 +10,10 @@ finds more waiters than busy connections, gets a dial of its own, and dials go o
 each completes. One failed dial fails nothing while other connections serve the
 tenant; a tenant is "down" only when it cannot be reached at all or answers nothing for
 a whole `timeout_s`. Then its requests fail fast (503) for a short, growing cooldown,
-after which one request at a time probes it.
+after which one request at a time probes it. A tenant that answered recently and now
+refuses every connection is not down yet: its metrics server is being rolled, and the
+Service sends new connections to the pod that is going until kube-proxy drops it. Its
+requests wait while it is dialled again for up to REFUSED_GRACE_S.
 
 The hot path is callbacks on asyncio protocols, not coroutines: a request on a kept-alive
 connection costs two writes and two reads, with no task, stream or future in between.
@@ -43,7 +46,14 @@ burst on a cold pool must not turn into a handshake per request at once (each co
 router far more CPU than a forwarded request)."""
 _REDIAL_DELAY_S = 0.1
 _REDIAL_DELAY_MAX_S = 2.0
-"""After a failed dial while other connections serve the tenant: wait before the next."""
+"""After a failed dial while other connections serve the tenant, or within
+REFUSED_GRACE_S: wait before the next."""
+REFUSED_GRACE_S = 2.0
+"""How long failed dials to a tenant that answered within --upstream-keepalive are taken
+for a rollout (the terminating metrics server's endpoint still in kube-proxy's rules: 1 s
+or less on the cluster) rather than a dead tenant. Its requests wait meanwhile; a dead
+tenant costs each caller this once, then fails fast. The health probes use the same grace
+for refused connections (router/health_probes.py)."""
 _SLOTS_PER_S = 10
 """Timeouts fire within 100 ms of --upstream-timeout."""
 
@@ -255,6 +265,7 @@ class _Pool:
         self.dial_timer: asyncio.TimerHandle | None = None
         self.redial_at = 0.0  # no dial before this (a dial failed while others serve)
         self.redial_delay_s = 0.0
+        self.unreachable_since = 0.0  # non-zero: every dial since then failed, none open
         self.inflight = 0
         self.answered_at = 0.0  # when the backend last answered anything
         self.down_until = 0.0  # non-zero: down; fail fast until then, then probe
@@ -439,29 +450,51 @@ class Upstreams:
             self._dial_failed(pool, reason)
             return
         pool.dialing -= 1
-        pool.redial_at = pool.redial_delay_s = 0.0
+        pool.redial_at = pool.redial_delay_s = pool.unreachable_since = 0.0
         self.release(connection)
         self._grow(pool)
 
     def _dial_failed(self, pool: _Pool, reason: str) -> None:
+        now = self._clock()
         if pool.opened:
             # Other connections serve the tenant (one replica gone, say) or are being
             # opened: the waiters wait for them; dial again after a short pause.
-            pool.redial_delay_s = min(
-                max(pool.redial_delay_s * 2, _REDIAL_DELAY_S), _REDIAL_DELAY_MAX_S
-            )
-            pool.redial_at = self._clock() + pool.redial_delay_s
+            self._redial_later(pool, now)
             logger.info(
                 "cannot open another connection to a metrics server",
                 extra={"tenant": pool.backend.name, "error": reason},
             )
+            return
+        if not pool.unreachable_since:
+            pool.unreachable_since = now
+        if (
+            not pool.down_until
+            and pool.answered_at
+            and now - pool.answered_at < self._settings.keepalive_s
+            and now - pool.unreachable_since < REFUSED_GRACE_S
+        ):
+            # It answered a moment ago: a rollout, most likely, not a death. A refused dial
+            # costs next to nothing: try every 100 ms, not on a growing backoff.
+            pool.redial_at = now + _REDIAL_DELAY_S
             self._grow(pool)
+            logger.info(
+                "cannot reach a metrics server that answered recently: dialling again",
+                extra={"tenant": pool.backend.name, "error": reason},
+            )
             return
         # Nothing reaches the tenant: it is down.
+        pool.unreachable_since = 0.0
         self._mark_down(pool, "recent connection failures")
         message = f"the metrics server of {pool.backend.name} is unreachable: {reason}"
         while pool.waiters:  # they would fail fast had they arrived now
             self.fail(pool.waiters.popleft(), 503, message, prefixed=True)
+
+    def _redial_later(self, pool: _Pool, now: float) -> None:
+        pool.redial_delay_s = min(
+            max(pool.redial_delay_s * 2, _REDIAL_DELAY_S), _REDIAL_DELAY_MAX_S
+        )
+        pool.redial_at = now + pool.redial_delay_s
+        self._grow(pool)
 
     def release(self, connection: _Connection) -> None:
         """A connection finished an exchange cleanly: reuse it or keep it idle."""

@@ -87,6 +87,32 @@ async def test_a_dead_backend_fails_fast_and_only_that_one(
     assert gauge(router, "beta") == "1.0"
 
 
+async def test_a_backend_refusing_for_a_moment_is_not_held_down(
+    router: Router, aggregator: ssl.SSLContext, backends: dict[str, TenantBackend]
+) -> None:
+    """Issue 22: probes that meet a metrics server being rolled (refused for well under
+    REFUSED_GRACE_S) hold nothing: a refusal costs a request no wait, and its own path
+    dials again."""
+    alpha = backends["alpha"]
+    assert (await get(router, aggregator, "alpha-ns")).status == 200
+    await eventually(lambda: gauge(router, "alpha") == "1.0", "alpha probed healthy")
+    port = alpha.port
+    probed = probes_received(alpha)
+    await alpha.stop()
+    states = set()
+    loop = asyncio.get_running_loop()
+    back_at = loop.time() + 0.8  # probes every 300 ms: two or three are refused
+    while loop.time() < back_at:
+        states.add(router.health_probes.state_of("alpha"))
+        await asyncio.sleep(0.02)
+    await alpha.start(port)
+    await eventually(lambda: probes_received(alpha) > probed, "probed again after")
+    print(f"states while refusing: {states}")
+    assert states == {"healthy"}
+    assert (await get(router, aggregator, "alpha-ns")).status == 200
+    assert gauge(router, "alpha") == "1.0"
+
+
 async def test_a_hung_backend_fails_fast_without_a_request_waiting_for_it(
     router: Router, aggregator: ssl.SSLContext, backends: dict[str, TenantBackend]
 ) -> None:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from router.app import Router
+from router.upstreams import REFUSED_GRACE_S
 from tests.fakes.tenant_backend import TenantBackend
 from tests.router_harness import METRIC_PATH, Pki, RawResponse, raw_request, router_args
 from tests.router_harness import running_router as start_router
@@ -82,6 +83,67 @@ async def test_a_failed_dial_fails_nothing_that_open_connections_can_serve(
     assert [a.status for a in answers] == [200] * 12, [a.body for a in answers]
     assert {r.connection for r in alpha.received} == kept
     assert after.status == 200  # not marked down: forwarded as usual
+
+
+async def reads_every_100ms(
+    router: Router, aggregator: ssl.SSLContext, ns: str, count: int
+) -> list[RawResponse]:
+    """As the HPA's reads and the cluster suite's reader come: one at a time, spaced."""
+    reads = []
+    for _ in range(count):
+        reads.append(asyncio.create_task(burst(router, aggregator, ns, 1)))
+        await asyncio.sleep(0.1)
+    return [(await read)[0] for read in reads]
+
+
+async def test_a_metrics_server_being_rolled_fails_no_read(
+    router: Router, aggregator: ssl.SSLContext, backends: dict[str, TenantBackend]
+) -> None:
+    """Issue 22: a rollout closes the old pod's connections, and for a moment new ones are
+    refused (the Service still sends some to the pod that is going). Reads wait it out."""
+    alpha = backends["alpha"]
+    assert (await burst(router, aggregator, "alpha-ns", 1))[0].status == 200
+    port = alpha.port
+    await alpha.stop()
+
+    async def new_pod() -> None:
+        await asyncio.sleep(0.6)
+        await alpha.start(port)
+
+    back = asyncio.create_task(new_pod())
+    started = time.monotonic()
+    answers = await reads_every_100ms(router, aggregator, "alpha-ns", 12)
+    await back
+    print(f"rolled: {[a.status for a in answers]} in {time.monotonic() - started:.2f} s")
+    assert [a.status for a in answers] == [200] * 12, [a.body for a in answers]
+    fast_failed = router.registry.get_sample_value(
+        "keda_tenancy_router_upstream_fast_failed_total", {"tenant": "alpha"}
+    )
+    assert not fast_failed
+
+
+async def test_a_tenant_that_answered_and_died_fails_after_the_grace_then_fast(
+    router: Router, aggregator: ssl.SSLContext, backends: dict[str, TenantBackend]
+) -> None:
+    alpha = backends["alpha"]
+    assert (await burst(router, aggregator, "alpha-ns", 1))[0].status == 200
+    await alpha.stop()  # and never back
+    started = time.monotonic()
+    waiting = asyncio.create_task(burst(router, aggregator, "alpha-ns", 3))
+    # Meanwhile the other tenant is served as usual.
+    assert [a.status for a in await reads_every_100ms(router, aggregator, "beta-ns", 5)] == [
+        200
+    ] * 5
+    first = await waiting
+    waited = time.monotonic() - started
+    print(f"refused for good: {[a.status for a in first]} after {waited:.2f} s")
+    assert [a.status for a in first] == [503] * 3
+    assert "the metrics server of alpha is unreachable" in str(first[0].json()["message"])
+    assert waited >= REFUSED_GRACE_S  # dialled again all that while
+    # Then it is down: failed at once, not dialled.
+    later = (await burst(router, aggregator, "alpha-ns", 1))[0]
+    assert later.status == 503
+    assert "failing fast" in str(later.json()["message"])
 
 
 async def test_a_hung_tenant_is_answered_fast_after_one_deadline_and_probed_back(

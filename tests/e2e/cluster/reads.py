@@ -135,11 +135,3 @@ class MetricReader:
         """Whether the last `count` reads since `since` all succeeded."""
         reads = self.snapshot(since)
         return len(reads) >= count and all(r.ok for r in reads[-count:])
-
-
-# A tenant whose own KEDA metrics server is rolled (a KEDA upgrade, a chart upgrade) may lose
-# about a second of reads today (10-12 seen; the bound allows 3 s): the router's first connection refused by the rolled Service
-# marks the tenant down and fails it fast until its next probe (router/upstreams.py
-# `_dial_failed`, seen in the merged cluster suite of 2026-12-08; issue 22 asks for none). The
-# scenarios assert this bound for that tenant, and zero for every other tenant.
-ROLLED_TENANT_FAILED_READS_BOUND = 30

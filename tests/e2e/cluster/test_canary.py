@@ -18,7 +18,7 @@ import pytest
 
 from tests.deploy.charts import BUILD_SCRIPT, TENANT_CHART, versions
 from tests.e2e.cluster.install import APPS, VALUES, Installed, tenant_namespace
-from tests.e2e.cluster.reads import ROLLED_TENANT_FAILED_READS_BOUND, MetricReader
+from tests.e2e.cluster.reads import MetricReader
 from tests.e2e.images.build import Builder, Images, KedaImages
 from tests.e2e.stack import wait_for
 
@@ -211,8 +211,9 @@ def test_canary_one_tenant_moves_to_another_keda_and_back(
                 print(f"[canary]   {tenant} failed: {read.what}")
         assert all(len(r) > 200 for r in reads.values()), {t: len(r) for t, r in reads.items()}
         assert failures[OTHER] == []
-        # Two rollouts of the canary's metrics server: the upgrade and the rollback.
-        assert len(failures[CANARY]) <= 2 * ROLLED_TENANT_FAILED_READS_BOUND, failures[CANARY]
+        # The canary's own reads too, through two rollouts of its metrics server (the upgrade
+        # and the rollback): the router dials again while the Service still refuses.
+        assert failures[CANARY] == []
     finally:
         installed.cluster.kubectl(
             "-n", other, "delete", f"scaledobject/{PROBE}", f"deploy/{PROBE}",
