@@ -632,11 +632,11 @@ def _unmount_under(directory: Path) -> None:
             subprocess.run(["umount", "-l", target], capture_output=True, check=False)
 
 
-@contextlib.contextmanager
 def host_network(workdir: Path = DEFAULT_DIR) -> HostNetwork:
     return HostNetwork(workdir.parent / f"{workdir.name}.state")
 
 
+@contextlib.contextmanager
 def running_cluster(
     bin_dir: Path, images: Images, workdir: Path = DEFAULT_DIR
 ) -> Iterator[Cluster]:
