@@ -17,15 +17,12 @@ from typing import Any
 
 from tenancy_common.keda_objects import FINALIZER
 from tenancy_common.names import NamespaceName, TenantName, is_dns1123_label
+from tenancy_common.platform_objects import BINDING_PREFIX, NAMESPACES_KEY
 
 CONTROLLER_LABEL = "keda-tenancy.io/platform-controller"
 """On grants (`grant`), bindings (`binding`) and the namespace set ConfigMap (`namespaces`)."""
 TENANT_LABEL = "keda-tenancy.io/tenant"
 GRANT_NAME = "keda-tenancy-controller"
-BINDING_PREFIX = "keda-tenancy-operator-"
-NAMESPACES_CONFIGMAP = "keda-operator-namespaces"
-NAMESPACES_KEY = "namespaces"
-UPDATED_ANNOTATION = "keda-tenancy.io/namespaces-updated"
 MODE_ANNOTATION = "keda-tenancy.io/mode"
 SERVICE_ACCOUNT_ANNOTATION = "keda-tenancy.io/operator-service-account"
 CLUSTER_ROLE_ANNOTATION = "keda-tenancy.io/operator-clusterrole"

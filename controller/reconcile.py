@@ -37,11 +37,8 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from controller.objects import (
-    NAMESPACES_CONFIGMAP,
-    NAMESPACES_KEY,
     OPERATOR_CONTAINER,
     OPERATOR_DEPLOYMENT,
-    UPDATED_ANNOTATION,
     WATCH_ENV,
     Binding,
     Grant,
@@ -56,6 +53,7 @@ from tenancy_common.deployment_apply import apply_configuration
 from tenancy_common.keda_objects import FINALIZER, keda_objects_left
 from tenancy_common.kube import api_reason, read_json
 from tenancy_common.names import NamespaceName, TenantName
+from tenancy_common.platform_objects import NAMESPACES_CONFIGMAP, NAMESPACES_KEY, UPDATED_ANNOTATION
 
 logger = logging.getLogger(__name__)
 

@@ -7,6 +7,12 @@ namespaces by the RoleBinding `keda-tenancy-<tenant>-operator-managed` to the Se
 `keda-operator` of the tenant's KEDA namespace, and (process mode) the ConfigMap
 `keda-operator-watched` there, which each operator pod's reloader publishes its namespaces to.
 The router reads exactly these objects by name; each tenant release grants it `get` on them.
+
+In the platform layout (tenant chart `platformController.enabled`) the platform controller
+keeps the RoleBinding `keda-tenancy-operator-<tenant>` instead, and publishes the operator's
+namespaces to the ConfigMap `keda-operator-namespaces` (tenancy_common/platform_objects.py).
+The router asks for the objects of both layouts at once; a tenant release grants it the
+names of its own layout only, so the other answers 403 or 404.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from tenancy_common.platform_objects import NAMESPACES_CONFIGMAP, NAMESPACES_KEY, binding_name
 
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient
@@ -88,11 +96,17 @@ class OperatorAccess:
         from kubernetes_asyncio.client import CoreV1Api  # noqa: PLC0415 - see app.run()
 
         assert self._api is not None
-        status, obj = await self._get(
-            CoreV1Api(self._api).read_namespaced_config_map(
-                WATCHED_CONFIGMAP, keda, _preload_content=False
-            )
+        core = CoreV1Api(self._api)
+        (status, obj), (set_status, namespace_set) = await asyncio.gather(
+            self._get(
+                core.read_namespaced_config_map(WATCHED_CONFIGMAP, keda, _preload_content=False)
+            ),
+            self._get(
+                core.read_namespaced_config_map(NAMESPACES_CONFIGMAP, keda, _preload_content=False)
+            ),
         )
+        if set_status == 200:
+            return _published(namespace, f"configmap {keda}/{NAMESPACES_CONFIGMAP}", namespace_set)
         if status == 404:
             return Fact(
                 None,
@@ -119,15 +133,23 @@ class OperatorAccess:
         return Fact(False, f"not in the namespaces its {running} operator pod(s) run with")
 
     async def _access(self, tenant: str, namespace: str) -> Fact:
-        name = managed_binding(tenant)
+        name, platform = managed_binding(tenant), binding_name(tenant)
         from kubernetes_asyncio.client import RbacAuthorizationV1Api  # noqa: PLC0415
 
         assert self._api is not None
-        status, obj = await self._get(
-            RbacAuthorizationV1Api(self._api).read_namespaced_role_binding(
-                name, namespace, _preload_content=False
-            )
+        rbac = RbacAuthorizationV1Api(self._api)
+        (status, obj), (platform_status, platform_obj) = await asyncio.gather(
+            self._get(rbac.read_namespaced_role_binding(name, namespace, _preload_content=False)),
+            self._get(
+                rbac.read_namespaced_role_binding(platform, namespace, _preload_content=False)
+            ),
         )
+        if platform_status == 200:
+            return self._platform_binding(tenant, namespace, platform_obj)
+        if status == 404 and platform_status == 404:
+            return Fact(False, f"RoleBinding {name} (or {platform}) missing in {namespace}")
+        if status == 403 and platform_status == 404:
+            return Fact(False, f"RoleBinding {platform} missing in {namespace}")
         if status == 404:
             return Fact(False, f"RoleBinding {name} missing in {namespace}")
         if status != 200:
@@ -157,6 +179,47 @@ class OperatorAccess:
                 "until KEDA's objects in the namespace are gone",
             )
         return Fact(True, f"RoleBinding {name} grants {operator_role(tenant)}")
+
+    def _platform_binding(self, tenant: str, namespace: str, obj: dict[str, Any]) -> Fact:
+        """The platform controller's binding: the tenant's operator role to a ServiceAccount of
+        its KEDA namespace (the grant names which one)."""
+        name, keda = binding_name(tenant), self.keda_namespace(tenant)
+        role = (obj.get("roleRef") or {}).get("name")
+        subjects = [
+            (s.get("kind"), s.get("namespace"), s.get("name")) for s in obj.get("subjects") or []
+        ]
+        if (
+            role != operator_role(tenant)
+            or len(subjects) != 1
+            or subjects[0][:2] != ("ServiceAccount", keda)
+        ):
+            return Fact(
+                False,
+                f"RoleBinding {name} in {namespace} does not grant ClusterRole "
+                f"{operator_role(tenant)} to a ServiceAccount of {keda} (not the platform "
+                "controller's: it deletes and remakes it)",
+            )
+        if (obj.get("metadata") or {}).get("deletionTimestamp"):
+            return Fact(
+                True,
+                f"RoleBinding {name} is being deleted, held by its finalizer {FINALIZER} "
+                "until KEDA's objects in the namespace are gone",
+            )
+        return Fact(True, f"RoleBinding {name} (platform controller) grants {role}")
+
+
+def _published(namespace: str, where: str, obj: dict[str, Any]) -> Fact:
+    """The platform layout's namespace set: `""` is decided empty, no key not decided yet."""
+    value = (obj.get("data") or {}).get(NAMESPACES_KEY)
+    if value is None:
+        return Fact(
+            None,
+            f"{where} was never published to: the platform controller has not "
+            "served this tenant yet (is its grant there?)",
+        )
+    if namespace in str(value).split(","):
+        return Fact(True, f"published to its operator in {where}")
+    return Fact(False, f"not in the namespaces published to its operator in {where}")
 
 
 def _unreadable(what: str, status: int, obj: dict[str, Any], hint: str) -> str:

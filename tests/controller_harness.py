@@ -17,10 +17,10 @@ from controller.objects import (
     GRANT_NAME,
     LEASE_ANNOTATION,
     MODE_ANNOTATION,
-    NAMESPACES_CONFIGMAP,
     SERVICE_ACCOUNT_ANNOTATION,
 )
 from tenancy_common.namespace_watch import WatchSettings
+from tenancy_common.platform_objects import NAMESPACES_CONFIGMAP
 from tests.fakes.kube_api import FakeKubeAPI
 
 TENANT_LABEL = "keda-tenancy.io/tenant"

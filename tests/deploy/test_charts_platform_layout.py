@@ -405,6 +405,23 @@ def test_the_namespace_set_has_no_data_and_the_operator_may_only_read_it(helm: H
             )
 
 
+@pytest.mark.parametrize("mode", ["process", "deployment"])
+def test_the_routers_explain_reads_the_platform_layouts_objects_only(helm: Helm, mode: str) -> None:
+    """Issue 21: explain says whether the controller bound the operator and published the
+    namespace; the router gets those two names of this tenant, nothing of the old layout."""
+    docs = tenant(helm, deep_merge(PLATFORM, {"reloader": {"mode": mode}}))
+    assert sorted(
+        (name, resource)
+        for rule in granted_to(docs, "keda-tenancy-router")
+        for resource in rule["resources"]
+        for name in rule.get("resourceNames") or ["*"]
+        if rule["verbs"] == ["get"]
+    ) == [
+        (NAMESPACES_CONFIGMAP, "configmaps"),
+        (f"keda-tenancy-operator-{TENANT}", "rolebindings"),
+    ]
+
+
 @pytest.mark.parametrize("scope", ["hnc", "namespaces", "external", "cluster"])
 def test_tenant_refuses_the_platform_layout_with_another_rbac_scope(helm: Helm, scope: str) -> None:
     values = deep_merge(PLATFORM, {"rbac": {"scope": scope, "namespaces": ["a-one"]}})

@@ -9,8 +9,9 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry
 
-from controller.objects import CONTROLLER_LABEL, GRANT_NAME, MODE_ANNOTATION, NAMESPACES_CONFIGMAP
+from controller.objects import CONTROLLER_LABEL, GRANT_NAME, MODE_ANNOTATION
 from tenancy_common.keda_objects import FINALIZER
+from tenancy_common.platform_objects import NAMESPACES_CONFIGMAP
 from tests.controller_harness import (
     TENANT_LABEL,
     binding,

@@ -147,8 +147,8 @@ async def test_a_namespace_waiting_for_access_then_for_the_operator_then_served(
     waiting = await explain(router, "alpha-apps")
     assert waiting["verdict"] == (
         f"tenant alpha owns alpha-apps by label {LABEL}=alpha; its operator has no access "
-        "there (RoleBinding keda-tenancy-alpha-operator-managed missing in alpha-apps) "
-        "— waiting for access"
+        "there (RoleBinding keda-tenancy-alpha-operator-managed (or keda-tenancy-operator-alpha) "
+        "missing in alpha-apps) — waiting for access"
     )
     bind_operator(kube_api, "alpha", "alpha-apps")
     bound = await explain(router, "alpha-apps")
@@ -161,6 +161,51 @@ async def test_a_namespace_waiting_for_access_then_for_the_operator_then_served(
     served = await explain(router, "alpha-apps")
     assert served["verdict"].endswith("its operator watches it — ok")
     assert served["operator"]["watches"]["detail"] == "watched by operator pod keda-operator-x"
+
+
+def publish_namespaces(kube_api: FakeKubeAPI, tenant: str, value: str | None) -> None:
+    """The platform layout: the ConfigMap the platform controller publishes the set to."""
+    kube_api.configmaps[(f"keda-{tenant}", "keda-operator-namespaces")] = {
+        "kind": "ConfigMap",
+        "apiVersion": "v1",
+        "metadata": {"name": "keda-operator-namespaces", "namespace": f"keda-{tenant}"},
+        **({} if value is None else {"data": {"namespaces": value}}),
+    }
+
+
+async def test_the_platform_layout_is_explained_from_the_controllers_objects(
+    router: Router, pki: Pki, kube_api: FakeKubeAPI
+) -> None:
+    """Issue 21: a tenant on the platform layout has no binding manager and no reloaders: its
+    access is the controller's binding, its watch the namespace set the controller published."""
+    publish_namespaces(kube_api, "alpha", None)  # the chart's data-less ConfigMap
+    waiting = await explain(router, "alpha-apps")
+    assert waiting["verdict"].endswith(" — waiting for access"), waiting["verdict"]
+    kube_api.self_subject = ("keda-alpha", "keda-operator")
+    kube_api.add_rolebinding(
+        "alpha-apps", "keda-tenancy-operator-alpha", "keda-tenancy-alpha-operator"
+    )
+    bound = await explain(router, "alpha-apps")
+    assert bound["operator"]["access"] == {
+        "known": True,
+        "detail": "RoleBinding keda-tenancy-operator-alpha (platform controller) grants "
+        "keda-tenancy-alpha-operator",
+    }
+    assert bound["operator"]["watches"]["known"] is None
+    assert "never published to: the platform controller has not served" in bound["verdict"]
+    publish_namespaces(kube_api, "alpha", "other")
+    assert (await explain(router, "alpha-apps"))["verdict"].endswith(
+        "its operator does not watch it yet (not in the namespaces published to its operator "
+        "in configmap keda-alpha/keda-operator-namespaces) — waiting for the operator"
+    )
+    publish_namespaces(kube_api, "alpha", "alpha-apps,other")
+    assert await get_metric(router, pki, "alpha-apps") == 200
+    served = await explain(router, "alpha-apps")
+    assert served["verdict"].endswith("its operator watches it — ok"), served["verdict"]
+    # A binding of that name granting another role is not the controller's: no access.
+    kube_api.rolebindings.pop(("alpha-apps", "keda-tenancy-operator-alpha"), None)
+    kube_api.add_rolebinding("alpha-apps", "keda-tenancy-operator-alpha", "view")
+    assert (await explain(router, "alpha-apps"))["verdict"].endswith(" — waiting for access")
 
 
 async def test_a_binding_that_grants_something_else_is_no_access(

@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from tests.deploy.charts import ROUTER_CHART, ROUTER_NAMESPACE, ROUTER_RELEASE
 from tests.e2e.cluster import rbac_matrix
 from tests.e2e.cluster.cluster import Cluster
+from tests.e2e.cluster.explain import explain
 from tests.e2e.cluster.install import (
     APPS,
     HNC_ROOT,
@@ -1048,26 +1049,6 @@ def test_15_a_namespace_moved_to_another_tenant_leaves_the_old_ones_reach(
     # The manager's documented bound (--unbind-timeout 5s from seeing it leave), with room for
     # its watch and the API server's authorizer cache on this loaded 2-core machine.
     assert unbound_s < 20
-
-
-def explain(installed: Installed, namespace: str) -> dict[str, str]:
-    """`keda-tenancy-router explain NAMESPACE` run in each router pod: pod -> its verdict."""
-    cluster = installed.cluster
-    pods = cluster.kubectl(
-        "-n", ROUTER_NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/component=router",
-        "--field-selector=status.phase=Running", "-o", "name",
-    ).stdout.split()  # fmt: skip
-    verdicts = {}
-    for pod in pods:
-        done = cluster.kubectl(
-            "-n", ROUTER_NAMESPACE, "exec", pod, "--", "keda-tenancy-router", "explain", namespace,
-            check=False,
-        )  # fmt: skip
-        verdicts[pod] = (
-            done.stdout.splitlines()[0] if done.stdout else f"error: {done.stderr.strip()}"
-        )
-    print(f"\n[cluster] explain {namespace}: {verdicts}")
-    return verdicts
 
 
 def test_16_explain_names_the_cause(installed: Installed) -> None:

@@ -23,6 +23,7 @@ import pytest
 from bench.footprint_node import containers_of, measure
 from tests.deploy.charts import ROUTER_CHART, ROUTER_NAMESPACE, ROUTER_RELEASE, TENANT_CHART
 from tests.e2e.cluster import rbac_matrix
+from tests.e2e.cluster.explain import explain
 from tests.e2e.cluster.install import TENANT_LABEL, Installed, tenant_namespace
 from tests.e2e.cluster.reads import MetricReader
 from tests.e2e.stack import wait_for
@@ -219,6 +220,10 @@ def test_platform_layout_serves_a_labelled_namespace_and_drops_an_unlabelled_one
     )
     print_rss(installed, KEDA_NS)
     print_rss(installed, ROUTER_NAMESPACE, CONTROLLER_SELECTOR)
+    # explain reads the controller's binding and published set (granted by gamma's release).
+    for verdict in explain(installed, APPS).values():
+        assert verdict.startswith(f"tenant {TENANT} owns {APPS} by label"), verdict
+        assert verdict.endswith("its operator watches it — ok"), verdict
 
     # Unlabelled: the binding goes and the router answers 404 (a security bound: under 2 s).
     unlabelled = time.monotonic()

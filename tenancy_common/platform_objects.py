@@ -1,0 +1,15 @@
+"""The names of the platform layout's objects, which the platform controller writes and the
+router's explain command reads: one definition for both."""
+
+from __future__ import annotations
+
+BINDING_PREFIX = "keda-tenancy-operator-"
+"""+ tenant: the operator's RoleBinding in each of the tenant's namespaces."""
+NAMESPACES_CONFIGMAP = "keda-operator-namespaces"
+"""In the tenant's KEDA namespace: the namespace set published to its operator."""
+NAMESPACES_KEY = "namespaces"
+UPDATED_ANNOTATION = "keda-tenancy.io/namespaces-updated"
+
+
+def binding_name(tenant: str) -> str:
+    return f"{BINDING_PREFIX}{tenant}"
