@@ -30,6 +30,14 @@ class Metrics:
         self.namespaces = Gauge(
             PREFIX + "namespaces", "Namespaces in KEDA's WATCH_NAMESPACE now.", registry=registry
         )
+        # The alerts tell a tenant with no namespace (KEDA stopped on purpose) from one whose set
+        # was never published (undecided): `namespaces` is 0 for both.
+        self.namespace_set_empty = Gauge(
+            PREFIX + "namespace_set_empty",
+            "Process mode: 1 while the namespace set read is decided empty (KEDA kept stopped "
+            "on purpose); 0 while it is undecided or lists namespaces.",
+            registry=registry,
+        )
         self.refused = Counter(
             PREFIX + "namespace_set_refused",
             "Namespace sets refused (not namespace names, or too large); KEDA kept the last.",

@@ -100,6 +100,7 @@ class ProcessMode:
             self.refused = decision.reason
             return
         self.refused = None
+        self._metrics.namespace_set_empty.set(1 if decision.reason == "empty" else 0)
         if self.decision == decision:
             return
         now = time.monotonic()

@@ -9,6 +9,7 @@ named external ones. promtool comes from Debian's `prometheus` package (tests/pa
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -22,6 +23,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from controller.certs.bootstrap import CertsMetrics
+from controller.metrics import ControllerMetrics
+from operator_pod.app import OperatorPod
+from operator_pod.config import Config as OperatorPodConfig
 from reloader.metrics import ReloaderMetrics
 from reloader.rolebindings import BindingMetrics
 from reloader.supervise import SupervisorMetrics
@@ -47,6 +51,7 @@ EXTERNAL_METRICS = {
     "aggregator_unavailable_apiservice": "kube-apiserver",
     "kube_pod_container_status_restarts_total": "kube-state-metrics",
     "leader_election_master_status": "KEDA's operator (controller-runtime)",
+    "kube_deployment_spec_replicas": "kube-state-metrics",
 }
 PROMQL_WORDS = {
     "sum", "max", "min", "by", "without", "on", "unless", "or", "and", "rate", "increase",
@@ -72,12 +77,34 @@ def our_metric_names() -> set[str]:
     SupervisorMetrics(registry)
     CertsMetrics(registry)
     WatchMetrics(registry)
+    ControllerMetrics(registry)
     names = {"keda_tenancy_reloader_watched_publish_errors_total"}  # reloader/publishing.py
+    names |= operator_pod_metric_names()
     for family in registry.collect():
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
         for suffix in suffixes.get(family.type, [""]):
             names.add(family.name + suffix)
     return names
+
+
+def operator_pod_metric_names() -> set[str]:
+    """What keda-tenancy-operator-pod exports (its own stdlib registry, every part wired in:
+    the namespace-set follower, the gRPC forwarder, KEDA's health probes)."""
+    config = OperatorPodConfig.from_args(
+        [
+            "--mode=process",
+            "--namespaces-configmap=keda-alpha/keda-operator-namespaces",
+            "--release-lease=keda-alpha/alpha.operator.keda-tenancy.io",
+            "--forward-grpc=:9666=127.0.0.1:9667",
+            "--check-operator-health=true",
+            "--",
+            "keda",
+        ],
+        {},
+    )
+    text = OperatorPod(config, environ={}, hostname="h").registry.expose().decode()
+    # `# TYPE <name as scraped> <kind>`: counters already carry _total.
+    return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -159,7 +186,15 @@ def fired(
 def test_every_rule_reads_metrics_that_exist_and_links_its_runbook(helm: Helm) -> None:
     ours = our_metric_names()
     runbooks = RUNBOOKS.read_text()
-    rules = [render_router_rules(helm), render_tenant_rule(helm, "alpha")]
+    rules = [
+        render_router_rules(helm),
+        render_router_rules(helm, controller={"enabled": True}),
+        render_tenant_rule(helm, "alpha"),
+        *(
+            render_tenant_rule(helm, "alpha", **PLATFORM, reloader={"mode": mode})
+            for mode in ("process", "deployment")
+        ),
+    ]
     seen = set()
     for rule in rules:
         for alert in alerts(rule):
@@ -184,7 +219,14 @@ def test_every_rule_reads_metrics_that_exist_and_links_its_runbook(helm: Helm) -
         "KedaTenancyNoOperatorLeader",
         "KedaTenancyNamespacesWaitingForAccess",
         "KedaTenancyReloaderNamespaceWatchStale",
+        "KedaTenancyNamespaceSetNotFollowed",
+        "KedaTenancyControllerDown",
+        "KedaTenancyTenantReconcileFailing",
+        "KedaTenancyNamespacesWaitingForBinding",
     }
+
+
+PLATFORM: dict[str, Any] = {"platformController": {"enabled": True}}
 
 
 def render_tenant_rule(helm: Helm, tenant: str, **values: Any) -> Doc:
@@ -217,6 +259,37 @@ def test_thresholds_are_values(helm: Helm) -> None:
     assert ">= 7" in loop["expr"]
     assert ">= 9" in loop["expr"]
     assert loop["for"] == "1m"
+    platform = render_tenant_rule(
+        helm,
+        "alpha",
+        **PLATFORM,
+        prometheusRule={
+            "enabled": True,
+            "operatorRestartLoop": {"for": "1m", "consecutiveFailures": 7, "containerRestarts": 9},
+            "namespaceSetNotFollowed": {"for": "2m", "seconds": 42},
+        },
+    )
+    by_name = {a["alert"]: a for a in alerts(platform)}
+    assert ">= 7" in by_name["KedaTenancyOperatorRestartLoop"]["expr"]
+    assert ">= 9" in by_name["KedaTenancyOperatorRestartLoop"]["expr"]
+    followed = by_name["KedaTenancyNamespaceSetNotFollowed"]
+    assert followed["expr"].rstrip().endswith("> 42")
+    assert followed["for"] == "2m"
+    router = render_router_rules(
+        helm,
+        controller={"enabled": True},
+        prometheusRule={
+            "enabled": True,
+            "controllerDown": {"for": "3m"},
+            "tenantReconcileFailing": {"for": "4m"},
+            "namespacesWaitingForBinding": {"for": "6m", "threshold": 2},
+        },
+    )
+    by_name = {a["alert"]: a for a in alerts(router)}
+    assert by_name["KedaTenancyControllerDown"]["for"] == "3m"
+    assert by_name["KedaTenancyTenantReconcileFailing"]["for"] == "4m"
+    assert by_name["KedaTenancyNamespacesWaitingForBinding"]["for"] == "6m"
+    assert by_name["KedaTenancyNamespacesWaitingForBinding"]["expr"].rstrip().endswith("> 2")
 
 
 def test_router_rules_fire_on_their_series_only(helm: Helm, promtool: str, tmp_path: Path) -> None:
@@ -440,6 +513,318 @@ def test_tenant_rules_fire_for_their_tenant_only(helm: Helm, promtool: str, tmp_
     promtool_run(promtool, "test", "rules", "test.yaml", cwd=tmp_path)
 
 
+# --- the platform layout (platformController.enabled) ---------------------------------------
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize("mode", ["process", "deployment"])
+def test_old_layout_alerts_and_podmonitor_render_byte_for_byte_as_before(
+    helm: Helm, mode: str
+) -> None:
+    """The platform layout's alerts are beside the old ones, not instead: a tenant without
+    platformController.enabled gets exactly the PrometheusRule and PodMonitor it had (the golden
+    files are the charts' output before the platform layout's alerts)."""
+    result = helm.template_raw(
+        TENANT_CHART,
+        release="keda",
+        namespace="keda-alpha",
+        values={
+            "tenant": "alpha",
+            "prometheusRule": {"enabled": True},
+            "podMonitor": {"enabled": True},
+            "reloader": {"mode": mode},
+        },
+        extra_args=[
+            "--show-only",
+            "templates/prometheusrule.yaml",
+            "--show-only",
+            "templates/podmonitor.yaml",
+        ],
+    )
+    assert result.returncode == 0, result.stderr
+    golden = GOLDEN / f"tenant-monitoring-old-layout-{mode}.yaml"
+    assert result.stdout == golden.read_text()
+
+
+@pytest.mark.parametrize("mode", ["process", "deployment"])
+def test_platform_layout_alerts_read_the_operator_pods_series_not_the_reloaders(
+    helm: Helm, mode: str
+) -> None:
+    rule = render_tenant_rule(helm, "alpha", **PLATFORM, reloader={"mode": mode})
+    names = {a["alert"] for a in alerts(rule)}
+    assert names == {
+        "KedaTenancyMetricsServerDown",
+        "KedaTenancyOperatorRestartLoop",
+        "KedaTenancyNoOperatorLeader",
+    } | ({"KedaTenancyNamespaceSetNotFollowed"} if mode == "process" else set())
+    read = set().union(*(metric_names(a["expr"]) for a in alerts(rule)))
+    assert not {m for m in read if m.startswith("keda_tenancy_reloader_")}
+    assert "keda_tenancy_namespace_watch_staleness_seconds" not in read
+    # The follower's `object` label is the ConfigMap the chart points the operator pod at.
+    docs = render_tenant(helm, "alpha", **PLATFORM, reloader={"mode": mode})
+    (operator,) = (
+        d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "keda-operator"
+    )
+    (keda,) = (
+        c
+        for c in operator["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "keda-operator"
+    )
+    assert keda["command"] == ["keda-tenancy-operator-pod"]
+    flags = dict(a.split("=", 1) for a in keda["args"] if a.startswith("--") and "=" in a)
+    if mode == "process":
+        (followed,) = (
+            a for a in alerts(rule) if a["alert"] == "KedaTenancyNamespaceSetNotFollowed"
+        )
+        assert f'object="configmap {flags["--namespaces-configmap"]}"' in followed["expr"]
+
+
+def test_platform_tenant_rules_fire_on_the_operator_pods_series(
+    helm: Helm, promtool: str, tmp_path: Path
+) -> None:
+    rule = render_tenant_rule(helm, "alpha", **PLATFORM)
+    write_rules(rule, tmp_path / "full.yaml")
+    promtool_run(promtool, "check", "rules", "full.yaml", cwd=tmp_path)
+    write_rules(rule, tmp_path / "rules.yaml", keep=("runbook_url",))
+    ns = "keda-alpha"
+    leader = {"name": "alpha.operator.keda-tenancy.io"}
+    tenant = {"namespace": ns, "tenant": "alpha"}
+    exits = "keda_tenancy_operator_pod_operator_exits_total"
+    empty = "keda_tenancy_operator_pod_namespace_set_empty"
+    current = "keda_tenancy_operator_pod_follow_last_current_timestamp_seconds"
+    configmap = {"object": f"configmap {ns}/keda-operator-namespaces"}
+    # fmt: off
+    tests = [
+        {  # KEDA exits 4 times in a row in op-1, twice in op-2; op-3's container restarts
+            "interval": "1m",
+            "input_series": [
+                series(exits, "0 1 2 3 4x20", namespace=ns, pod="op-1", code="1"),
+                series(exits, "0 1 2x20", namespace=ns, pod="op-2", code="2"),
+                series(exits, "0+1x20", namespace="keda-beta", pod="op-9", code="1"),
+                series("kube_pod_container_status_restarts_total", "0+1x30", namespace=ns,
+                       pod="op-3", container="keda-operator", job="kube-state-metrics"),
+                # The old layout's series mean nothing here.
+                series("keda_tenancy_reloader_consecutive_failures", "5x30", namespace=ns,
+                       pod="op-2"),
+            ],
+            "alert_rule_test": [
+                fired(rule, "KedaTenancyOperatorRestartLoop", at="12m", exp=[
+                    {"namespace": ns, "pod": "op-1"},
+                    {"namespace": ns, "pod": "op-3", "container": "keda-operator"},
+                ]),
+            ],
+        },
+        {  # the leader goes away while the set lists namespaces
+            "interval": "1m",
+            "input_series": [
+                series("leader_election_master_status", "1x5 0x30", **leader, namespace=ns,
+                       pod="op-1"),
+                series(empty, "0x35", namespace=ns, pod="op-1"),
+                # The reloader's "empty" is the old layout's: it does not silence this one.
+                series("keda_tenancy_reloader_empty_namespace_set", "1x35", namespace=ns,
+                       pod="op-1"),
+            ],
+            "alert_rule_test": [
+                fired(rule, "KedaTenancyNoOperatorLeader", at="10m"),
+                fired(rule, "KedaTenancyNoOperatorLeader", at="20m", exp=[tenant]),
+            ],
+        },
+        {  # no operator pod at all (nothing scraped): fires
+            "interval": "1m",
+            "input_series": [
+                series(empty, "1x35", namespace="keda-beta", pod="op-9"),
+            ],
+            "alert_rule_test": [fired(rule, "KedaTenancyNoOperatorLeader", at="20m",
+                                      exp=[tenant])],
+        },
+        {  # decided empty: KEDA kept stopped on purpose
+            "interval": "1m",
+            "input_series": [
+                series(empty, "1x35", namespace=ns, pod="op-1"),
+                series("leader_election_master_status", "0x35", **leader, namespace=ns,
+                       pod="op-1"),
+            ],
+            "alert_rule_test": [fired(rule, "KedaTenancyNoOperatorLeader", at="20m")],
+        },
+        {  # op-1 last confirmed the set at the epoch; op-2 every minute
+            "interval": "1m",
+            "input_series": [
+                series(current, "0x30", **configmap, namespace=ns, pod="op-1"),
+                series(current, "0+60x30", **configmap, namespace=ns, pod="op-2"),
+                series(current, "0x30", object="lease keda-alpha/alpha.operator.keda-tenancy.io",
+                       namespace=ns, pod="op-3"),
+                series(current, "0x30", object="configmap keda-beta/keda-operator-namespaces",
+                       namespace="keda-beta", pod="op-9"),
+            ],
+            "alert_rule_test": [
+                fired(rule, "KedaTenancyNamespaceSetNotFollowed", at="5m"),  # 300 s: not above
+                fired(rule, "KedaTenancyNamespaceSetNotFollowed", at="10m",
+                      exp=[{"namespace": ns, "pod": "op-1"}]),
+            ],
+        },
+    ]
+    # fmt: on
+    (tmp_path / "test.yaml").write_text(
+        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
+    )
+    promtool_run(promtool, "test", "rules", "test.yaml", cwd=tmp_path)
+
+
+def test_platform_deployment_mode_knows_an_empty_set_by_the_operators_replicas(
+    helm: Helm, promtool: str, tmp_path: Path
+) -> None:
+    """The controller scales keda-operator to 0 while the set is empty (docs/controller.md)."""
+    rule = render_tenant_rule(helm, "alpha", **PLATFORM, reloader={"mode": "deployment"})
+    write_rules(rule, tmp_path / "rules.yaml", keep=("runbook_url",))
+    ns = "keda-alpha"
+    leader = {"name": "alpha.operator.keda-tenancy.io"}
+    ksm = {"job": "kube-state-metrics"}
+    replicas = "kube_deployment_spec_replicas"
+    tenant = {"namespace": ns, "tenant": "alpha"}
+    # fmt: off
+    tests = [
+        {  # replicas 1 and no leader: fires; another Deployment or tenant at 0 changes nothing
+            "interval": "1m",
+            "input_series": [
+                series(replicas, "1x35", **ksm, namespace=ns, deployment="keda-operator"),
+                series(replicas, "0x35", **ksm, namespace=ns,
+                       deployment="keda-operator-metrics-apiserver"),
+                series(replicas, "0x35", **ksm, namespace="keda-beta",
+                       deployment="keda-operator"),
+                series("leader_election_master_status", "0x35", **leader, namespace=ns,
+                       pod="op-1"),
+            ],
+            "alert_rule_test": [fired(rule, "KedaTenancyNoOperatorLeader", at="20m",
+                                      exp=[tenant])],
+        },
+        {  # scaled to 0 by the controller: no operator on purpose
+            "interval": "1m",
+            "input_series": [
+                series(replicas, "0x35", **ksm, namespace=ns, deployment="keda-operator"),
+            ],
+            "alert_rule_test": [fired(rule, "KedaTenancyNoOperatorLeader", at="20m")],
+        },
+        {  # a leader: nothing
+            "interval": "1m",
+            "input_series": [
+                series(replicas, "1x35", **ksm, namespace=ns, deployment="keda-operator"),
+                series("leader_election_master_status", "1x35", **leader, namespace=ns,
+                       pod="op-1"),
+            ],
+            "alert_rule_test": [fired(rule, "KedaTenancyNoOperatorLeader", at="20m")],
+        },
+    ]
+    # fmt: on
+    (tmp_path / "test.yaml").write_text(
+        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
+    )
+    promtool_run(promtool, "test", "rules", "test.yaml", cwd=tmp_path)
+
+
+def test_router_alerts_on_the_platform_controller_only_when_it_runs(
+    helm: Helm, promtool: str, tmp_path: Path
+) -> None:
+    controller_alerts = {
+        "KedaTenancyControllerDown",
+        "KedaTenancyTenantReconcileFailing",
+        "KedaTenancyNamespacesWaitingForBinding",
+    }
+    assert not {a["alert"] for a in alerts(render_router_rules(helm))} & controller_alerts
+    rule = render_router_rules(helm, controller={"enabled": True})
+    assert {a["alert"] for a in alerts(rule)} >= controller_alerts
+    write_rules(rule, tmp_path / "full.yaml")
+    promtool_run(promtool, "check", "rules", "full.yaml", cwd=tmp_path)
+    write_rules(rule, tmp_path / "rules.yaml", keep=("runbook_url",))
+    ns = ROUTER_NAMESPACE
+    controller = {"namespace": ns, "pod": "keda-tenancy-controller-0"}
+    scrape = {"container": "controller", "endpoint": "health"}
+    errors = "keda_tenancy_controller_reconcile_errors_total"
+    waiting = "keda_tenancy_controller_namespaces_waiting"
+    # fmt: off
+    tests = [
+        {  # the controller stops answering after 5 minutes; the router keeps answering
+            "interval": "1m",
+            "input_series": [
+                series("up", "1x5 0x20", **controller, **scrape),
+                series("up", "1x25", namespace=ns, pod="router-0", container="router",
+                       endpoint="health"),
+            ],
+            "alert_rule_test": [
+                fired(rule, "KedaTenancyControllerDown", at="9m"),  # not yet `for` 5m
+                fired(rule, "KedaTenancyControllerDown", at="15m", exp=[{}]),
+            ],
+        },
+        {
+            "interval": "1m",
+            "input_series": [series("up", "1x25", **controller, **scrape)],
+            "alert_rule_test": [fired(rule, "KedaTenancyControllerDown", at="20m")],
+        },
+        {  # alpha fails every minute, beta failed once long ago, gamma is another release's
+            "interval": "1m",
+            "input_series": [
+                series(errors, "0+1x60", **controller, tenant="alpha"),
+                series(errors, "3x60", **controller, tenant="beta"),
+                series(errors, "0+1x60", namespace="other", pod="c", tenant="gamma"),
+                series(waiting, "2x30", **controller),
+                series(waiting, "5x30", namespace="other", pod="c"),
+            ],
+            "alert_rule_test": [
+                fired(rule, "KedaTenancyTenantReconcileFailing", at="10m"),
+                fired(rule, "KedaTenancyTenantReconcileFailing", at="30m",
+                      exp=[{"tenant": "alpha"}]),
+                fired(rule, "KedaTenancyNamespacesWaitingForBinding", at="10m"),
+                fired(rule, "KedaTenancyNamespacesWaitingForBinding", at="20m",
+                      exp=[controller]),
+            ],
+        },
+        {  # nothing waits: no alert
+            "interval": "1m",
+            "input_series": [series(waiting, "0x30", **controller)],
+            "alert_rule_test": [fired(rule, "KedaTenancyNamespacesWaitingForBinding", at="20m")],
+        },
+    ]
+    # fmt: on
+    (tmp_path / "test.yaml").write_text(
+        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
+    )
+    promtool_run(promtool, "test", "rules", "test.yaml", cwd=tmp_path)
+
+
+def test_router_servicemonitor_scrapes_the_platform_controller(helm: Helm) -> None:
+    docs = helm.template(
+        ROUTER_CHART,
+        release=ROUTER_RELEASE,
+        namespace=ROUTER_NAMESPACE,
+        values={"serviceMonitor": {"enabled": True}, "controller": {"enabled": True}},
+    )
+    monitors = of_kind(docs, "ServiceMonitor")
+    assert len(monitors) == 3  # the router, keda-tenancy-certs, the controller
+    (service,) = (
+        s for s in of_kind(docs, "Service") if s["metadata"]["name"] == "keda-tenancy-controller"
+    )
+    selected = [
+        m for m in monitors
+        if m["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    ]  # fmt: skip
+    assert len(selected) == 1
+    ports = {p["name"] for p in service["spec"]["ports"]}
+    assert {e["port"] for e in selected[0]["spec"]["endpoints"]} <= ports
+    (deployment,) = (
+        d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == "keda-tenancy-controller"
+    )
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    # The alert's `container` matcher is the controller's container.
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (down,) = (
+        a
+        for a in alerts(render_router_rules(helm, controller={"enabled": True}))
+        if a["alert"] == "KedaTenancyControllerDown"
+    )
+    assert f'container="{container["name"]}"' in down["expr"]
+
+
 # --- monitors and NetworkPolicies -------------------------------------------------------------
 
 
@@ -451,19 +836,28 @@ def test_monitors_and_network_policies_admit_prometheus_to_the_metrics_ports_onl
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
         "podSelector": {"matchLabels": {"app": "prometheus"}},
     }
-    for mode in ("process", "deployment"):
+    for platform, mode in itertools.product((False, True), ("process", "deployment")):
         docs = render_tenant(
             helm,
             "alpha",
             reloader={"mode": mode},
             podMonitor={"enabled": True},
             networkPolicy={"monitoring": monitoring},
+            platformController={"enabled": platform},
         )
         (monitor,) = of_kind(docs, "PodMonitor")
         ports = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
-        assert ports == {"metrics", "reloader", "health"} | (
+        # The platform layout has no RoleBinding manager or namespace reloader (`health`).
+        assert ports == {"metrics", "reloader"} | ({"health"} if not platform else set()) | (
             {"forward-health"} if mode == "deployment" else set()
         )
+        # Every scraped port is one a rendered pod has.
+        assert ports <= {
+            p["name"]
+            for d in of_kind(docs, "Deployment")
+            for c in d["spec"]["template"]["spec"]["containers"]
+            for p in c.get("ports", [])
+        }, (platform, mode)
         selector = monitor["spec"]["selector"]["matchLabels"]
         scraped: dict[str, set[int]] = {}
         for deployment in of_kind(docs, "Deployment"):
@@ -489,7 +883,7 @@ def test_monitors_and_network_policies_admit_prometheus_to_the_metrics_ports_onl
                 for p in rule["ports"]
             }
             expected = scraped.get(component, set())
-            assert admitted == expected, (mode, component)
+            assert admitted == expected, (platform, mode, component)
         assert set(scraped) >= {"operator", "metrics-apiserver", "admission-webhooks"}
     # Without it, the tenant admits no scraping at all (as before).
     docs = render_tenant(helm, "alpha")

@@ -9,6 +9,7 @@ import signal
 import socket
 from pathlib import Path
 
+from operator_pod.app import OperatorPod
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.fakes.switch_proxy import SwitchProxy
 from tests.operator_pod_harness import (
@@ -53,6 +54,36 @@ async def test_restarts_keda_with_each_new_set_and_never_with_an_empty_one(
         await asyncio.sleep(0.3)
     assert log.starts() == ["a1,a2", "a1,a2,a3", "b1"]
     assert all(e["has_env"] for e in log.events("start"))
+
+
+def exposed(pod: OperatorPod, name: str) -> float:
+    """A series' value as /metrics shows it."""
+    text = pod.registry.expose().decode()
+    (line,) = (line for line in text.splitlines() if line.startswith(name + " "))
+    return float(line.split()[1])
+
+
+async def test_the_empty_set_gauge_tells_decided_empty_from_never_published(
+    kube_api: FakeKubeAPI, kubeconfig: str, tmp_path: Path
+) -> None:
+    """KedaTenancyNoOperatorLeader is silenced only by a set decided empty: a set the controller
+    never published (KEDA stopped too, `namespaces` 0 too) must still alert."""
+    empty = "keda_tenancy_operator_pod_namespace_set_empty"
+    log = ChildLog(tmp_path / "child.log")
+    async with running_pod(process_args(kubeconfig, log.path)) as pod:
+        await eventually(lambda: pod.process is not None and pod.process.decision is not None)
+        publish(kube_api, None)  # undecided
+        await asyncio.sleep(0.3)
+        assert exposed(pod, empty) == 0
+        assert exposed(pod, "keda_tenancy_operator_pod_namespaces") == 0
+        publish(kube_api, "")
+        await eventually(lambda: exposed(pod, empty) == 1)
+        publish(kube_api, "a1")
+        await eventually(lambda: exposed(pod, empty) == 0)
+        publish(kube_api, "")
+        await eventually(lambda: exposed(pod, empty) == 1)
+        kube_api.delete_configmap(NAMESPACE, "keda-operator-namespaces")  # undecided again
+        await eventually(lambda: exposed(pod, empty) == 0)
 
 
 async def test_a_burst_of_changes_is_one_restart(
