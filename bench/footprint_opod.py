@@ -8,6 +8,11 @@ program for a while (namespace-set changes that restart KEDA, probe and metrics 
 connections through the gRPC port), then reads VmRSS and VmHWM of the program's own process
 from /proc. The issue's bound is 32 MiB per process. Not a test: nothing is asserted, the exit
 status says only whether it ran.
+
+The same for the deployment-mode sidecar of KEDA's metrics adapter, with an adapter connection
+open and spliced to an operator stand-in: keda-tenancy-operator-forward (the platform layout's,
+stdlib only) beside keda-tenancy-grpc-forward (the old layout's), worked the same way (bytes
+through the held connection, a reconnect each round, probe and metrics scrapes).
 """
 
 from __future__ import annotations
@@ -30,7 +35,12 @@ sys.path.insert(0, str(ROOT))
 from tests.fakes.kube_api import FakeKubeAPI  # noqa: E402
 from tests.pki import CertificateAuthority  # noqa: E402
 
-ENTRYPOINT = Path(sys.executable).parent / "keda-tenancy-operator-pod"
+BIN = Path(sys.executable).parent
+ENTRYPOINT = BIN / "keda-tenancy-operator-pod"
+FORWARDERS = {
+    "forward": "keda-tenancy-operator-forward",
+    "forward (old)": "keda-tenancy-grpc-forward",
+}
 NAMESPACE = "keda-alpha"
 LIMIT_MIB = 32.0
 
@@ -195,9 +205,85 @@ async def measure(mode: str, work_s: float, workdir: Path) -> dict[str, object]:
     }
 
 
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The operator's gRPC port stand-in: sends back what it gets."""
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+async def measure_forward(mode: str, work_s: float) -> dict[str, object]:
+    """A forwarder as the chart runs it, with one adapter connection open while it is read."""
+    operator = await asyncio.start_server(echo, "127.0.0.1", 0)
+    target = int(operator.sockets[0].getsockname()[1])
+    listen, health = free_port(), free_port()
+    process = await asyncio.create_subprocess_exec(
+        str(BIN / FORWARDERS[mode]),
+        f"--listen=127.0.0.1:{listen}",
+        f"--target=127.0.0.1:{target}",
+        "--health-bind-address=127.0.0.1",
+        f"--health-port={health}",
+        "--shutdown-grace=1s",
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    held: asyncio.StreamWriter | None = None
+    try:
+        ready: list[int] = []
+
+        async def probe() -> None:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ready.append(await get(health, "/readyz"))
+
+        deadline = time.monotonic() + 20
+        while 200 not in ready:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{FORWARDERS[mode]} did not become ready")
+            await probe()
+            await asyncio.sleep(0.05)
+        reader, held = await asyncio.open_connection("127.0.0.1", listen)
+        held.write(b"x")
+        await reader.readexactly(1)
+        at_start = memory_kib(process.pid)
+        payload = b"m" * 16384  # a page of metrics answers
+        deadline = time.monotonic() + work_s
+        while time.monotonic() < deadline:
+            held.write(payload)
+            await reader.readexactly(len(payload))
+            for path in ("/readyz", "/livez", "/metrics"):
+                await get(health, path)
+            other_reader, other = await asyncio.open_connection("127.0.0.1", listen)
+            other.write(b"y")  # the adapter's reconnect after an operator roll
+            await other_reader.readexactly(1)
+            other.close()
+            await asyncio.sleep(0.1)
+        worked = memory_kib(process.pid)  # the held connection still open
+    finally:
+        if held is not None:
+            held.close()
+        process.terminate()
+        await process.wait()
+        operator.close()
+        await operator.wait_closed()
+    return {
+        "mode": mode,
+        "rss_at_start_kib": at_start["VmRSS"],
+        "rss_kib": worked["VmRSS"],
+        "peak_rss_kib": worked["VmHWM"],
+        "anon_kib": worked.get("RssAnon", 0),
+        "file_kib": worked.get("RssFile", 0),
+        "keda_restarts": "-",
+        "work_s": work_s,
+    }
+
+
 async def run(work_s: float) -> list[dict[str, object]]:
     with tempfile.TemporaryDirectory() as directory:
-        return [await measure(mode, work_s, Path(directory)) for mode in ("process", "deployment")]
+        figures = [
+            await measure(mode, work_s, Path(directory)) for mode in ("process", "deployment")
+        ]
+    return figures + [await measure_forward(mode, work_s) for mode in FORWARDERS]
 
 
 def main() -> int:
@@ -206,14 +292,18 @@ def main() -> int:
     parser.add_argument("--json", default="", help="also write the figures here")
     args = parser.parse_args()
     figures = asyncio.run(run(args.work_s))
-    print(f"{'mode':<12}{'RSS MiB':>9}{'peak MiB':>10}{'anon MiB':>10}{'at start':>10}  restarts")
+    print(f"{'mode':<14}{'RSS MiB':>9}{'peak MiB':>10}{'anon MiB':>10}{'at start':>10}  restarts")
     for f in figures:
         print(
-            f"{f['mode']:<12}{int(f['rss_kib']) / 1024:>9.1f}{int(f['peak_rss_kib']) / 1024:>10.1f}"  # type: ignore[call-overload]
+            f"{f['mode']:<14}{int(f['rss_kib']) / 1024:>9.1f}{int(f['peak_rss_kib']) / 1024:>10.1f}"  # type: ignore[call-overload]
             f"{int(f['anon_kib']) / 1024:>10.1f}{int(f['rss_at_start_kib']) / 1024:>10.1f}"  # type: ignore[call-overload]
             f"  {f['keda_restarts']}"
         )
-    print(f"(bound per process: {LIMIT_MIB:g} MiB; keda-tenancy-reloader measured 106 MB)")
+    print(
+        f"(bound per process: {LIMIT_MIB:g} MiB; keda-tenancy-reloader measured 106 MB; "
+        "forward: keda-tenancy-operator-forward with a connection open, forward (old): "
+        "keda-tenancy-grpc-forward the same way)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -13,6 +13,7 @@ import pytest
 
 from controller.config import ControllerConfig
 from operator_pod.config import Config as OperatorPodConfig
+from operator_pod.grpc_forward import ForwardConfig
 from tests.deploy.charts import (
     ROUTER_CHART,
     ROUTER_NAMESPACE,
@@ -547,3 +548,46 @@ def test_keda_tenancy_operator_pod_accepts_the_rendered_flags(helm: Helm, mode: 
         assert config.forward_grpc is None
     assert config.lease == (NS, LEASE)
     assert config.operator_health is not None  # KEDA's own probes asked, as before
+
+
+# --- the metrics server's gRPC forwarder (deployment mode) -------------------------------------
+
+
+def grpc_forward(docs: list[Doc]) -> dict[str, Any]:
+    return container(find(docs, "Deployment", "keda-operator-metrics-apiserver"), "grpc-forward")
+
+
+def test_platform_deployment_mode_forwards_with_the_stdlib_program(helm: Helm) -> None:
+    """Issue 21's bound of 32 MiB per process: the platform layout's sidecar is the operator
+    pod's package's program; the old layout keeps keda-tenancy-grpc-forward, and both get
+    the same flags, port and probes."""
+    old = grpc_forward(tenant(helm, {"reloader": {"mode": "deployment"}}))
+    new = grpc_forward(tenant(helm, deep_merge(PLATFORM, {"reloader": {"mode": "deployment"}})))
+    assert old["command"] == ["keda-tenancy-grpc-forward"]
+    assert new["command"] == ["keda-tenancy-operator-forward"]
+    assert {k: v for k, v in new.items() if k != "command"} == {
+        k: v for k, v in old.items() if k != "command"
+    }
+    # Process mode holds the gRPC port in the operator's pod: no sidecar in either layout.
+    for values in ({}, PLATFORM):
+        metrics_server = find(tenant(helm, values), "Deployment", "keda-operator-metrics-apiserver")
+        assert [c["name"] for c in metrics_server["spec"]["template"]["spec"]["containers"]] == [
+            "keda-operator-metrics-apiserver"
+        ]
+
+
+def test_keda_tenancy_operator_forward_accepts_the_rendered_flags(helm: Helm) -> None:
+    docs = tenant(helm, deep_merge(PLATFORM, {"reloader": {"mode": "deployment"}}))
+    forward = grpc_forward(docs)
+    config = ForwardConfig.from_args(forward["args"], {})
+    adapter = container(
+        find(docs, "Deployment", "keda-operator-metrics-apiserver"),
+        "keda-operator-metrics-apiserver",
+    )
+    # It listens where the adapter dials, on loopback only, and dials the operator's Service.
+    assert f"--metrics-service-address={config.listen[0]}:{config.listen[1]}" in adapter["args"]
+    assert config.listen == ("127.0.0.1", 9666)
+    assert config.target == (f"keda-operator.{NS}.svc.cluster.local", 9666)
+    assert config.health_port == next(
+        p["containerPort"] for p in forward["ports"] if p["name"] == "forward-health"
+    )

@@ -704,7 +704,12 @@ class Stack(Kubectl):
             for c in adapter["spec"]["template"]["spec"]["containers"]
             if c["name"] == "grpc-forward"
         )
-        if forward["command"] != ["keda-tenancy-grpc-forward"]:
+        # The old layout's program, or the platform layout's (the same flags).
+        modules = {
+            "keda-tenancy-grpc-forward": "reloader.forward_cli",
+            "keda-tenancy-operator-forward": "operator_pod.forward_entry",
+        }
+        if len(forward["command"]) != 1 or forward["command"][0] not in modules:
             raise AssertionError(f"the chart's grpc-forward runs {forward['command']}")
         ports = tenant.operator_ports
         ports["grpc-forward"] = free_port()
@@ -718,7 +723,7 @@ class Stack(Kubectl):
             [
                 sys.executable,
                 "-m",
-                "reloader.forward_cli",
+                modules[forward["command"][0]],
                 *_rewrite([str(a) for a in forward["args"]], local),
                 "--health-bind-address=127.0.0.1",
             ],
