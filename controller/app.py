@@ -23,7 +23,6 @@ from controller.config import ControllerConfig
 from controller.events import GrantEvents
 from controller.leases import OperatorPods, run_releases
 from controller.metrics import ControllerMetrics
-from controller.objects import CONTROLLER_LABEL
 from controller.ownership import OwnershipIndex, TrackedNamespaces
 from controller.reconcile import ReconcileError, ReconcileSettings, TenantReconciler
 from controller.rolebinding_store import RoleBindingStore
@@ -34,6 +33,7 @@ from tenancy_common.lifecycle import install_stop_signals, run_roots
 from tenancy_common.names import NamespaceName, TenantName
 from tenancy_common.namespace_cache import WatchMetrics, staleness_check
 from tenancy_common.namespace_watch import WatchSettings, watch_namespaces, watch_objects
+from tenancy_common.platform_objects import CONTROLLER_LABEL
 
 logger = logging.getLogger(__name__)
 

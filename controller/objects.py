@@ -17,11 +17,14 @@ from typing import Any
 
 from tenancy_common.keda_objects import FINALIZER
 from tenancy_common.names import NamespaceName, TenantName, is_dns1123_label
-from tenancy_common.platform_objects import BINDING_PREFIX, NAMESPACES_KEY
+from tenancy_common.platform_objects import (
+    BINDING_LABEL_VALUE,
+    BINDING_PREFIX,
+    CONTROLLER_LABEL,
+    NAMESPACES_KEY,
+    TENANT_LABEL,
+)
 
-CONTROLLER_LABEL = "keda-tenancy.io/platform-controller"
-"""On grants (`grant`), bindings (`binding`) and the namespace set ConfigMap (`namespaces`)."""
-TENANT_LABEL = "keda-tenancy.io/tenant"
 GRANT_NAME = "keda-tenancy-controller"
 MODE_ANNOTATION = "keda-tenancy.io/mode"
 SERVICE_ACCOUNT_ANNOTATION = "keda-tenancy.io/operator-service-account"
@@ -158,7 +161,7 @@ def binding_body(grant: Grant, namespace: str) -> dict[str, Any]:
             "name": grant.binding_name,
             "namespace": namespace,
             "labels": {
-                CONTROLLER_LABEL: "binding",
+                CONTROLLER_LABEL: BINDING_LABEL_VALUE,
                 TENANT_LABEL: grant.tenant,
                 "app.kubernetes.io/managed-by": "keda-tenancy-controller",
             },

@@ -16,13 +16,12 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from controller.objects import (
-    CONTROLLER_LABEL,
     GRANT_NAME,
     Binding,
     tenant_of_namespace,
 )
 from tenancy_common.names import NamespaceName, TenantName, is_dns1123_label
-from tenancy_common.platform_objects import BINDING_PREFIX
+from tenancy_common.platform_objects import BINDING_PREFIX, CONTROLLER_LABEL
 
 Key = tuple[str, str]
 """(namespace, name)"""

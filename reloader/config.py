@@ -21,6 +21,7 @@ from tenancy_common.cli import apply_env_defaults
 from tenancy_common.durations import parse_duration
 from tenancy_common.names import TenantName, is_dns1123_label
 from tenancy_common.namespace_cache import DEFAULT_MAX_STALENESS
+from tenancy_common.platform_objects import binding_name
 from tenancy_common.tenancy import TenancyRule
 from tenancy_common.tenancy_config import (
     RULE_FLAGS,
@@ -348,11 +349,23 @@ def _uninstall_settings(
 ) -> UninstallSettings:
     if command:
         raise ConfigError("uninstall mode runs no command: drop what follows '--'")
-    if tenant is None or bindings is None:
+    platform = _boolean("--uninstall-platform-layout", args.uninstall_platform_layout)
+    if platform:
+        if tenant is None:
+            raise ConfigError("uninstall mode needs --tenant")
+        if bindings is not None:
+            raise ConfigError(
+                "--uninstall-platform-layout: the bindings are the platform controller's, "
+                "drop the --bind-* flags"
+            )
+        name = binding_name(tenant)
+    elif tenant is None or bindings is None:
         raise ConfigError(
             "uninstall mode needs --tenant, --bind-cluster-role and --bind-service-account "
             "(which RoleBindings are the tenant's)"
         )
+    else:
+        name = bindings.name
     pods = args.uninstall_wait_for_pods.strip()
     namespace, _, selector = pods.partition("/")
     if not (is_dns1123_label(namespace) and selector.strip()):
@@ -361,8 +374,10 @@ def _uninstall_settings(
         )
     validate_label_selector(selector)
     lease = _object_ref("--release-lease", args.release_lease)
+    stop_deployment = _object_ref("--uninstall-stop-deployment", args.uninstall_stop_deployment)
     try:
         secrets = parse_refs("--uninstall-delete-secrets", args.uninstall_delete_secrets)
+        revoke = parse_refs("--uninstall-revoke-rolebindings", args.uninstall_revoke_rolebindings)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     timeout_s = _duration("--uninstall-timeout", args.uninstall_timeout)
@@ -370,11 +385,14 @@ def _uninstall_settings(
         raise ConfigError("--uninstall-timeout must be positive")
     return UninstallSettings(
         tenant=tenant,
-        binding_name=bindings.name,
+        binding_name=name,
         pods=(namespace, selector.strip()),
         lease=lease,
         secrets=secrets,
         timeout_s=timeout_s,
+        platform=platform,
+        stop_deployment=stop_deployment,
+        revoke_rolebindings=revoke,
     )
 
 
@@ -622,6 +640,25 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         metavar="NAMESPACE/NAME[,...]",
         help="Secrets to delete, each only if keda-tenancy-certs made it (its label)",
+    )
+    gone.add_argument(
+        "--uninstall-platform-layout",
+        default="false",
+        metavar="BOOL",
+        help="the platform layout's pre-delete hook: find the tenant's namespaces by the "
+        "platform controller's bindings and leave those bindings to it",
+    )
+    gone.add_argument(
+        "--uninstall-stop-deployment",
+        default="",
+        metavar="NAMESPACE/NAME",
+        help="delete this Deployment (the operator) first, then wait for the pods",
+    )
+    gone.add_argument(
+        "--uninstall-revoke-rolebindings",
+        default="",
+        metavar="NAMESPACE/NAME[,...]",
+        help="RoleBindings deleted before the Secrets (their writer's access to them)",
     )
     gone.add_argument(
         "--uninstall-timeout",

@@ -15,6 +15,16 @@ binding and no KEDA still holds its finalizers): the pods' deletion by Helm is w
 finalizer is removed only where our binding was (where this tenant's KEDA could have put it) and
 no other tenant's binding is (where no other KEDA still may act on it). A Secret is deleted only
 when the certificate controller made it (its label). Then a pass that finds nothing left ends it.
+
+The platform layout (`platform`: the tenant chart's pre-delete hook) differs in three ways. The
+bindings are the platform controller's (labels keda-tenancy.io/platform-controller=binding and
+keda-tenancy.io/tenant): they only say where the tenant's namespaces are and are never touched
+(the controller deletes them once Helm has deleted the grant). The operator is stopped first by
+deleting its Deployment (`stop_deployment`; Helm would delete it next anyway): the controller
+server-side-applies replicas in deployment mode and would scale a scaled-down operator up again,
+but it only applies to a Deployment it has read, and its partial apply cannot create one. And the
+certificate controller's RoleBinding is deleted before its Secrets (`revoke_rolebindings`): the
+release still exists, so its full pass would otherwise write them again.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio.client import (
     ApiClient,
+    AppsV1Api,
     CoordinationV1Api,
     CoreV1Api,
     CustomObjectsApi,
@@ -40,6 +51,12 @@ from reloader.rolebindings import OWNER_LABEL
 from tenancy_common.keda_objects import FINALIZER, KEDA_KINDS
 from tenancy_common.kube import read_json
 from tenancy_common.lifecycle import wait_stopped
+from tenancy_common.platform_objects import (
+    BINDING_LABEL_VALUE,
+    CONTROLLER_LABEL,
+    TENANT_LABEL,
+    binding_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +80,12 @@ class UninstallSettings:
     """(namespace, name) of the certificate controller's Secrets of this release."""
     timeout_s: float
     poll_s: float = 1.0
+    platform: bool = False
+    """The platform layout: the bindings are the controller's, found by its labels, not touched."""
+    stop_deployment: tuple[str, str] | None = None
+    """(namespace, name) of the operator's Deployment, deleted before the pods are waited for."""
+    revoke_rolebindings: tuple[tuple[str, str], ...] = ()
+    """(namespace, name) of RoleBindings deleted before the Secrets (their writer's access)."""
 
 
 @dataclass
@@ -106,6 +129,7 @@ class Uninstaller:
         self._core = CoreV1Api(api)
         self._custom = CustomObjectsApi(api)
         self._coordination = CoordinationV1Api(api)
+        self._apps = AppsV1Api(api)
         self._settings = settings
         self._clock = clock
 
@@ -114,8 +138,13 @@ class Uninstaller:
         settings = self._settings
         deadline = self._clock() + settings.timeout_s
         last = "not started"
+        stopped = settings.stop_deployment is None
         while not stop.is_set():
-            pods = await self._pods_left()
+            problem: str | None = None
+            if not stopped:
+                problem = await self._stop_deployment()
+                stopped = problem is None
+            pods = [problem] if problem else await self._pods_left()
             if pods:
                 last = f"pods of the release still exist: {', '.join(pods)}"
                 logger.info("waiting for the release's pods to be gone", extra={"pods": pods})
@@ -136,6 +165,26 @@ class Uninstaller:
             extra={"tenant": settings.tenant, "left": last},
         )
         return 1
+
+    async def _stop_deployment(self) -> str | None:
+        """Delete the operator's Deployment (its pods go with it); None once it is gone."""
+        assert self._settings.stop_deployment is not None
+        namespace, name = self._settings.stop_deployment
+        try:
+            await read_json(
+                self._apps.delete_namespaced_deployment(
+                    name,
+                    namespace,
+                    body={"propagationPolicy": "Background"},  # type: ignore[arg-type] # sent as is
+                    _preload_content=False,
+                )
+            )
+        except _ERRORS as exc:
+            if isinstance(exc, ApiException) and exc.status == 404:
+                return None
+            return f"(cannot delete Deployment {namespace}/{name}: {_reason(exc)})"
+        logger.info("operator Deployment deleted", extra={"namespace": namespace, "object": name})
+        return None
 
     async def _pods_left(self) -> list[str]:
         namespace, selector = self._settings.pods
@@ -159,33 +208,48 @@ class Uninstaller:
             ours, others = {}, set()
         for namespace in sorted(set(ours) - others):
             await self._release_keda(namespace, left)
-        for namespace, binding in sorted(ours.items()):
+        # The platform layout's bindings are the controller's: it deletes them when Helm has
+        # deleted the grant.
+        for namespace, binding in sorted({} if self._settings.platform else ours.items()):
             left.bindings.append(namespace)
             if namespace in left.keda_pending:
                 continue  # the binding is how that namespace is found again: keep it for now
             await self._release_binding(namespace, binding, left)
         if self._settings.lease is not None:
             await self._delete_lease(*self._settings.lease, left)
+        for namespace, name in self._settings.revoke_rolebindings:
+            await self._revoke(namespace, name, left)
         for namespace, name in self._settings.secrets:
             await self._delete_secret(namespace, name, left)
         return left
 
     async def _bindings(self) -> tuple[dict[str, dict[str, Any]], set[str]]:
-        """Our bindings by namespace, and the namespaces where another tenant's binding is."""
-        listed = await read_json(
-            self._rbac.list_role_binding_for_all_namespaces(
-                label_selector=OWNER_LABEL, _preload_content=False
-            )
-        )
+        """Our bindings by namespace, and the namespaces where another tenant's binding is
+        (of either layout: a cluster may run both while tenants move)."""
+        tenant = self._settings.tenant
         ours: dict[str, dict[str, Any]] = {}
         others: set[str] = set()
-        for item in listed.get("items") or []:
+        for item in await self._list_bindings(OWNER_LABEL):
             metadata = item["metadata"]
-            if metadata["labels"].get(OWNER_LABEL) != self._settings.tenant:
+            if metadata["labels"].get(OWNER_LABEL) != tenant:
                 others.add(metadata["namespace"])
-            elif metadata["name"] == self._settings.binding_name:
+            elif not self._settings.platform and metadata["name"] == self._settings.binding_name:
+                ours[metadata["namespace"]] = item
+        for item in await self._list_bindings(f"{CONTROLLER_LABEL}={BINDING_LABEL_VALUE}"):
+            metadata = item["metadata"]
+            if metadata["labels"].get(TENANT_LABEL) != tenant:
+                others.add(metadata["namespace"])
+            elif self._settings.platform and metadata["name"] == binding_name(tenant):
                 ours[metadata["namespace"]] = item
         return ours, others
+
+    async def _list_bindings(self, selector: str) -> list[dict[str, Any]]:
+        listed = await read_json(
+            self._rbac.list_role_binding_for_all_namespaces(
+                label_selector=selector, _preload_content=False
+            )
+        )
+        return list(listed.get("items") or [])
 
     async def _release_keda(self, namespace: str, left: Left) -> None:
         for group, version, plural in KEDA_KINDS:
@@ -294,6 +358,20 @@ class Uninstaller:
         left.other.append(f"lease/{namespace}/{name}")
         left.changed += 1
         logger.info("operator Lease deleted", extra={"namespace": namespace, "lease": name})
+
+    async def _revoke(self, namespace: str, name: str, left: Left) -> None:
+        try:
+            await read_json(
+                self._rbac.delete_namespaced_role_binding(name, namespace, _preload_content=False)
+            )
+        except _ERRORS as exc:
+            if isinstance(exc, ApiException) and exc.status == 404:
+                return
+            left.errors.append(f"cannot delete RoleBinding {namespace}/{name}: {_reason(exc)}")
+            return
+        left.other.append(f"rolebinding/{namespace}/{name}")
+        left.changed += 1
+        logger.info("RoleBinding deleted", extra={"namespace": namespace, "object": name})
 
     async def _delete_secret(self, namespace: str, name: str, left: Left) -> None:
         try:

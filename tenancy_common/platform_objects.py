@@ -9,6 +9,11 @@ NAMESPACES_CONFIGMAP = "keda-operator-namespaces"
 """In the tenant's KEDA namespace: the namespace set published to its operator."""
 NAMESPACES_KEY = "namespaces"
 UPDATED_ANNOTATION = "keda-tenancy.io/namespaces-updated"
+CONTROLLER_LABEL = "keda-tenancy.io/platform-controller"
+"""On grants (`grant`), bindings (`binding`) and the namespace set ConfigMap (`namespaces`)."""
+BINDING_LABEL_VALUE = "binding"
+TENANT_LABEL = "keda-tenancy.io/tenant"
+"""On a binding: whose it is (the tenant chart's uninstall hook finds the namespaces by it)."""
 
 
 def binding_name(tenant: str) -> str:

@@ -159,6 +159,9 @@ class FakeKubeAPI:
         app.router.add_patch(
             "/apis/apps/v1/namespaces/{ns}/deployments/{name}", self._patch_deployment
         )
+        app.router.add_delete(
+            "/apis/apps/v1/namespaces/{ns}/deployments/{name}", self._delete_deployment
+        )
         app.router.add_get("/api/v1/namespaces/{ns}/pods", self._pods)
         app.router.add_get("/api/v1/pods", self._pods)
         app.router.add_post("/api/v1/namespaces/{ns}/events", self._create_event)
@@ -495,6 +498,17 @@ class FakeKubeAPI:
         obj["metadata"]["resourceVersion"] = str(self._rv)
         obj["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
         return web.json_response(obj)
+
+    async def _delete_deployment(self, request: web.Request) -> web.Response:
+        """The Deployment leaves the store at once (background propagation); its pods do not:
+        the garbage collector and the kubelet remove them later (`delete_pod`,
+        `finalize_pod`), and until then a LIST still returns them."""
+        self.requests["delete deployment"] += 1
+        key = (request.match_info["ns"], request.match_info["name"])
+        if self.deployments.pop(key, None) is None:
+            return _not_found("deployments.apps", key[1])
+        self.operations.append(f"delete deployment {key[0]}/{key[1]}")
+        return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success"})
 
     async def _configmaps(self, request: web.Request) -> web.StreamResponse:
         """LIST and WATCH of one namespace's ConfigMaps (events only for those changed
