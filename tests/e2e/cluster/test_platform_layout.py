@@ -246,3 +246,109 @@ def test_platform_layout_serves_a_labelled_namespace_and_drops_an_unlabelled_one
         f"[platform] unlabel -> binding gone {unbound_s:.2f}s, unlabel -> router 404 "
         f"{not_found_s:.2f}s (issue 21: under 2 s; the old layout 12-13 s)"
     )
+
+
+# Cluster-scoped kinds a tenant release renders objects of (its name in each object's name).
+CLUSTER_KINDS = (
+    "clusterroles.rbac.authorization.k8s.io",
+    "clusterrolebindings.rbac.authorization.k8s.io",
+    "validatingwebhookconfigurations.admissionregistration.k8s.io",
+    "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+    "validatingadmissionpolicies.admissionregistration.k8s.io",
+    "validatingadmissionpolicybindings.admissionregistration.k8s.io",
+    "apiservices.apiregistration.k8s.io",
+)
+
+
+def test_platform_layout_uninstall_leaves_nothing_and_its_namespaces_delete(
+    platform: Installed,
+) -> None:
+    """Issue 22 item 2 for the platform layout: `helm uninstall` of gamma, with a ScaledObject
+    (holding KEDA's finalizer) left in one of its namespaces, runs the pre-delete hook; then no
+    binding, finalizer, Lease, Secret, ConfigMap, webhook configuration or cluster-scoped object
+    of gamma is left, and deleting its namespaces completes."""
+    installed = platform
+    cluster = installed.cluster
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": APPS, "labels": {TENANT_LABEL: TENANT}},
+        }
+    )
+    installed.scaled_app(APPS, VALUE)
+    cluster.kubectl("-n", APPS, "rollout", "status", "deploy/app-metric", "--timeout=180s",
+                    timeout_s=200)  # fmt: skip
+    metric = f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{APPS}/s0-metric-api-value"
+    wait_for(lambda: installed.get_raw(metric)[0] == 200, f"{APPS} served", 180, 0.2)
+    scaled = get_json(installed, "-n", APPS, "get", "scaledobject", "app")
+    assert scaled
+    assert "finalizer.keda.sh" in scaled["metadata"]["finalizers"]  # KEDA's: what would hang
+    lease = f"{TENANT}.operator.keda-tenancy.io"
+    assert get_json(installed, "-n", KEDA_NS, "get", "lease", lease)
+    certs = "app.kubernetes.io/managed-by=keda-tenancy-certs"
+    assert listed(installed, "-n", KEDA_NS, "get", "secrets", "-l", certs)
+
+    started = time.monotonic()
+    try:
+        cluster.helm("uninstall", "keda", "-n", KEDA_NS, "--wait", "--timeout=5m")
+    except RuntimeError:
+        print(
+            cluster.kubectl("-n", KEDA_NS, "logs", "job/keda-tenancy-uninstall", check=False).stdout
+        )
+        raise
+    uninstalled_s = time.monotonic() - started
+    # The controller deletes the bindings once Helm has deleted the grant.
+    wait_for(
+        lambda: (
+            not listed(
+                installed, "get", "rolebindings", "-A", "-l", f"keda-tenancy.io/tenant={TENANT}"
+            )
+        ),
+        f"{TENANT}'s bindings gone",
+        60,
+        0.1,
+    )
+    nothing_s = time.monotonic() - started
+    assert get_json(installed, "-n", KEDA_NS, "get", "lease", lease) is None
+    assert not listed(installed, "-n", KEDA_NS, "get", "secrets", "-l", certs)
+    # Only what Kubernetes itself puts in a namespace is left in gamma's.
+    for kind in ("rolebindings", "roles", "jobs", "deployments", "pods", "serviceaccounts",
+                 "configmaps", "leases"):  # fmt: skip
+        left = [
+            o["metadata"]["name"]
+            for o in listed(installed, "-n", KEDA_NS, "get", kind)
+            if o["metadata"]["name"] not in ("default", "kube-root-ca.crt")
+        ]
+        assert not left, f"{kind} left in {KEDA_NS}: {left}"
+    for kind in CLUSTER_KINDS:
+        left = [
+            o["metadata"]["name"]
+            for o in listed(installed, "get", kind)
+            if TENANT in o["metadata"]["name"]
+        ]
+        assert not left, f"{kind} of {TENANT} left: {left}"
+    # The ScaledObject stays (the workload keeps its replicas), without KEDA's finalizer.
+    scaled = get_json(installed, "-n", APPS, "get", "scaledobject", "app")
+    assert scaled
+    assert "finalizer.keda.sh" not in (scaled["metadata"].get("finalizers") or [])
+
+    deleting = time.monotonic()
+    cluster.kubectl(
+        "delete", "namespace", APPS, BASE, KEDA_NS, "--wait=true", "--timeout=120s",
+        timeout_s=150,
+    )  # fmt: skip
+    deleted_s = time.monotonic() - deleting
+    for namespace in (APPS, BASE, KEDA_NS):
+        assert get_json(installed, "get", "namespace", namespace) is None, namespace
+    print(
+        f"\n[platform] helm uninstall (pre-delete hook included) {uninstalled_s:.1f}s; nothing of "
+        f"{TENANT} left {nothing_s:.1f}s after it began; its namespaces (one with a "
+        f"ScaledObject left) deleted in {deleted_s:.1f}s"
+    )
+
+
+def listed(installed: Installed, *args: str) -> list[dict[str, Any]]:
+    """The items a `kubectl get` lists ([] when the kind or namespace is not there)."""
+    found = get_json(installed, *args)
+    return found["items"] if found else []
