@@ -279,8 +279,7 @@ def test_platform_layout_uninstall_leaves_nothing_and_its_namespaces_delete(
     installed.scaled_app(APPS, VALUE)
     cluster.kubectl("-n", APPS, "rollout", "status", "deploy/app-metric", "--timeout=180s",
                     timeout_s=200)  # fmt: skip
-    metric = f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{APPS}/s0-metric-api-value"
-    wait_for(lambda: installed.get_raw(metric)[0] == 200, f"{APPS} served", 180, 0.2)
+    wait_for(lambda: installed.metric_value(APPS) == str(VALUE), f"{APPS} served", 180, 0.2)
     scaled = get_json(installed, "-n", APPS, "get", "scaledobject", "app")
     assert scaled
     assert "finalizer.keda.sh" in scaled["metadata"]["finalizers"]  # KEDA's: what would hang
