@@ -40,6 +40,10 @@ def helm() -> Helm:
         pytest.skip(str(exc))
 
 
+def matches_labels(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
 def render(helm: Helm, **values: Any) -> list[Doc]:
     return helm.template(
         TENANT_CHART,
@@ -59,8 +63,25 @@ def test_the_platform_hook_runs_before_the_release_is_deleted(helm: Helm, mode: 
         ("ClusterRoleBinding", "keda-tenancy-tenant-a-uninstall"),
         ("Role", HOOK),
         ("RoleBinding", HOOK),
+        ("NetworkPolicy", HOOK),
         ("Job", HOOK),
     }
+    # The release's default deny still holds while it runs: its Job's pod, and only that, may
+    # reach the API server (and DNS).
+    policy = find(hooked, "NetworkPolicy", HOOK)
+    job_labels = find(hooked, "Job", HOOK)["spec"]["template"]["metadata"]["labels"]
+    assert matches_labels(policy["spec"]["podSelector"]["matchLabels"], job_labels)
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in policy["spec"]
+    assert any(
+        {"port": 443, "protocol": "TCP"} in rule.get("ports", [])
+        or {"port": 6443, "protocol": "TCP"} in rule.get("ports", [])
+        for rule in policy["spec"]["egress"]
+    )
+    for doc in docs:
+        if doc["kind"] == "NetworkPolicy" and doc is not policy:
+            selected = doc["spec"]["podSelector"].get("matchLabels")
+            assert selected is None or not matches_labels(selected, job_labels), doc
     for doc in hooked:
         annotations = doc["metadata"]["annotations"]
         # Pre-delete: the grant, the controller's bindings and KEDA are still there.
