@@ -308,6 +308,13 @@ def test_platform_layout_uninstall_leaves_nothing_and_its_namespaces_delete(
         60,
         0.1,
     )
+    # The pods of the Deployments Helm deleted go by garbage collection, after their grace.
+    wait_for(
+        lambda: not listed(installed, "-n", KEDA_NS, "get", "pods"),
+        f"{KEDA_NS}'s pods gone",
+        90,
+        0.2,
+    )
     nothing_s = time.monotonic() - started
     assert get_json(installed, "-n", KEDA_NS, "get", "lease", lease) is None
     assert not listed(installed, "-n", KEDA_NS, "get", "secrets", "-l", certs)
