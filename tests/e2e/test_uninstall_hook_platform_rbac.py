@@ -91,7 +91,10 @@ def test_the_platform_hook_stops_keda_and_releases_its_finalizers_with_its_own_r
     )
     stack.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEDA_NS}})
     stack.tenant_namespace(TENANT, APP_NS)
-    stack.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SHARED_NS}})
+    # SHARED_NS is on its way from this tenant to another ("next"): made as the admission policy
+    # of the router release (when an earlier scenario installed it) admits it, each binding
+    # while the namespace is its tenant's, the old one kept across the move.
+    stack.tenant_namespace(TENANT, SHARED_NS)
     # The release's operator Deployment and the certificate controller's RoleBinding (the release
     # still exists: pre-delete), what the controller and KEDA made at run time.
     operator = {**operator, "metadata": {**operator["metadata"], "namespace": KEDA_NS}}
@@ -112,8 +115,6 @@ def test_the_platform_hook_stops_keda_and_releases_its_finalizers_with_its_own_r
         },
         platform_binding(APP_NS, TENANT),
         platform_binding(SHARED_NS, TENANT),
-        # SHARED_NS is on its way to another tenant: its KEDA may still act there.
-        platform_binding(SHARED_NS, "next"),
         scaled_object(APP_NS),
         scaled_object(SHARED_NS),
         {
@@ -137,6 +138,10 @@ def test_the_platform_hook_stops_keda_and_releases_its_finalizers_with_its_own_r
             for name in SECRETS
         ),
     )
+
+    # The move: the other tenant's binding there too, its KEDA may still act there.
+    stack.kubectl("label", "namespace", SHARED_NS, f"{TENANT_LABEL}=next", "--overwrite")
+    stack.apply(platform_binding(SHARED_NS, "next"))
 
     # Helm's pre-delete phase: the hook's RBAC, then its Job's container, as its ServiceAccount.
     stack.apply(*(d for d in hooked if d["kind"] != "Job"))
