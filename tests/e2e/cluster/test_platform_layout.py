@@ -220,8 +220,15 @@ def test_platform_layout_serves_a_labelled_namespace_and_drops_an_unlabelled_one
     )
     print_rss(installed, KEDA_NS)
     print_rss(installed, ROUTER_NAMESPACE, CONTROLLER_SELECTOR)
+
     # explain reads the controller's binding and published set (granted by gamma's release).
-    for verdict in explain(installed, APPS).values():
+    # The new set restarts gamma's process-mode KEDA, and while it restarts its metrics server
+    # answers nothing, which explain rightly calls "tenant down": wait for that to pass.
+    def explained_ok() -> dict[str, str] | None:
+        verdicts = explain(installed, APPS)
+        return verdicts if all(v.endswith("— ok") for v in verdicts.values()) else None
+
+    for verdict in wait_for(explained_ok, f"explain: {APPS} ok", 120, 2).values():
         assert verdict.startswith(f"tenant {TENANT} owns {APPS} by label"), verdict
         assert verdict.endswith("its operator watches it — ok"), verdict
 
